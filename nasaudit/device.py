@@ -1,0 +1,66 @@
+"""Device selection and the per-device speed settings (AMP bf16 and channels_last on CUDA)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from nasaudit.errors import InputError
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """Turn "auto" | "cpu" | "cuda" | "cuda:N" | "mps" into a torch.device ("auto" prefers CUDA)."""
+    if isinstance(spec, torch.device):
+        return spec
+    if spec in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise InputError("--device", f"unknown device {spec!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", f"{spec!r} requested but CUDA is not available")
+    return device
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op elsewhere so CPU runs stay exact and deterministic."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move a model to `device`, in channels_last memory format on CUDA."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to `device`: pinned and non-blocking when the target is CUDA."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seed torch's global RNG inside the block only (for layer initialisation), then restore it.
+
+    nasaudit keeps no global random state: every other random draw takes an explicit Generator.
+    """
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch.Generator on `device` seeded with `seed`."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen

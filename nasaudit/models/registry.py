@@ -1,0 +1,76 @@
+"""One registry for every model: manual baselines by name, genotype networks by genotype.
+
+`build_model(name, num_classes)` accepts a registered model name ("resnet18"), a genotype name
+("darts_v2", "darts") or a genotype file path ("my.json", "genotypes.py:DARTS_V2").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from nasaudit.errors import InputError
+from nasaudit.models.base import ImageClassifier
+
+ModelFactory = Callable[..., ImageClassifier]
+_FACTORIES: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: register `factory(num_classes, mean, std, **kwargs) -> ImageClassifier`."""
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        if name in _FACTORIES:
+            raise ValueError(f"model {name!r} registered twice")
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_builtin_models() -> None:
+    # Importing the model modules runs their @register_model decorators.
+    from nasaudit.models import baselines  # noqa: F401
+
+
+def list_models() -> list[str]:
+    """Names of the registered manual (non-genotype) models."""
+    _load_builtin_models()
+    return sorted(_FACTORIES)
+
+
+def is_manual_model(name: str) -> bool:
+    """True when `name` is a registered manual baseline rather than a genotype."""
+    _load_builtin_models()
+    return name in _FACTORIES
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    **kwargs: Any,
+) -> ImageClassifier:
+    """Build model `name` (manual baseline, genotype name or genotype file) for `num_classes`.
+
+    Extra keyword arguments go to the factory (for genotype networks: C, layers, auxiliary,
+    drop_path_prob, space). Raises InputError for an unknown name or a bad genotype file.
+    """
+    _load_builtin_models()
+    if name in _FACTORIES:
+        return _FACTORIES[name](num_classes=num_classes, mean=mean, std=std, **kwargs)
+    from nasaudit.genotype import resolve_genotype
+    from nasaudit.models.darts_network import build_genotype_network
+
+    try:
+        genotype = resolve_genotype(name)
+    except InputError as exc:
+        if exc.source == name and "unknown genotype" in exc.problem:
+            known = ", ".join(list_models())
+            raise InputError(
+                "--model", f"{name!r} is neither a model ({known}) nor a genotype name or file"
+            ) from None
+        raise
+    return build_genotype_network(genotype, num_classes=num_classes, mean=mean, std=std, **kwargs)
