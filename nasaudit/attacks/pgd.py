@@ -6,9 +6,21 @@ points (targeted PGD with restarts and the untargeted eps sweep) are added below
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
+
+from nasaudit.attacks.common import AttackRecord, Victim, make_params, params_dict, timed, to_unit
+from nasaudit.attacks.sampling import CASES, select_correct, target_classes
+from nasaudit.device import autocast
+from nasaudit.device import generator as make_generator
+
+if TYPE_CHECKING:
+    from nasaudit.data import ImageDataset
 
 
 def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,3 +71,275 @@ def pgd_untargeted(
         (grad,) = torch.autograd.grad(loss, x_adv)
         x_adv = _project(x_adv.detach() + step * grad.sign(), x, eps)
     return x_adv.detach()
+
+
+def _pgd_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    label: torch.Tensor,
+    *,
+    targeted: bool,
+    eps: float,
+    step: float,
+    iters: int,
+    random_start: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One PGD run with per-sample early stopping.
+
+    A sample succeeds as soon as the model predicts `label` (targeted) or anything but `label`
+    (untargeted); from then on it is frozen at that point. Frozen samples stay in the batch
+    (masked with torch.where) so the loop never synchronises with the host.
+    Returns (x_adv [B, C, H, W], success bool [B], iteration of first success int64 [B], -1 if none).
+    """
+    x = x.detach()
+    x_adv = _random_start(x, eps, generator) if random_start and eps > 0 else x.clone()
+    done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    sign = -1.0 if targeted else 1.0  # descend the target's loss, ascend the true label's
+    for t in range(iters + 1):
+        last = t == iters
+        x_adv.requires_grad_(not last)
+        with torch.set_grad_enabled(not last):
+            logits = model(x_adv)
+        pred = logits.argmax(1)
+        hit = pred == label if targeted else pred != label
+        newly = hit & ~done
+        first = torch.where(newly, torch.full_like(first, t), first)
+        done = done | hit
+        if last:
+            break
+        loss = F.cross_entropy(logits.float(), label, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        stepped = _project(x_adv.detach() + sign * step * grad.sign(), x, eps)
+        x_adv = torch.where(done.view(-1, 1, 1, 1), x_adv.detach(), stepped)
+    return x_adv.detach(), done, first
+
+
+def pgd_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    label: torch.Tensor,
+    *,
+    targeted: bool,
+    eps: float,
+    step: float,
+    iters: int,
+    restarts: int = 1,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched L-inf PGD with random restarts run only for the samples not yet broken.
+
+    Args:
+        x: clean images float [B, C, H, W] in [0, 1]; label: int64 [B], the target class when
+            `targeted`, else the true class.
+        eps, step: pixel units; iters: max gradient steps per restart; restarts >= 1.
+    Returns:
+        x_adv [B, C, H, W] (the first successful point, or the last restart's end point),
+        success bool [B], iterations int64 [B] (steps taken in the successful restart, -1 if
+        none), restart int64 [B] (0-based restart that succeeded, -1 if none).
+    A restart only adds successes, so ASR never decreases with more restarts (for a fixed
+    generator the first restart is identical whatever `restarts` is).
+    """
+    x_adv = x.detach().clone()
+    success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    iterations = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    restart_of = torch.full_like(iterations, -1)
+    for r in range(max(1, restarts)):
+        # One host sync per restart (not per step) to drop the samples already broken.
+        todo = (~success).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        adv, hit, first = _pgd_run(
+            model, x[todo], label[todo], targeted=targeted, eps=eps, step=step, iters=iters,
+            random_start=random_start or r > 0, generator=generator,
+        )
+        x_adv[todo] = adv
+        success[todo] = hit
+        iterations[todo] = first
+        restart_of[todo] = torch.where(hit, torch.full_like(first, r), first.new_full((), -1))
+    return x_adv, success, iterations, restart_of
+
+
+# --------------------------------------------------------------------------- attack entry points
+
+
+@dataclass
+class Params:
+    """Targeted PGD (the study's Table 5).
+
+    n_inputs: seeded test candidates (kept if correctly classified); eps, step: pixel units;
+    iters_most_likely / iters_least_likely: max iterations for target c2 / c_m;
+    cases: which target cases to run; batch_size: inputs per batch on the device.
+    """
+
+    n_inputs: int = 1000
+    eps: float = 8 / 255
+    step: float = 2 / 255
+    restarts: int = 5
+    iters_most_likely: int = 3
+    iters_least_likely: int = 7
+    cases: tuple[str, ...] = CASES
+    random_start: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class PGDRecord(AttackRecord):
+    """Targeted PGD results. Per-case vectors are aligned with `indices` (test-set indices).
+
+    asr: case -> successes / trials; success: case -> per-input bool; targets: case -> target
+    class per input; iterations: case -> steps to success (-1 = failed); restart: case -> the
+    0-based restart that succeeded (-1 = failed); clean_accuracy: on the candidates.
+    """
+
+    kind = "attack.pgd"
+    candidates: list[int]
+    indices: list[int]
+    clean_accuracy: float
+    asr: dict[str, float]
+    success: dict[str, list[bool]]
+    targets: dict[str, list[int]]
+    iterations: dict[str, list[int]]
+    restart: dict[str, list[int]]
+
+
+def _batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def run_pgd(
+    victim: Victim,
+    data: ImageDataset,
+    params: Params | dict | None = None,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+    work_dir: str | None = None,
+) -> PGDRecord:
+    """Targeted PGD on seeded, correctly classified test inputs; returns a PGDRecord."""
+    params = make_params(Params, params)
+    model = victim.model.eval()
+    with timed() as elapsed:
+        candidates, kept, logits = select_correct(
+            model, data.test_images, data.test_labels, params.n_inputs, seed, device=device,
+            batch_size=params.batch_size,
+        )
+        x_all = data.test_images[kept]
+        gen = make_generator(seed, device)
+        iters = {"most_likely": params.iters_most_likely, "least_likely": params.iters_least_likely}
+        out: dict[str, dict[str, list]] = {}
+        chunks = _batches(len(kept), params.batch_size)
+        bar = tqdm(total=len(chunks) * len(params.cases), desc="pgd", disable=not progress)
+        for case in params.cases:
+            targets = target_classes(logits, case)
+            parts = []
+            for sl in chunks:
+                x = to_unit(x_all[sl].to(device))
+                with autocast(device):
+                    _, ok, it, rs = pgd_attack(
+                        model, x, targets[sl], targeted=True, eps=params.eps, step=params.step,
+                        iters=iters[case], restarts=params.restarts,
+                        random_start=params.random_start, generator=gen,
+                    )
+                parts.append((ok, it, rs))
+                bar.update()
+            ok = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool)
+            out[case] = {
+                "success": ok.cpu().tolist(),
+                "targets": targets.cpu().tolist(),
+                "iterations": torch.cat([p[1] for p in parts]).cpu().tolist() if parts else [],
+                "restart": torch.cat([p[2] for p in parts]).cpu().tolist() if parts else [],
+                "asr": float(ok.float().mean()) if ok.numel() else 0.0,
+            }
+        bar.close()
+    return PGDRecord(
+        attack="pgd", model_name=victim.model_name, dataset=data.name, seed=seed,
+        params=params_dict(params), seconds=elapsed(),
+        candidates=candidates.tolist(), indices=kept.tolist(),
+        clean_accuracy=len(kept) / max(1, len(candidates)),
+        asr={c: out[c]["asr"] for c in out}, success={c: out[c]["success"] for c in out},
+        targets={c: out[c]["targets"] for c in out},
+        iterations={c: out[c]["iterations"] for c in out},
+        restart={c: out[c]["restart"] for c in out},
+    )
+
+
+@dataclass
+class SweepParams:
+    """Untargeted PGD over a sweep of eps (the study's Figure 3); step = eps * step_fraction.
+
+    eps: radii in pixel units; iters: max steps; restarts: random restarts per eps.
+    """
+
+    n_inputs: int = 1000
+    eps: tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+    step_fraction: float = 1 / 3
+    iters: int = 7
+    restarts: int = 1
+    random_start: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class PGDSweepRecord(AttackRecord):
+    """Untargeted PGD sweep: asr[i] at eps[i]; success[i] per input, aligned with `indices`."""
+
+    kind = "attack.pgd_sweep"
+    candidates: list[int]
+    indices: list[int]
+    clean_accuracy: float
+    eps: list[float]
+    asr: list[float]
+    success: list[list[bool]]
+
+
+def run_pgd_sweep(
+    victim: Victim,
+    data: ImageDataset,
+    params: SweepParams | dict | None = None,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+    work_dir: str | None = None,
+) -> PGDSweepRecord:
+    """Untargeted PGD ASR as a function of eps on seeded, correctly classified test inputs."""
+    params = make_params(SweepParams, params)
+    model = victim.model.eval()
+    with timed() as elapsed:
+        candidates, kept, _ = select_correct(
+            model, data.test_images, data.test_labels, params.n_inputs, seed, device=device,
+            batch_size=params.batch_size,
+        )
+        x_all = data.test_images[kept]
+        y_all = data.test_labels[kept].to(device)
+        chunks = _batches(len(kept), params.batch_size)
+        asr, success = [], []
+        bar = tqdm(total=len(chunks) * len(params.eps), desc="pgd sweep", disable=not progress)
+        for eps in params.eps:
+            # Same generator seed for every eps: the sweep differs only in the radius.
+            gen = make_generator(seed, device)
+            oks = []
+            for sl in chunks:
+                x = to_unit(x_all[sl].to(device))
+                with autocast(device):
+                    _, ok, _, _ = pgd_attack(
+                        model, x, y_all[sl], targeted=False, eps=eps,
+                        step=eps * params.step_fraction, iters=params.iters,
+                        restarts=params.restarts, random_start=params.random_start, generator=gen,
+                    )
+                oks.append(ok)
+                bar.update()
+            ok = torch.cat(oks) if oks else torch.zeros(0, dtype=torch.bool)
+            success.append(ok.cpu().tolist())
+            asr.append(float(ok.float().mean()) if ok.numel() else 0.0)
+        bar.close()
+    return PGDSweepRecord(
+        attack="pgd_sweep", model_name=victim.model_name, dataset=data.name, seed=seed,
+        params=params_dict(params), seconds=elapsed(), candidates=candidates.tolist(),
+        indices=kept.tolist(), clean_accuracy=len(kept) / max(1, len(candidates)),
+        eps=list(params.eps), asr=asr, success=success,
+    )

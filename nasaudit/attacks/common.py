@@ -1,0 +1,166 @@
+"""What every attack shares: the `Victim`, the record base, parameter parsing and batched queries.
+
+Kept apart from `nasaudit.attacks.__init__` so that attack modules can import it without a
+circular import through the `ATTACKS` registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from torch import nn
+
+from nasaudit.device import autocast
+from nasaudit.errors import InputError
+from nasaudit.records import Record
+
+if TYPE_CHECKING:  # the trainer is only needed by the retraining attacks, at call time
+    from nasaudit.training import TrainConfig
+
+P = TypeVar("P")
+
+
+@dataclasses.dataclass
+class Victim:
+    """What an attack is pointed at.
+
+    model: an ImageClassifier in eval mode on the attack's device; attacks never write it to disk
+        and never change its weights (fine-tuning attacks work on a deep copy).
+    model_name: registry name / genotype spec, to rebuild the architecture for retraining.
+    train_config: how the victim was trained (poisoning retrains with it; None -> TrainConfig()).
+    model_kwargs: extra `build_model` keyword arguments (C, layers, ...).
+    """
+
+    model: nn.Module
+    model_name: str
+    train_config: TrainConfig | None = None
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class AttackRecord(Record):
+    """Fields every attack record starts with; subclasses add their metrics.
+
+    params: the attack's Params as a plain dict (every setting that produced the metrics).
+    seconds: wall-clock time of the attack.
+    """
+
+    attack: str
+    model_name: str
+    dataset: str
+    seed: int
+    params: dict[str, Any]
+    seconds: float
+
+
+def make_params(params_cls: type[P], params: Any) -> P:
+    """A `params_cls` instance from an instance, a dict of overrides, or None (the defaults).
+
+    Unknown keys raise InputError naming them (a typo must not silently run the defaults).
+    """
+    if params is None:
+        return params_cls()
+    if isinstance(params, params_cls):
+        return params
+    if not isinstance(params, dict):
+        raise InputError("params", f"expected a dict or {params_cls.__name__}, got {type(params).__name__}")
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise InputError(
+            "--param", f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    return params_cls(**params)
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    """Params dataclass -> JSON-ready dict (tuples become lists)."""
+    return {f.name: _plain_value(getattr(params, f.name)) for f in dataclasses.fields(params)}
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain_value(v) for v in value]
+    return value
+
+
+@contextmanager
+def timed() -> Iterator[Callable[[], float]]:
+    """`with timed() as elapsed: ...; elapsed()` -> seconds since the block started."""
+    start = time.perf_counter()
+    yield lambda: time.perf_counter() - start
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> float32 in [0, 1] (same device)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8 [N, C, H, W], rounding to the nearest level."""
+    return x.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+
+
+@torch.no_grad()
+def batched_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Logits [N, K] (float32, on `device`) of images x ([N, C, H, W], uint8 or float in [0, 1]).
+
+    x may live on the CPU; each chunk is moved to the device and converted there.
+    """
+    outputs = []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = to_unit(x[start : start + batch_size].to(device, non_blocking=True))
+        with autocast(device):
+            outputs.append(model(chunk).float())
+    if not outputs:
+        return torch.empty(0, 0, device=device)
+    return torch.cat(outputs)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device,
+             batch_size: int = 512) -> float:
+    """Top-1 accuracy in [0, 1] of `model` on uint8 images [N, C, H, W] with labels [N]."""
+    preds = batched_logits(model, images, device=device, batch_size=batch_size).argmax(1)
+    return float((preds == labels.to(device)).float().mean())
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross entropy -sum_k p_k log q_k [N] of logits [N, K] against probabilities [N, K]."""
+    return -(target_probs * torch.log_softmax(logits, dim=1)).sum(1)
+
+
+def victim_train_config(victim: Victim) -> TrainConfig:
+    """The victim's TrainConfig (the study's defaults when the checkpoint did not record one)."""
+    from nasaudit.training import TrainConfig
+
+    cfg = victim.train_config
+    if cfg is None:
+        return TrainConfig()
+    if isinstance(cfg, dict):
+        return TrainConfig.from_dict(cfg)
+    return cfg
+
+
+def build_fresh(model_name: str, data: Any, seed: int, model_kwargs: dict | None = None) -> nn.Module:
+    """A freshly initialised `model_name` for `data` (its classes and normalisation), seeded."""
+    from nasaudit.device import seeded
+    from nasaudit.models.registry import build_model
+
+    with seeded(seed):
+        try:
+            return build_model(
+                model_name, data.num_classes, mean=data.mean, std=data.std, **(model_kwargs or {})
+            )
+        except TypeError as exc:
+            raise InputError("--model", f"{model_name!r} does not take {sorted(model_kwargs or {})}: {exc}") from None

@@ -1,0 +1,285 @@
+"""The audit's SQLite store: one row per finished unit of work, the single source of the report.
+
+A unit is (model x stage x parameters x seed). Its row is written in one transaction when the
+unit finishes, so a kill -9 at any moment leaves either no row or a complete one; on resume the
+runner skips every unit whose key has a ``done`` row. The database runs in WAL mode so that the
+report (or a progress poller) can read while a worker writes.
+
+Tables:
+  * ``units``: key, model label, group, stage, unit name, params (JSON), seed, status
+    ("done" | "failed"), result (the record as JSON), kind, timings (unix seconds), nasaudit and
+    torch versions, device, genotype hash, model key, error text.
+  * ``meta``: key/value pairs (schema version, config, run history).
+  * ``claims``: which worker process owns which group of units right now (multi-GPU runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+DB_NAME = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS units (
+    unit_key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    model_group TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    name TEXT NOT NULL,
+    params TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    kind TEXT,
+    result TEXT,
+    started REAL NOT NULL,
+    finished REAL NOT NULL,
+    seconds REAL NOT NULL,
+    nasaudit_version TEXT NOT NULL,
+    torch_version TEXT NOT NULL,
+    device TEXT NOT NULL,
+    genotype_hash TEXT,
+    model_key TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS units_by_model ON units (model, stage);
+CREATE TABLE IF NOT EXISTS claims (
+    group_key TEXT PRIMARY KEY,
+    worker TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    claimed REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    """One stored unit, as read back from the database (result and params decoded)."""
+
+    unit_key: str
+    model: str
+    model_group: str
+    stage: str
+    name: str
+    params: dict[str, Any]
+    seed: int
+    status: str
+    kind: str | None
+    result: dict[str, Any] | None
+    started: float
+    finished: float
+    seconds: float
+    nasaudit_version: str
+    torch_version: str
+    device: str
+    genotype_hash: str | None
+    model_key: str | None
+    error: str | None
+
+
+class Store:
+    """A results database in `out_dir/results.sqlite`. Cheap to open; safe across processes.
+
+    Every write is one transaction (``with self._tx()``); readers never see half a unit.
+    """
+
+    def __init__(self, path: str | Path, *, must_exist: bool = False):
+        path = Path(path)
+        if path.is_dir() or path.suffix != ".sqlite":
+            path = path / DB_NAME
+        self.path = path
+        if must_exist and not path.is_file():
+            from nasaudit.errors import InputError
+
+            raise InputError(path.parent, "no audit results here (results.sqlite is missing)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
+        self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed unit survives power loss, not just a process kill.
+        self._conn.execute("PRAGMA synchronous=FULL")
+        with self._tx() as conn:
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        self._conn.row_factory = sqlite3.Row
+
+    # -- plumbing -------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: takes the write lock up front, so concurrent writers
+        serialise instead of failing half-way; rolled back on any exception."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- meta -----------------------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value under `key`."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value, sort_keys=True, default=str)),
+            )
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """The value stored under `key`, or `default`."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    # -- units ----------------------------------------------------------------------------
+    def record_unit(
+        self,
+        *,
+        unit_key: str,
+        model: str,
+        model_group: str,
+        stage: str,
+        name: str,
+        params: dict[str, Any],
+        seed: int,
+        result: dict[str, Any] | None,
+        started: float,
+        finished: float | None = None,
+        device: str,
+        genotype_hash: str | None = None,
+        model_key: str | None = None,
+        status: str = "done",
+        error: str | None = None,
+        torch_version: str | None = None,
+    ) -> None:
+        """Write one finished (or failed) unit in a single transaction, replacing any old row."""
+        from nasaudit import __version__
+
+        if torch_version is None:
+            import torch
+
+            torch_version = torch.__version__
+        finished = time.time() if finished is None else finished
+        kind = result.get("kind") if isinstance(result, dict) else None
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO units (unit_key, model, model_group, stage, name, params,"
+                " seed, status, kind, result, started, finished, seconds, nasaudit_version,"
+                " torch_version, device, genotype_hash, model_key, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    unit_key, model, model_group, stage, name,
+                    json.dumps(params, sort_keys=True, default=str), int(seed), status, kind,
+                    None if result is None else json.dumps(result, sort_keys=True, default=str),
+                    float(started), float(finished), float(finished - started), __version__,
+                    torch_version, str(device), genotype_hash, model_key, error,
+                ),
+            )
+
+    def done_keys(self) -> set[str]:
+        """Keys of all successfully finished units."""
+        rows = self._conn.execute("SELECT unit_key FROM units WHERE status = 'done'").fetchall()
+        return {r[0] for r in rows}
+
+    def is_done(self, unit_key: str) -> bool:
+        """True when the unit has a ``done`` row."""
+        row = self._conn.execute(
+            "SELECT 1 FROM units WHERE unit_key = ? AND status = 'done'", (unit_key,)
+        ).fetchone()
+        return row is not None
+
+    def get(self, unit_key: str) -> UnitRow | None:
+        """The stored unit with this key, or None."""
+        row = self._conn.execute("SELECT * FROM units WHERE unit_key = ?", (unit_key,)).fetchone()
+        return None if row is None else _decode(row)
+
+    def units(self, *, status: str | None = "done", stage: str | None = None, model: str | None = None) -> list[UnitRow]:
+        """Stored units, filtered, in the order they finished."""
+        query, args = "SELECT * FROM units WHERE 1 = 1", []
+        for column, value in (("status", status), ("stage", stage), ("model", model)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
+        rows = self._conn.execute(query + " ORDER BY finished, unit_key", args).fetchall()
+        return [_decode(r) for r in rows]
+
+    def update_result(self, unit_key: str, result: dict[str, Any]) -> None:
+        """Replace a unit's result JSON (used by tests and by manual corrections)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE units SET result = ? WHERE unit_key = ?",
+                (json.dumps(result, sort_keys=True, default=str), unit_key),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(unit_key)
+
+    def count(self, status: str = "done") -> int:
+        """Number of units with this status."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM units WHERE status = ?", (status,)).fetchone()[0])
+
+    # -- claims (one worker process per device) -------------------------------------------
+    def claim(self, group_key: str, worker: str) -> bool:
+        """Atomically take ownership of a group of units; False if a live worker holds it.
+
+        A claim whose process is gone (killed) is stale and is taken over.
+        """
+        with self._tx() as conn:
+            row = conn.execute("SELECT worker, pid FROM claims WHERE group_key = ?", (group_key,)).fetchone()
+            if row is not None and row[0] != worker and _alive(int(row[1])):
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO claims (group_key, worker, pid, claimed) VALUES (?, ?, ?, ?)",
+                (group_key, worker, os.getpid(), time.time()),
+            )
+        return True
+
+    def release(self, group_key: str, worker: str) -> None:
+        """Drop a claim held by `worker`."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM claims WHERE group_key = ? AND worker = ?", (group_key, worker))
+
+    def clear_claims(self) -> None:
+        """Forget every claim (at the start of a run, when no other audit holds the directory)."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM claims")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _decode(row: sqlite3.Row) -> UnitRow:
+    data = dict(row)
+    data["params"] = json.loads(data["params"])
+    data["result"] = None if data["result"] is None else json.loads(data["result"])
+    return UnitRow(**data)

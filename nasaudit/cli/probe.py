@@ -1,0 +1,297 @@
+"""`nasaudit probe`: gradient variance, loss contours and curvature of a model.
+
+Examples:
+    nasaudit probe gradvar --model darts --dataset cifar10 --data-dir data          # at init
+    nasaudit probe gradvar --checkpoint models/image/cifar10/darts.pth --dataset cifar10 \\
+        --data-dir data --n-samples 512 --json
+    nasaudit probe contour-param --checkpoint models/image/digits/tiny_cnn.pth --out probes/
+    nasaudit probe contour-input --checkpoint ... --n-samples 16 --out probes/
+    nasaudit probe curvature --checkpoint ... --which both --out probes/
+
+Without --checkpoint the model is built fresh (seeded, Kaiming-initialised by default), which is
+the study's "at initialisation" measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from nasaudit.errors import InputError
+
+DATASETS = ("cifar10", "cifar100", "imagenet32", "digits")
+
+# (sub-command, probe name, [(flag, dest, type, shown default, help)]). Options default to None
+# and fall back to the probe's Params dataclass (one source of truth); the defaults shown in
+# --help are kept equal to the dataclasses by a test, so --help needs no torch import.
+_PROBE_OPTIONS: tuple[tuple[str, str, str, list[tuple[str, str, Any, Any, str]]], ...] = (
+    (
+        "gradvar",
+        "gradvar",
+        "per-sample gradient variance (Eq. 14) and the artifact's variant",
+        [
+            ("--n-samples", "n_samples", int, 512, "seeded samples"),
+            ("--chunk-size", "chunk_size", int, 64, "samples per vmap call"),
+            ("--clip-norm", "clip_norm", float, None, "clip each gradient before Eq. 14"),
+            ("--artifact-clip", "artifact_clip", float, 5.0, "clip before the artifact's variant"),
+            ("--split", "split", str, "train", "train | test"),
+        ],
+    ),
+    (
+        "contour-param",
+        "contour_param",
+        "loss contour over the first conv's weights (Eq. 12)",
+        [
+            ("--n-samples", "n_samples", int, 256, "seeded training images the loss is taken on"),
+            ("--points", "points", int, 41, "grid points per axis (odd)"),
+            ("--radius", "radius", float, 0.5, "grid half-width"),
+        ],
+    ),
+    (
+        "contour-input",
+        "contour_input",
+        "loss contours around test inputs (Eq. 13)",
+        [
+            ("--n-samples", "n_samples", int, 16, "seeded test inputs"),
+            ("--points", "points", int, 41, "grid points per axis (odd)"),
+            ("--radius", "radius", float, 0.2, "grid half-width in pixel units"),
+            ("--batch-size", "batch_size", int, 1024, "perturbed images per forward pass"),
+        ],
+    ),
+    (
+        "curvature",
+        "curvature",
+        "top Hessian eigenvalue w.r.t. parameters and inputs",
+        [
+            ("--n-samples", "n_samples", int, 256, "seeded training batch"),
+            ("--n-inputs", "n_inputs", int, 64, "inputs (of the batch) for the input Hessian"),
+            ("--iters", "iters", int, 50, "maximum power iterations"),
+            ("--tol", "tol", float, 1e-4, "relative tolerance on the eigenvalue"),
+            ("--which", "which", str, "both", "param | input | both"),
+        ],
+    ),
+)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name, genotype name or genotype file (default: the checkpoint's sidecar)",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="trained .pth; omitted: a freshly initialised model"
+    )
+    parser.add_argument(
+        "--init",
+        choices=("kaiming", "builtin"),
+        default="kaiming",
+        help="initialisation of a fresh model: Kaiming normal for every model "
+        "(default) or the model's own constructor init",
+    )
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default="digits", help="data set (default: digits, embedded)"
+    )
+    parser.add_argument("--data-dir", default=None, help="folder with the data set files")
+    parser.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    parser.add_argument("--num-classes", type=int, default=None, help="use a class subset")
+    parser.add_argument("--C", type=int, default=None, help="genotype network channels (fresh)")
+    parser.add_argument("--layers", type=int, default=None, help="genotype network cells (fresh)")
+    parser.add_argument(
+        "--width", type=int, default=None, help="manual baseline stem width (fresh model)"
+    )
+    parser.add_argument(
+        "--no-auxiliary", action="store_true", help="fresh genotype network without auxiliary head"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for samples, directions and a fresh model's init (default 0)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for the record (PROBE.json), raw grids (npz) and plots (png)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the record as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `probe` command with one sub-command per probe."""
+    probe = subparsers.add_parser(
+        "probe",
+        help="gradient variance, loss contours, curvature of a model",
+        description="Measure the properties the study links to NAS models' vulnerability: "
+        "gradient variance (Eq. 14), loss contours in parameter (Eq. 12) and input space "
+        "(Eq. 13), and the top Hessian eigenvalue.",
+    )
+    sub = probe.add_subparsers(dest="probe", metavar="PROBE", required=True)
+    for command, name, text, options in _PROBE_OPTIONS:
+        parser = sub.add_parser(command, help=text, description=text)
+        _add_common(parser)
+        for flag, dest, kind, shown, help_text in options:
+            parser.add_argument(
+                flag, dest=dest, type=kind, default=None, help=f"{help_text} (default {shown})"
+            )
+        if name == "contour_input":
+            parser.add_argument(
+                "--clamp",
+                action="store_true",
+                default=None,
+                help="clip perturbed images into [0, 1] (Eq. 13 does not)",
+            )
+        parser.set_defaults(
+            func=run_probe_command,
+            probe_name=name,
+            probe_fields=[o[1] for o in options] + (["clamp"] if name == "contour_input" else []),
+        )
+
+
+def _load_model(args: argparse.Namespace, data: Any, device: Any) -> tuple[Any, str, dict]:
+    """(model in eval mode on device, model label, sidecar) from --checkpoint or built fresh."""
+    from nasaudit.device import prepare_model, seeded
+    from nasaudit.models.registry import build_model, is_manual_model
+    from nasaudit.probes.gradvar import kaiming_init
+    from nasaudit.training import load_checkpoint_model
+
+    kwargs: dict[str, Any] = {}
+    if args.C is not None:
+        kwargs["C"] = args.C
+    if args.layers is not None:
+        kwargs["layers"] = args.layers
+    if args.no_auxiliary:
+        kwargs["auxiliary"] = False
+    if args.width is not None:
+        kwargs["width"] = args.width
+    if args.checkpoint is not None:
+        if kwargs:
+            raise InputError(
+                "--C/--layers/--width", "only for a fresh model; a checkpoint's sidecar records its own"
+            )
+        model, meta = load_checkpoint_model(args.checkpoint, model_name=args.model, device=device)
+        if model.num_classes != data.num_classes:
+            raise InputError(
+                args.checkpoint,
+                f"model has {model.num_classes} classes but {data.name} has {data.num_classes}",
+            )
+        return model, str(args.model or meta.get("model", "?")), meta
+    if args.model is None:
+        raise InputError("--model", "give --model NAME|FILE or --checkpoint PATH")
+    genotype_kwargs = sorted(set(kwargs) - {"width"})
+    if genotype_kwargs and is_manual_model(args.model):
+        raise InputError(
+            "--model",
+            f"{args.model!r} is a manual baseline; --C/--layers/"
+            "--no-auxiliary only apply to genotype networks",
+        )
+    with seeded(args.seed):
+        try:
+            model = build_model(
+                args.model, data.num_classes, mean=data.mean, std=data.std, **kwargs
+            )
+        except TypeError as exc:
+            raise InputError(
+                "--model", f"{args.model!r} does not take {sorted(kwargs)}: {exc}"
+            ) from None
+        if args.init == "kaiming":
+            kaiming_init(model)
+    model = prepare_model(model, device)
+    model.eval()
+    return model, args.model, {}
+
+
+def _summary(record: Any) -> str:
+    """One or two human-readable lines for a probe record."""
+    d = record.to_dict()
+    if d["kind"] == "probe_gradvar":
+        return (
+            f"gradient variance (Eq. 14) {d['variance']:.6g}  log10 {d['log10_variance']:.3f}"
+            f"\nartifact variant: sum of std {d['artifact_std_sum']:.6g}, sum of var "
+            f"{d['artifact_var_sum']:.6g} (clip {d['params']['artifact_clip']}, "
+            f"{d['clipped_fraction']:.1%} clipped); {d['n_samples']} samples, "
+            f"{d['n_params']:,} parameters"
+        )
+    if d["kind"] == "probe_contour":
+        return (
+            f"{d['space']}-space contour: centre loss {d['centre_loss']:.4f}, mean increase "
+            f"{d['mean_increase']:.4g}, border increase {d['border_increase']:.4g}, max "
+            f"increase {d['max_increase']:.4g} (grid {d['points']}x{d['points']}, radius "
+            f"{d['radius']})"
+        )
+    parts = []
+    if d["param_top_eigenvalue"] is not None:
+        parts.append(
+            f"parameter Hessian top eigenvalue {d['param_top_eigenvalue']:.6g} "
+            f"({d['param_iters']} iterations, "
+            f"{'converged' if d['param_converged'] else 'not converged'})"
+        )
+    if d["input_top_eigenvalue_mean"] is not None:
+        parts.append(
+            f"input Hessian top eigenvalue: mean {d['input_top_eigenvalue_mean']:.6g}, "
+            f"median {d['input_top_eigenvalue_median']:.6g}, max "
+            f"{d['input_top_eigenvalue_max']:.6g} over {d['n_inputs']} inputs"
+        )
+    return "\n".join(parts)
+
+
+def run_probe_command(args: argparse.Namespace) -> int:
+    """Run one probe, print its summary (or JSON), write PROBE.json and plots to --out."""
+    from pathlib import Path
+
+    from nasaudit.checkpoint import read_sidecar
+    from nasaudit.data import load_dataset
+    from nasaudit.device import resolve_device
+    from nasaudit.io import atomic_write_json
+    from nasaudit.probes import run_probe
+
+    device = resolve_device(args.device)
+    # The digits split depends on a seed: use the one the checkpoint was trained with, so that
+    # "train" and "test" mean what they meant in training.
+    data_seed = 0
+    if args.checkpoint is not None:
+        config = (read_sidecar(args.checkpoint) or {}).get("config")
+        if isinstance(config, dict) and isinstance(config.get("seed"), int):
+            data_seed = config["seed"]
+    data = load_dataset(
+        args.dataset,
+        args.data_dir,
+        download=args.download,
+        num_classes=args.num_classes,
+        seed=data_seed,
+    )
+    model, label, _ = _load_model(args, data, device)
+    params = {f: getattr(args, f) for f in args.probe_fields if getattr(args, f) is not None}
+    try:
+        record = run_probe(
+            args.probe_name,
+            model,
+            data,
+            params,
+            device=device,
+            seed=args.seed,
+            out_dir=args.out,
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"probe {args.probe_name}", str(exc)) from None
+    record.model = label
+    record.checkpoint = None if args.checkpoint is None else str(args.checkpoint)
+    if args.out is not None:
+        path = atomic_write_json(Path(args.out) / f"{args.probe_name}.json", record.to_dict())
+        record.files["record"] = str(path)
+    if args.json:
+        print(json.dumps(record.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(
+            f"{label} on {data.name} ({'checkpoint' if args.checkpoint else args.init + ' init'})"
+        )
+        print(_summary(record))
+        for kind, path in sorted(record.files.items()):
+            print(f"{kind}: {path}")
+    return 0

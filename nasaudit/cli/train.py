@@ -1,0 +1,278 @@
+"""`nasaudit train` and `nasaudit eval`: train a model on a dataset with checkpoints, score one.
+
+Examples:
+    nasaudit train --model darts --dataset cifar10 --data-dir data --epochs 600
+    nasaudit train --model tiny_cnn --dataset digits --epochs 5 --adv-train pgd
+    nasaudit eval --checkpoint models/image/cifar10/darts.pth --dataset cifar10 --data-dir data
+"""
+
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+
+from nasaudit.errors import InputError
+
+DATASETS = ("cifar10", "cifar100", "imagenet32", "digits")
+# TrainConfig's defaults, shown in --help without importing torch (tests keep them equal).
+_STUDY_DEFAULTS = {
+    "epochs": 600,
+    "batch_size": 96,
+    "lr": 0.025,
+    "momentum": 0.9,
+    "weight_decay": 3e-4,
+    "grad_clip": 5.0,
+    "auxiliary_weight": 0.4,
+    "drop_path_prob": 0.2,
+    "cutout": 0,
+    "val_fraction": 0.1,
+    "seed": 0,
+    "adv_eps": 8 / 255,
+    "adv_step": 2 / 255,
+    "adv_iters": 7,
+}
+
+
+def _pixel_fraction(text: str) -> float:
+    """Parse a pixel-unit size: "8/255" or "0.0314" -> float."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"expected a number or a fraction like 8/255, got {text!r}"
+        ) from None
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default="digits", help="data set (default: digits, embedded)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with the data set files (CIFAR, ImageNet32)"
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="download CIFAR into --data-dir if missing"
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="use a class subset (ImageNet32: the study used 60)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` and `eval` commands."""
+    train = subparsers.add_parser(
+        "train",
+        help="train a model (genotype or manual baseline) with checkpoints",
+        description="Train a genotype network or a manual baseline with the study's recipe "
+        "(defaults: the paper's settings). Checkpoints go to MODEL_DIR/image/DATASET/MODEL.pth "
+        "after every epoch; --resume continues a killed run exactly.",
+    )
+    train.add_argument("--model", required=True, help="model name, genotype name, or genotype file")
+    _add_data_args(train)
+    # Training options default to None and fall back to TrainConfig's defaults (the study's),
+    # so there is one source of truth; the numbers in the help come from _STUDY_DEFAULTS, which
+    # a test keeps equal to TrainConfig.
+    options = (
+        ("--epochs", "epochs", int, "epochs"),
+        ("--batch-size", "batch_size", int, "batch size"),
+        ("--lr", "lr", float, "initial learning rate (cosine annealed)"),
+        ("--momentum", "momentum", float, "SGD momentum"),
+        ("--weight-decay", "weight_decay", float, "weight decay"),
+        ("--cutout", "cutout", int, "cutout size in pixels (0: off; the artifact uses 16)"),
+        ("--drop-path", "drop_path_prob", float, "final drop-path probability"),
+        ("--aux-weight", "auxiliary_weight", float, "auxiliary loss weight"),
+        ("--grad-clip", "grad_clip", float, "gradient-norm clip (0: off)"),
+        ("--val-fraction", "val_fraction", float, "validation share of the training set"),
+        ("--seed", "seed", int, "seed for init, split, loader and PGD"),
+        ("--adv-eps", "adv_eps", _pixel_fraction, "PGD L-inf radius, e.g. 8/255"),
+        ("--adv-step", "adv_step", _pixel_fraction, "PGD step, e.g. 2/255"),
+        ("--adv-iters", "adv_iters", int, "PGD iterations"),
+    )
+    for flag, field, kind, text in options:
+        shown = _STUDY_DEFAULTS[field]
+        shown = f"{round(shown * 255)}/255" if field in ("adv_eps", "adv_step") else shown
+        train.add_argument(
+            flag, dest=field, type=kind, default=None, help=f"{text} (default {shown})"
+        )
+    train.add_argument(
+        "--C", type=int, default=None, help="initial channels of a genotype network (default 36)"
+    )
+    train.add_argument(
+        "--layers", type=int, default=None, help="cells of a genotype network (default 20)"
+    )
+    train.add_argument(
+        "--no-auxiliary",
+        action="store_true",
+        help="build a genotype network without its auxiliary head",
+    )
+    train.add_argument("--model-dir", default="models", help="checkpoint root (default: ./models)")
+    train.add_argument("--log-dir", default=None, help="TensorBoard log directory")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint if there is one"
+    )
+    train.add_argument(
+        "--adv-train",
+        choices=("pgd",),
+        default=None,
+        help="PGD adversarial training (Madry et al.)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "eval",
+        help="clean loss and accuracy of a checkpoint",
+        description="Rebuild a model from its checkpoint (and JSON sidecar) and report its clean "
+        "loss and accuracy on a split of a data set (default: the test set).",
+    )
+    evaluate.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the .pth file (default: MODEL_DIR/image/DATASET/MODEL.pth)",
+    )
+    evaluate.add_argument(
+        "--model", default=None, help="model name/genotype (default: from the sidecar)"
+    )
+    evaluate.add_argument(
+        "--model-dir", default="models", help="checkpoint root when --checkpoint is not given"
+    )
+    _add_data_args(evaluate)
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "val", "train"),
+        default="test",
+        help="which split to score (val: the checkpoint's own held-out split, from its sidecar)",
+    )
+    evaluate.add_argument("--batch-size", type=int, default=512, help="evaluation batch size")
+    evaluate.set_defaults(func=run_eval)
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    """Genotype-network options given on the command line; manual baselines take none."""
+    from nasaudit.models.registry import is_manual_model
+
+    kwargs = {}
+    if args.C is not None:
+        kwargs["C"] = args.C
+    if args.layers is not None:
+        kwargs["layers"] = args.layers
+    if args.no_auxiliary:
+        kwargs["auxiliary"] = False
+    if kwargs and is_manual_model(args.model):
+        flags = ", ".join(f"--{k}" if k != "auxiliary" else "--no-auxiliary" for k in kwargs)
+        raise InputError(
+            "--model",
+            f"{args.model!r} is a manual baseline; {flags} only apply to genotype networks",
+        )
+    return kwargs
+
+
+def _load_data(args: argparse.Namespace, seed: int = 0):
+    from nasaudit.data import load_dataset
+
+    return load_dataset(
+        args.dataset, args.data_dir, download=args.download, num_classes=args.num_classes, seed=seed
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, printing the parameter count, one line per epoch and the final accuracies."""
+    from nasaudit.device import resolve_device
+    from nasaudit.models.base import count_parameters
+    from nasaudit.training import TrainConfig, checkpoint_path, train_on_dataset
+
+    given = {k: getattr(args, k) for k in _STUDY_DEFAULTS if getattr(args, k) is not None}
+    config = TrainConfig(adv_train=args.adv_train, **given)
+    config.validate()
+    device = resolve_device(args.device)
+    kwargs = _model_kwargs(args)
+    data = _load_data(args, seed=args.seed)
+    ckpt = checkpoint_path(args.model_dir, data.name, args.model)
+    print(
+        f"dataset {data.name}: {data.train_images.shape[0]} train / {data.test_images.shape[0]} test "
+        f"images, {data.num_classes} classes; device {device}"
+    )
+
+    def show_model(model) -> None:
+        print(
+            f"model {args.model}: {count_parameters(model):,} parameters (without auxiliary head)"
+        )
+
+    def show_epoch(h: dict) -> None:
+        val = (
+            f"  val loss {h['val_loss']:.4f} acc {h['val_acc']:.4f}"
+            if h["val_acc"] is not None
+            else ""
+        )
+        print(
+            f"epoch {h['epoch']:>4}/{config.epochs}  lr {h['lr']:.5f}  "
+            f"train loss {h['train_loss']:.4f} acc {h['train_acc']:.4f}{val}  ({h['seconds']:.1f} s)",
+            flush=True,
+        )
+
+    result = train_on_dataset(
+        args.model,
+        data,
+        config,
+        device=device,
+        model_kwargs=kwargs,
+        model_dir=args.model_dir,
+        resume=args.resume,
+        log_dir=args.log_dir,
+        progress=not args.no_progress,
+        on_epoch=show_epoch,
+        on_model=show_model,
+    )
+    if result.val_acc is not None:
+        print(
+            f"final val acc {result.val_acc:.4f} (best {result.best_val_acc:.4f} at epoch "
+            f"{result.best_epoch})"
+        )
+    print(f"final test loss {result.test_loss:.4f} acc {result.test_acc:.4f}")
+    print(f"checkpoint {ckpt}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Print the clean loss and accuracy of a checkpoint on the chosen split."""
+    from nasaudit.device import resolve_device
+    from nasaudit.training import checkpoint_path, evaluate, load_checkpoint_model
+
+    if args.checkpoint is None and args.model is None:
+        raise InputError("--checkpoint", "give --checkpoint PATH (or --model with --model-dir)")
+    device = resolve_device(args.device)
+    data = _load_data(args)
+    ckpt = args.checkpoint or checkpoint_path(args.model_dir, data.name, args.model)
+    model, meta = load_checkpoint_model(ckpt, model_name=args.model, device=device)
+    if model.num_classes != data.num_classes:
+        raise InputError(
+            ckpt, f"model has {model.num_classes} classes but {data.name} has {data.num_classes}"
+        )
+    if meta.get("dataset") not in (None, data.name):
+        print(f"note: checkpoint was trained on {meta['dataset']}, evaluating on {data.name}")
+    if args.split == "test":
+        images, labels = data.test_images, data.test_labels
+    elif args.split == "train":
+        images, labels = data.train_images, data.train_labels
+    else:
+        from nasaudit.data import train_val_split
+
+        # The same split train_on_dataset held out: same size, fraction and seed.
+        config = meta.get("config") or {}
+        fraction, seed = config.get("val_fraction"), config.get("seed", 0)
+        if not fraction:
+            raise InputError(ckpt, "the sidecar records no validation split; use --split test")
+        _, val_idx = train_val_split(data.train_images.shape[0], fraction, seed)
+        images, labels = data.train_images[val_idx], data.train_labels[val_idx]
+    loss, acc = evaluate(model, images, labels, device=device, batch_size=args.batch_size)
+    name = args.model or meta.get("model", "?")
+    print(
+        f"{name} on {data.name} {args.split} ({images.shape[0]} images): loss {loss:.4f} accuracy {acc:.4f}"
+    )
+    return 0

@@ -1,0 +1,233 @@
+"""The DARTS operations, shared by the search supernet and the genotype evaluation network.
+
+Every operation maps a feature map [B, C, H, W] to [B, C, H', W'] with H' = ceil(H / stride)
+(W likewise): stride 1 keeps the size, stride 2 halves it (rounding up for odd sizes), so the
+ops of one cell edge can always be summed. Definitions follow the DARTS code base (Liu et al.
+2019, `operations.py`); `sep_conv_7x7` and `conv_7x1_1x7` are the study's two extra ops.
+
+`OPS[name](C, stride, affine)` builds one op. `affine=False` is what the DARTS supernet uses
+(BatchNorm without learnable scale and shift, so that the architecture weights are not
+absorbed by them); the evaluation network uses `affine=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "OPS",
+    "PARAMETER_FREE_OPS",
+    "DilConv",
+    "FactorizedReduce",
+    "Identity",
+    "ReLUConvBN",
+    "SepConv",
+    "Zero",
+    "drop_path",
+]
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> Conv(k, stride, padding, no bias) -> BatchNorm: [B, C_in, H, W] -> [B, C_out, H', W']."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+    ):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C_in, H, W] -> [B, C_out, H', W']."""
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    """ReLU -> dilated depthwise conv -> pointwise 1x1 conv -> BatchNorm (one separable block)."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+    ):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(
+                C_in,
+                C_in,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=C_in,
+                bias=False,
+            ),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C_in, H, W] -> [B, C_out, ceil(H / stride), ceil(W / stride)]."""
+        return self.op(x)
+
+
+class SepConv(nn.Module):
+    """Two stacked separable blocks (DilConv with dilation 1), the first carrying the stride.
+
+    DARTS applies the separable convolution twice, which is why `sep_conv_3x3` has twice the
+    parameters of `dil_conv_3x3`; only the first block is strided, and the channel change (if
+    any) happens in the last pointwise conv.
+    """
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+    ):
+        super().__init__()
+        self.op = nn.Sequential(
+            DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine=affine),
+            DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C_in, H, W] -> [B, C_out, ceil(H / stride), ceil(W / stride)]."""
+        return self.op(x)
+
+
+class Identity(nn.Module):
+    """The identity (skip_connect at stride 1). Its own class so cells can exempt it from drop path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns x unchanged, [B, C, H, W]."""
+        return x
+
+
+class Zero(nn.Module):
+    """The `none` op: zeros of the output shape [B, C, ceil(H / stride), ceil(W / stride)].
+
+    A supernet should skip it rather than compute it (`isinstance(op, Zero)`): its output is
+    all zeros and contributes nothing but its architecture weight. It is still a valid op, so
+    that a genotype containing `none` builds and runs.
+    """
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Zeros shaped like the stride-`stride` output; keeps dtype, device and the graph."""
+        if self.stride == 1:
+            return x.mul(0.0)
+        # Strided slicing gives ceil(H / stride), the same size as the strided convs and pools.
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the spatial size with two offset stride-2 1x1 convs whose outputs are concatenated.
+
+    [B, C_in, H, W] -> [B, C_out, ceil(H / 2), ceil(W / 2)]; C_out must be even. The second conv
+    sees the input shifted by one pixel so that together the two convs cover every position.
+    DARTS slices `x[:, :, 1:, 1:]`, which breaks on odd sizes; padding the shifted map by one
+    zero row/column at the bottom/right gives identical results on even sizes (the pad is never
+    sampled) and the matching size ceil(H / 2) on odd ones.
+    """
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True):
+        super().__init__()
+        if C_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even C_out, got {C_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C_in, H, W] -> [B, C_out, ceil(H / 2), ceil(W / 2)]."""
+        x = self.relu(x)
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
+    # As in DARTS: a 1x7 conv strided along the width, then a 7x1 conv strided along the height.
+    return nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+        nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+        nn.BatchNorm2d(C, affine=affine),
+    )
+
+
+OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
+    "none": lambda C, stride, affine: Zero(stride),
+    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    # count_include_pad=False: border outputs average only real pixels (as DARTS).
+    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
+        3, stride=stride, padding=1, count_include_pad=False
+    ),
+    "skip_connect": lambda C, stride, affine: (
+        Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
+    ),
+    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
+    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
+    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
+    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
+    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+    "conv_7x1_1x7": _conv_7x1_1x7,
+}
+"""Op name -> `factory(C, stride, affine) -> nn.Module`, mapping [B, C, H, W] to
+[B, C, ceil(H / stride), ceil(W / stride)]."""
+
+PARAMETER_FREE_OPS: frozenset[str] = frozenset(
+    {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
+)
+"""Ops without weights in a normal cell (skip_connect at stride 2 is a FactorizedReduce, which
+has weights, but it is still counted here as DARTS and the study do)."""
+
+
+def drop_path(
+    x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Drop whole samples of a path: zero x[b] with probability `drop_prob`, scale the rest.
+
+    x: [B, ...]; returns a new tensor of the same shape (x is not modified), equal to
+    x * mask / (1 - drop_prob) with one Bernoulli(1 - drop_prob) draw per sample, so the
+    expectation is unchanged. Returns x itself when drop_prob <= 0.
+
+    Randomness: the mask is drawn from `generator` when given (it must live on x's device),
+    otherwise from torch's default RNG for x's device. The evaluation network uses the default
+    RNG, so training is deterministic when the trainer seeds it (`nasaudit.device.seeded`) around
+    the training loop. Raises ValueError for drop_prob >= 1.
+    """
+    if drop_prob <= 0.0:
+        return x
+    if drop_prob >= 1.0:
+        raise ValueError(f"drop_prob must be below 1, got {drop_prob}")
+    keep_prob = 1.0 - drop_prob
+    mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
+    mask.bernoulli_(keep_prob, generator=generator)
+    return x * mask / keep_prob

@@ -1,0 +1,120 @@
+"""Probes: measurements of the properties the study blames for NAS models' vulnerability.
+
+`PROBES` maps a probe name to `ProbeSpec(params_cls, run_fn)`; `run_probe` is the one entry
+point the CLI and the audit use:
+
+* "gradvar": per-sample gradient variance (Eq. 14) and the artifact's clipped variant;
+* "contour_param": loss contour over the first convolution's weights (Eq. 12);
+* "contour_input": loss contours around test inputs in pixel space (Eq. 13);
+* "curvature": top Hessian eigenvalue w.r.t. parameters and inputs (power iteration).
+
+Every run function has the signature
+`run_fn(model, data, params, *, device, seed, out_dir=None, progress=True) -> Record`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from nasaudit.errors import InputError
+from nasaudit.probes.contour import (
+    ContourInputParams,
+    ContourParamParams,
+    ContourRecord,
+    run_contour_input,
+    run_contour_param,
+)
+from nasaudit.probes.curvature import CurvatureParams, CurvatureRecord, run_curvature
+from nasaudit.probes.gradvar import (
+    GradVarParams,
+    GradVarRecord,
+    per_sample_grad_variance,
+    run_gradvar,
+)
+from nasaudit.records import Record
+
+
+class ProbeSpec(NamedTuple):
+    """A probe: its settings dataclass and its run function."""
+
+    params_cls: type
+    run: Callable[..., Record]
+
+
+PROBES: dict[str, ProbeSpec] = {
+    "gradvar": ProbeSpec(GradVarParams, run_gradvar),
+    "contour_param": ProbeSpec(ContourParamParams, run_contour_param),
+    "contour_input": ProbeSpec(ContourInputParams, run_contour_input),
+    "curvature": ProbeSpec(CurvatureParams, run_curvature),
+}
+
+
+def make_params(name: str, params: Mapping[str, Any] | Any | None) -> Any:
+    """The probe's Params instance from a dict (e.g. an audit TOML table), an instance, or None
+    (defaults). Unknown keys raise InputError naming the probe."""
+    spec = _spec(name)
+    if params is None:
+        return spec.params_cls()
+    if isinstance(params, spec.params_cls):
+        return params
+    if not isinstance(params, Mapping):
+        raise InputError(f"probe {name}", f"params must be a table, not {type(params).__name__}")
+    fields = {f.name for f in dataclasses.fields(spec.params_cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise InputError(f"probe {name}", f"unknown setting(s) {unknown}; known: {sorted(fields)}")
+    return spec.params_cls(**params)
+
+
+def _spec(name: str) -> ProbeSpec:
+    key = name.replace("-", "_")
+    if key not in PROBES:
+        raise InputError("probe", f"unknown probe {name!r}; known: {', '.join(PROBES)}")
+    return PROBES[key]
+
+
+def run_probe(
+    name: str,
+    model: Any,
+    data: Any,
+    params: Mapping[str, Any] | Any | None,
+    *,
+    device: Any,
+    seed: int,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Record:
+    """Run probe `name` ("gradvar", "contour_param", "contour_input", "curvature"; hyphens
+    accepted) on `model` (an ImageClassifier, put in eval mode for the probe and restored) with
+    data from `data` (an ImageDataset). Writes npz/png files into out_dir when given."""
+    from nasaudit.device import resolve_device
+
+    spec = _spec(name)
+    return spec.run(
+        model,
+        data,
+        make_params(name, params),
+        device=resolve_device(device),
+        seed=int(seed),
+        out_dir=out_dir,
+        progress=progress,
+    )
+
+
+__all__ = [
+    "PROBES",
+    "ContourInputParams",
+    "ContourParamParams",
+    "ContourRecord",
+    "CurvatureParams",
+    "CurvatureRecord",
+    "GradVarParams",
+    "GradVarRecord",
+    "ProbeSpec",
+    "make_params",
+    "per_sample_grad_variance",
+    "run_probe",
+]

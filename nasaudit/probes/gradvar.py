@@ -1,0 +1,394 @@
+"""Gradient variance (Eq. 14 of the study): how noisy per-sample gradients are.
+
+Var(g) = E_x ||g(x) - E_x g(x)||^2, where g(x) is the gradient of the per-sample loss with
+respect to the model parameters. The study's artifact instead reports the sum over parameter
+coordinates of the per-coordinate standard deviation, with every per-sample gradient first
+clipped to L2 norm 5; both are reported.
+
+The reusable core is `per_sample_grad_variance`: any nn.Module, any subset of its parameters
+(the search uses it on a supernet's weights), per-sample gradients by `torch.func` (vmap over
+grad) in chunks, and streaming float64 statistics so that hundreds of samples on a big model fit
+in memory (only a few parameter-sized accumulators are kept, never all gradients).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nasaudit.records import Record
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+# Per-chunk per-sample gradients are materialised as [chunk, *param_shape] float32 tensors;
+# cap their total size so that a 25M-parameter model does not ask for several GiB per chunk.
+DEFAULT_MAX_CHUNK_BYTES = 1 << 30
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode (BN uses running stats, no dropout / drop path) and
+    restore each submodule's own training flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def split_parameters(
+    model: nn.Module, params: Mapping[str, Tensor] | None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(differentiated, fixed) tensors for `torch.func.functional_call(model, ...)`.
+
+    `params` maps names from `model.named_parameters()` to the values at which to differentiate
+    (a subset is fine); None means every parameter with requires_grad. Everything else (other
+    parameters and all buffers) is returned detached in `fixed`, so it is a constant.
+    """
+    named = dict(model.named_parameters())
+    if params is None:
+        diff = {k: p.detach() for k, p in named.items() if p.requires_grad}
+    else:
+        unknown = sorted(set(params) - set(named))
+        if unknown:
+            raise ValueError(f"not parameters of the model: {unknown[:5]}")
+        diff = {k: v.detach() for k, v in params.items()}
+    if not diff:
+        raise ValueError("no parameters to differentiate")
+    fixed = {k: p.detach() for k, p in named.items() if k not in diff}
+    fixed.update({k: b.detach() for k, b in model.named_buffers()})
+    return diff, fixed
+
+
+def _default_loss(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def as_float_images(x: Tensor) -> Tensor:
+    """uint8 images [N, C, H, W] -> float32 in [0, 1]; float input is returned unchanged."""
+    # Stored images are uint8; models take float pixels in [0, 1] (DESIGN.md conventions).
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+class _Moments:
+    """Streaming per-coordinate mean and sum of squared deviations (Chan et al.'s parallel
+    update), in float64: merging chunk statistics this way avoids the cancellation of
+    E[g^2] - E[g]^2 when the variance is tiny compared with the mean gradient (NAS models at
+    initialisation are 100x below manual ones)."""
+
+    def __init__(self, shapes: Mapping[str, torch.Size], device: torch.device):
+        self.n = 0
+        self.mean = {
+            k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in shapes.items()
+        }
+        self.m2 = {k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in shapes.items()}
+
+    def update(self, grads: Mapping[str, Tensor], scale: Tensor) -> None:
+        """Add a chunk: grads[k] is [B, *shape]; each sample is multiplied by scale [B]."""
+        b = int(scale.shape[0])
+        n_new = self.n + b
+        for k, g in grads.items():
+            g = g.to(torch.float64) * scale.view(-1, *([1] * (g.dim() - 1)))
+            chunk_mean = g.mean(0)
+            chunk_m2 = (g - chunk_mean).square_().sum(0)
+            delta = chunk_mean - self.mean[k]
+            self.mean[k] += delta * (b / n_new)
+            self.m2[k] += chunk_m2 + delta.square_() * (self.n * b / n_new)
+        self.n = n_new
+
+
+def _per_sample_grad_fn(
+    model: nn.Module, fixed: dict[str, Tensor], loss_fn: LossFn
+) -> Callable[[dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]:
+    from torch.func import functional_call, grad
+
+    def sample_loss(diff: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        # One sample as a batch of one: the model sees [1, C, H, W] (eval-mode BN is per-sample).
+        logits = functional_call(model, (diff, fixed), (xi.unsqueeze(0),))
+        return loss_fn(logits, yi.unsqueeze(0))
+
+    return grad(sample_loss)
+
+
+def _loop_grads(
+    model: nn.Module,
+    diff: dict[str, Tensor],
+    fixed: dict[str, Tensor],
+    loss_fn: LossFn,
+    x: Tensor,
+    y: Tensor,
+) -> dict[str, Tensor]:
+    """Per-sample gradients one sample at a time (fallback for ops vmap cannot batch)."""
+    per_sample = _per_sample_grad_fn(model, fixed, loss_fn)
+    outs = [per_sample(diff, x[i], y[i]) for i in range(x.shape[0])]
+    return {k: torch.stack([o[k] for o in outs]) for k in diff}
+
+
+def per_sample_grad_variance(
+    model: nn.Module,
+    params: Mapping[str, Tensor] | None,
+    x: Tensor,
+    y: Tensor,
+    *,
+    chunk_size: int = 64,
+    clip_norm: float | None = None,
+    artifact_clip: float = 5.0,
+    loss_fn: LossFn | None = None,
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    per_tensor: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Variance of per-sample loss gradients w.r.t. `params` over the samples (x, y).
+
+    Args:
+        model: any nn.Module mapping x [B, ...] to logits [B, K]. It is evaluated in eval mode
+            (BN running statistics, no dropout); its own training flags are restored after.
+        params: {name: tensor} values of a subset of `model.named_parameters()` at which to
+            differentiate, or None for all parameters with requires_grad. Other parameters and
+            buffers are held fixed.
+        x: inputs [N, ...] (uint8 images are scaled to [0, 1]); y: int64 labels [N].
+        chunk_size: samples per vmap call (lowered automatically to respect max_chunk_bytes).
+        clip_norm: if set, clip each per-sample gradient to this L2 norm before Eq. 14.
+        artifact_clip: L2 clip applied before the artifact's sum of per-coordinate std (5.0).
+        loss_fn: loss(logits [1, K], y [1]) -> scalar; default cross entropy.
+        per_tensor: also return the Eq. 14 variance of each parameter tensor.
+
+    Returns a dict of Python floats / ints:
+        variance: Eq. 14, E||g - E g||^2 with the plug-in 1/N expectation (squared loss units
+            per parameter-unit squared, summed over all coordinates);
+        log10_variance: log10 of it (-inf for exactly 0);
+        artifact_std_sum: sum over coordinates of the (unbiased, 1/(N-1)) std of the clipped
+            gradients, as the paper's artifact appendix describes it;
+        artifact_var_sum: sum over coordinates of the squared std of the clipped gradients,
+            which is what the artifact's code (projects/grad_var_param.py,
+            `grad_tensor.std(0).square().sum()`) actually prints;
+        mean_grad_sq_norm: ||E g||^2; mean_sq_norm: E||g||^2 (so variance = difference);
+        mean_grad_norm: E||g|| (before any clipping); clipped_fraction: share of samples
+            whose norm exceeded artifact_clip;
+        n_samples, n_params, clip_norm, artifact_clip, chunk_size (the one used);
+        per_tensor (optional): {name: variance}.
+    """
+    from tqdm.auto import tqdm
+
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    n = int(x.shape[0])
+    if n < 2:
+        raise ValueError("need at least 2 samples for a variance")
+    loss_fn = loss_fn or _default_loss
+    diff, fixed = split_parameters(model, params)
+    n_params = sum(t.numel() for t in diff.values())
+    device = next(iter(diff.values())).device
+    chunk = max(1, min(int(chunk_size), max_chunk_bytes // max(1, 4 * n_params)))
+
+    shapes = {k: t.shape for k, t in diff.items()}
+    eq14 = _Moments(shapes, device)
+    artifact = _Moments(shapes, device) if clip_norm != artifact_clip else None
+    # Scalars stay on the device until the end: no per-chunk sync (DESIGN.md).
+    sum_norm = torch.zeros((), dtype=torch.float64, device=device)
+    n_clipped = torch.zeros((), dtype=torch.float64, device=device)
+
+    batched = None
+    with eval_mode(model):
+        vectorized = True
+        per_sample = _per_sample_grad_fn(model, fixed, loss_fn)
+        from torch.func import vmap
+
+        batched = vmap(per_sample, in_dims=(None, 0, 0))
+        for start in tqdm(range(0, n, chunk), desc="gradvar", disable=not progress, leave=False):
+            xb = as_float_images(x[start : start + chunk].to(device))
+            yb = y[start : start + chunk].to(device)
+            grads = None
+            if vectorized:
+                try:
+                    grads = batched(diff, xb, yb)
+                except (RuntimeError, NotImplementedError) as exc:
+                    # Some custom ops have no batching rule; stay correct, just slower.
+                    warnings.warn(f"vmap failed ({str(exc)[:120]}); per-sample loop", stacklevel=2)
+                    vectorized = False
+            if grads is None:
+                grads = _loop_grads(model, diff, fixed, loss_fn, xb, yb)
+            grads = {k: g.detach() for k, g in grads.items()}
+            sq = sum(g.to(torch.float64).flatten(1).square().sum(1) for g in grads.values())
+            norm = sq.sqrt()  # [B] per-sample gradient L2 norms
+            sum_norm += norm.sum()
+            n_clipped += (norm >= artifact_clip).sum()
+            ones = torch.ones_like(norm)
+            eq_scale = ones if clip_norm is None else _clip_scale(norm, clip_norm)
+            art_scale = _clip_scale(norm, artifact_clip)
+            eq14.update(grads, eq_scale)
+            if artifact is not None:
+                artifact.update(grads, art_scale)
+            del grads
+
+    art = artifact if artifact is not None else eq14
+    variance_t = sum(m.sum() for m in eq14.m2.values()) / n
+    mean_sq_t = sum(m.square().sum() for m in eq14.mean.values())
+    std_sum_t = sum((m / (n - 1)).sqrt().sum() for m in art.m2.values())
+    var_sum_t = sum(m.sum() for m in art.m2.values()) / (n - 1)
+    variance = float(variance_t)
+    out: dict[str, Any] = {
+        "variance": variance,
+        "log10_variance": math.log10(variance) if variance > 0 else float("-inf"),
+        "artifact_std_sum": float(std_sum_t),
+        "artifact_var_sum": float(var_sum_t),
+        "mean_grad_sq_norm": float(mean_sq_t),
+        "mean_sq_norm": variance + float(mean_sq_t),
+        "mean_grad_norm": float(sum_norm) / n,
+        "clipped_fraction": float(n_clipped) / n,
+        "n_samples": n,
+        "n_params": n_params,
+        "clip_norm": clip_norm,
+        "artifact_clip": artifact_clip,
+        "chunk_size": chunk,
+    }
+    if per_tensor:
+        out["per_tensor"] = {k: float(m.sum()) / n for k, m in eq14.m2.items()}
+    return out
+
+
+def _clip_scale(norm: Tensor, max_norm: float) -> Tensor:
+    """Per-sample factor max_norm / ||g|| where ||g|| >= max_norm, else 1 (the artifact's
+    `if norm >= 5: grad = grad * 5 / norm`, exactly, without an epsilon)."""
+    return torch.where(norm >= max_norm, max_norm / norm.clamp_min(1e-300), torch.ones_like(norm))
+
+
+# --------------------------------------------------------------------------------------------
+# The probe: Params, Record and run function used by run_probe / the CLI / the audit.
+
+
+@dataclasses.dataclass
+class GradVarParams:
+    """Settings of the gradient-variance probe (defaults = the study's artifact)."""
+
+    n_samples: int = 512  # training samples drawn with the seed
+    chunk_size: int = 64  # samples per vmap call
+    clip_norm: float | None = None  # optional clip before Eq. 14 (the paper does not clip)
+    artifact_clip: float = 5.0  # clip before the artifact's sum of stds
+    split: str = "train"  # "train" | "test"
+
+
+@dataclasses.dataclass
+class GradVarRecord(Record):
+    """Result of the gradient-variance probe (Eq. 14 and the artifact's variant)."""
+
+    kind = "probe_gradvar"
+    variance: float
+    log10_variance: float
+    artifact_std_sum: float
+    artifact_var_sum: float
+    mean_grad_norm: float
+    mean_grad_sq_norm: float
+    clipped_fraction: float
+    n_samples: int
+    n_params: int
+    seed: int
+    params: dict
+    per_tensor: dict = dataclasses.field(default_factory=dict)
+    model: str | None = None
+    checkpoint: str | None = None
+    files: dict = dataclasses.field(default_factory=dict)
+
+
+def sample_indices(n_total: int, n: int, seed: int) -> Tensor:
+    """n distinct indices in [0, n_total), seeded (CPU generator, so identical on any device)."""
+    from nasaudit.device import generator
+
+    return torch.randperm(n_total, generator=generator(seed))[: min(n, n_total)]
+
+
+def run_gradvar(
+    model: nn.Module,
+    data: Any,
+    params: GradVarParams,
+    *,
+    device: torch.device,
+    seed: int,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> GradVarRecord:
+    """Eq. 14 gradient variance of `model` over `params.n_samples` seeded samples of `data`
+    (an ImageDataset). Writes gradvar.png (per-tensor variances) into out_dir when given."""
+    images = data.train_images if params.split == "train" else data.test_images
+    labels = data.train_labels if params.split == "train" else data.test_labels
+    idx = sample_indices(images.shape[0], params.n_samples, seed)
+    model = model.to(device)
+    stats = per_sample_grad_variance(
+        model,
+        None,
+        images[idx],
+        labels[idx],
+        chunk_size=params.chunk_size,
+        clip_norm=params.clip_norm,
+        artifact_clip=params.artifact_clip,
+        per_tensor=True,
+        progress=progress,
+    )
+    record = GradVarRecord(
+        variance=stats["variance"],
+        log10_variance=stats["log10_variance"],
+        artifact_std_sum=stats["artifact_std_sum"],
+        artifact_var_sum=stats["artifact_var_sum"],
+        mean_grad_norm=stats["mean_grad_norm"],
+        mean_grad_sq_norm=stats["mean_grad_sq_norm"],
+        clipped_fraction=stats["clipped_fraction"],
+        n_samples=stats["n_samples"],
+        n_params=stats["n_params"],
+        seed=seed,
+        params=dataclasses.asdict(params),
+        per_tensor=stats["per_tensor"],
+    )
+    if out_dir is not None:
+        record.files["plot"] = str(
+            _plot_per_tensor(stats["per_tensor"], Path(out_dir) / "gradvar.png")
+        )
+    return record
+
+
+def _plot_per_tensor(per_tensor: Mapping[str, float], path: Path) -> Path:
+    """Bar chart of log10 Eq. 14 variance per parameter tensor, in module order."""
+    from nasaudit.probes.contour import new_figure, save_figure
+
+    names = list(per_tensor)
+    vals = [math.log10(v) if v > 0 else float("nan") for v in per_tensor.values()]
+    fig, ax = new_figure(figsize=(max(6.0, 0.18 * len(names)), 4.0))
+    ax.bar(range(len(names)), vals)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=5)
+    ax.set_ylabel("log10 Var(g) per tensor")
+    ax.set_title("Per-sample gradient variance (Eq. 14)")
+    return save_figure(fig, path)
+
+
+def kaiming_init(model: nn.Module) -> nn.Module:
+    """Re-initialise `model` in place with Kaiming (He) normal weights, the same rule for every
+    architecture so that variances "at initialisation" compare across models.
+
+    Conv and Linear weights: kaiming_normal_(fan_in, ReLU gain), biases 0; normalisation layers
+    (BatchNorm/GroupNorm/LayerNorm with affine): weight 1, bias 0. Draws from torch's global RNG:
+    call inside `nasaudit.device.seeded(seed)` for a reproducible model.
+    """
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, norms):
+                if getattr(module, "weight", None) is not None:
+                    nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+    return model
