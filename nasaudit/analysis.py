@@ -170,15 +170,25 @@ def _draw_cell(ax: Any, graph: nx.DiGraph, title: str) -> None:
         )
         if data["op"] != "concat":
             ax.text(
-                x0 + 0.55 * (x1 - x0), y0 + 0.55 * (y1 - y0), data["op"].replace(" + ", "\n"),
-                fontsize=6, color=colour, ha="center", va="center",
+                x0 + 0.55 * (x1 - x0),
+                y0 + 0.55 * (y1 - y0),
+                data["op"].replace(" + ", "\n"),
+                fontsize=6,
+                color=colour,
+                ha="center",
+                va="center",
                 bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
             )
     for node, (x, y) in pos.items():
         kind = graph.nodes[node]["kind"]
         face = {"input": "#c7e9c0", "intermediate": "#deebf7", "output": "#fdd0a2"}[kind]
         ax.text(
-            x, y, str(node), ha="center", va="center", fontsize=8,
+            x,
+            y,
+            str(node),
+            ha="center",
+            va="center",
+            fontsize=8,
             bbox={"boxstyle": "round,pad=0.4", "fc": face, "ec": "black"},
         )
     xs = [x for x, _ in pos.values()]

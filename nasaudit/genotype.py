@@ -92,8 +92,12 @@ def make_genotype(
     Checks only the container shapes (a cell is a list of 2-item pairs, a concat a list);
     `validate_genotype` checks the contents. Raises InputError naming `source` and `name`.
     """
-    values = {"normal": normal, "normal_concat": normal_concat, "reduce": reduce,
-              "reduce_concat": reduce_concat}
+    values = {
+        "normal": normal,
+        "normal_concat": normal_concat,
+        "reduce": reduce,
+        "reduce_concat": reduce_concat,
+    }
     out: dict[str, tuple] = {}
     for key, value in values.items():
         if not isinstance(value, (list, tuple, range)):
@@ -175,8 +179,7 @@ def validate_genotype(
             if not 2 <= state <= n_nodes + 1:
                 raise InputError(
                     source,
-                    f"{ckey}: {state} names a missing node (the cell has states "
-                    f"2..{n_nodes + 1})",
+                    f"{ckey}: {state} names a missing node (the cell has states 2..{n_nodes + 1})",
                 )
             if state in seen:
                 raise InputError(source, f"{ckey}: {state} appears twice")
@@ -223,7 +226,7 @@ def _genotype_from_mapping(obj: Any, *, source: str, name: str) -> tuple[Genotyp
     g = make_genotype(*(obj[key] for key in FIELDS), source=source, name=name)
     extra = {key: value for key, value in obj.items() if key not in FIELDS and key != "name"}
     if "source" in extra and not isinstance(extra["source"], str):
-        raise InputError(source, f"genotype {name!r}: \"source\" must be a string")
+        raise InputError(source, f'genotype {name!r}: "source" must be a string')
     return g, extra
 
 
@@ -252,8 +255,10 @@ def _parse_json(text: str, source: str, default_name: str) -> _ParsedFile:
             raise InputError(source, '"aliases" must be an object of alias: name')
         for alias, target in aliases.items():
             _check_name(alias, source)
-            if target not in parsed.genotypes:
-                raise InputError(source, f"alias {alias!r} points to unknown genotype {_short(target)}")
+            if not isinstance(target, str) or target not in parsed.genotypes:
+                raise InputError(
+                    source, f"alias {alias!r} points to unknown genotype {_short(target)}"
+                )
             parsed.aliases[alias] = target
     elif any(key in obj for key in FIELDS):
         name = obj.get("name", default_name)
@@ -333,7 +338,12 @@ def genotype_from_nni(d: Mapping[str, Any], source: str = "<nni>", name: str = "
         match = _NNI_KEY.match(key)
         if not match:
             raise InputError(source, f"genotype {name!r}: unexpected NNI key {_short(key)}")
-        cell, kind, node, k = match.group(1), match.group(2), int(match.group(3)), int(match.group(4))
+        cell, kind, node, k = (
+            match.group(1),
+            match.group(2),
+            int(match.group(3)),
+            int(match.group(4)),
+        )
         if kind == "input" and isinstance(value, list):
             if len(value) != 1:
                 raise InputError(
@@ -387,11 +397,13 @@ class _PyReader:
         self.source = source
         self.env: dict[str, Any] = {}
         self.parsed = _ParsedFile()
-        self._target = "?"
+        self._target: str | None = None
 
     def fail(self, node: ast.AST, problem: str) -> InputError:
-        line = getattr(node, "lineno", "?")
-        return InputError(self.source, f"line {line}, {self._target!r}: {problem}")
+        where = f"line {getattr(node, 'lineno', '?')}"
+        if self._target is not None:
+            where += f", {self._target!r}"
+        return InputError(self.source, f"{where}: {problem}")
 
     def read_module(self, tree: ast.Module, default_name: str) -> _ParsedFile:
         bare = 0
@@ -411,7 +423,7 @@ class _PyReader:
             elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
                 self.read_assign(stmt)
             else:
-                self._target = "?"
+                self._target = None
                 raise self.fail(stmt, f"unsupported statement ({type(stmt).__name__})")
         if not self.parsed.genotypes:
             raise InputError(self.source, "no Genotype(...) found in the file")
@@ -430,7 +442,7 @@ class _PyReader:
         names = []
         for target in targets:
             if not isinstance(target, ast.Name):
-                self._target = "?"
+                self._target = None
                 raise self.fail(stmt, "only plain `NAME = value` assignments are supported")
             names.append(target.id)
         if stmt.value is None:  # `X: Genotype` without a value
@@ -485,15 +497,23 @@ class _PyReader:
         raise self.fail(node, f"unsupported expression ({type(node).__name__})")
 
     def eval_call(self, node: ast.Call, depth: int) -> Any:
-        if isinstance(node.func, ast.Name) and node.func.id in ("range", "list", "tuple"):
-            if node.func.id not in self.env:
-                return self.eval_builtin(node, node.func.id, depth)
-        func = self.eval(node.func, depth + 1)
-        if func is _NAMEDTUPLE:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id not in self.env:
+            if func.id in ("range", "list", "tuple"):
+                return self.eval_builtin(node, func.id, depth)
+            known = func.id in ("Genotype", "namedtuple")
+        else:
+            known = isinstance(func, ast.Name) or (
+                isinstance(func, ast.Attribute)
+                and isinstance(func.value, ast.Name)
+                and func.attr in ("Genotype", "namedtuple")
+            )
+        value = self.eval(func, depth + 1) if known else None
+        if value is _NAMEDTUPLE:
             return self.eval_namedtuple(node, depth)
-        if func is _CTOR:
+        if value is _CTOR:
             return self.eval_genotype(node, depth)
-        raise self.fail(node, f"unsupported call ({_short(ast.unparse(node.func))})")
+        raise self.fail(node, f"unsupported call ({_short(ast.unparse(func))})")
 
     def eval_builtin(self, node: ast.Call, func: str, depth: int) -> list:
         if node.keywords or any(isinstance(arg, ast.Starred) for arg in node.args):
@@ -536,7 +556,9 @@ class _PyReader:
         if missing:
             raise self.fail(node, f"Genotype() lacks {', '.join(missing)}")
         try:
-            return make_genotype(*(values[key] for key in FIELDS), source="", name=self._target)
+            return make_genotype(
+                *(values[key] for key in FIELDS), source="", name=self._target or "?"
+            )
         except InputError as exc:
             raise self.fail(node, exc.problem) from None
 
@@ -545,7 +567,9 @@ def _parse_python(text: str, source: str, default_name: str) -> _ParsedFile:
     try:
         tree = ast.parse(text, filename=source, mode="exec")
     except SyntaxError as exc:
-        raise InputError(source, f"line {exc.lineno}: invalid Python ({exc.msg})") from None
+        raise InputError(
+            source, f"line {exc.lineno}: invalid Python ({_short_text(str(exc.msg))})"
+        ) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         raise InputError(source, f"invalid Python ({_first_line(exc)})") from None
     reader = _PyReader(source)
@@ -650,7 +674,9 @@ def load_genotype_file(
 def _format_json(obj: dict) -> str:
     # One line per field keeps a cell readable and diffs small; a plain indent would give
     # every pair four lines.
-    lines = [f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}" for key, value in obj.items()]
+    lines = [
+        f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}" for key, value in obj.items()
+    ]
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
@@ -709,8 +735,11 @@ def shipped_genotypes() -> dict[str, dict]:
     parsed = _shipped()
     out: dict[str, dict] = {}
     for name, g in parsed.genotypes.items():
-        out[name] = {"genotype": g, "source": parsed.extras[name].get("source", ""),
-                     "alias_of": None}
+        out[name] = {
+            "genotype": g,
+            "source": parsed.extras[name].get("source", ""),
+            "alias_of": None,
+        }
     for alias, target in parsed.aliases.items():
         out[alias] = {**out[target], "alias_of": target}
     return dict(sorted(out.items()))

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Re-exported: the op facts live with the op names, which the torch-free analyzer also reads.
+from nasaudit.search_space import PARAMETER_FREE_OPS
+
 __all__ = [
     "OPS",
     "PARAMETER_FREE_OPS",
@@ -201,13 +204,6 @@ OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
 }
 """Op name -> `factory(C, stride, affine) -> nn.Module`, mapping [B, C, H, W] to
 [B, C, ceil(H / stride), ceil(W / stride)]."""
-
-PARAMETER_FREE_OPS: frozenset[str] = frozenset(
-    {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
-)
-"""Ops without weights in a normal cell (skip_connect at stride 2 is a FactorizedReduce, which
-has weights, but it is still counted here as DARTS and the study do)."""
-
 
 def drop_path(
     x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None

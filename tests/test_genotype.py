@@ -32,19 +32,36 @@ REQUIRED = (
 ).split()
 
 DARTS_V2 = Genotype(
-    normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)),
+    normal=(
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("skip_connect", 0),
+        ("dil_conv_3x3", 2),
+    ),
     normal_concat=(2, 3, 4, 5),
-    reduce=(("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)),
+    reduce=(
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("skip_connect", 2),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
+    ),
     reduce_concat=(2, 3, 4, 5),
 )
 
 
 def test_genotype_is_a_darts_style_namedtuple():
     assert Genotype._fields == ("normal", "normal_concat", "reduce", "reduce_concat")
-    g = make_genotype(*([list(p) for p in cell] if i % 2 == 0 else list(cell)
-                        for i, cell in enumerate(DARTS_V2)))
+    g = make_genotype(
+        *([list(p) for p in cell] if i % 2 == 0 else list(cell) for i, cell in enumerate(DARTS_V2))
+    )
     assert g == DARTS_V2
     assert isinstance(g.normal, tuple) and isinstance(g.normal[0], tuple)
     assert g.normal[7] == ("dil_conv_3x3", 2)
@@ -58,8 +75,13 @@ def test_required_names_resolve_and_validate(name):
 
 def test_aliases_point_to_their_targets():
     assert resolve_genotype("darts") == resolve_genotype("darts_v2") == DARTS_V2
-    pairs = {"pc_darts": "pc_darts_cifar", "drnas": "drnas_cifar10", "darts_i": "diy_deep",
-             "darts_ii": "diy_noskip", "darts_iii": "diy_deep_noskip"}
+    pairs = {
+        "pc_darts": "pc_darts_cifar",
+        "drnas": "drnas_cifar10",
+        "darts_i": "diy_deep",
+        "darts_ii": "diy_noskip",
+        "darts_iii": "diy_deep_noskip",
+    }
     shipped = shipped_genotypes()
     for alias, target in pairs.items():
         assert shipped[alias]["alias_of"] == target
@@ -111,24 +133,40 @@ def _bad(**changes) -> Genotype:
 @pytest.mark.parametrize(
     "genotype, message",
     [
-        (_bad(normal=DARTS_V2.normal[:6] + (("sep_conv_3x3", 5), ("sep_conv_3x3", 0))),
-         "genotype 'FOO', normal cell, node 3: input 5 is not below the node (allowed 0..4)"),
-        (_bad(reduce=(("max_pool_3x3", 2), ("max_pool_3x3", 0))),
-         "genotype 'FOO', reduce cell, node 0: input 2 is not below the node (allowed 0..1)"),
-        (_bad(normal=DARTS_V2.normal[:7]),
-         "genotype 'FOO', normal cell has 7 (op, input) pairs, not a multiple of 2 inputs per node"),
+        (
+            _bad(normal=DARTS_V2.normal[:6] + (("sep_conv_3x3", 5), ("sep_conv_3x3", 0))),
+            "genotype 'FOO', normal cell, node 3: input 5 is not below the node (allowed 0..4)",
+        ),
+        (
+            _bad(reduce=(("max_pool_3x3", 2), ("max_pool_3x3", 0))),
+            "genotype 'FOO', reduce cell, node 0: input 2 is not below the node (allowed 0..1)",
+        ),
+        (
+            _bad(normal=DARTS_V2.normal[:7]),
+            "genotype 'FOO', normal cell has 7 (op, input) pairs, not a multiple of 2 inputs per node",
+        ),
         (_bad(normal=()), "genotype 'FOO', normal cell is empty"),
-        (_bad(reduce=(("conv_9x9", 0), ("max_pool_3x3", 1))),
-         "genotype 'FOO', reduce cell, node 0: unknown op 'conv_9x9'"),
-        (_bad(normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", 1.0))),
-         "genotype 'FOO', normal cell, node 0: input 1.0 is not an integer"),
-        (_bad(normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", True))),
-         "input True is not an integer"),
-        (_bad(normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", -1))),
-         "node 0: input -1 is not below the node"),
+        (
+            _bad(reduce=(("conv_9x9", 0), ("max_pool_3x3", 1))),
+            "genotype 'FOO', reduce cell, node 0: unknown op 'conv_9x9'",
+        ),
+        (
+            _bad(normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", 1.0))),
+            "genotype 'FOO', normal cell, node 0: input 1.0 is not an integer",
+        ),
+        (
+            _bad(normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", True))),
+            "input True is not an integer",
+        ),
+        (
+            _bad(normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", -1))),
+            "node 0: input -1 is not below the node",
+        ),
         (_bad(normal=(("sep_conv_3x3", 0), (3, 1))), "node 0: op 3 is not a string"),
-        (_bad(normal_concat=(2, 3, 4, 6)),
-         "genotype 'FOO', normal_concat: 6 names a missing node (the cell has states 2..5)"),
+        (
+            _bad(normal_concat=(2, 3, 4, 6)),
+            "genotype 'FOO', normal_concat: 6 names a missing node (the cell has states 2..5)",
+        ),
         (_bad(reduce_concat=(1, 2)), "reduce_concat: 1 names a missing node"),
         (_bad(normal_concat=(2, 3, 3)), "normal_concat: 3 appears twice"),
         (_bad(reduce_concat=()), "genotype 'FOO', reduce_concat is empty"),
@@ -199,8 +237,9 @@ def test_genotype_hash_is_stable_and_ignores_containers():
     assert genotype_hash(DARTS_V2) == genotype_hash(resolve_genotype("darts"))
     assert len(genotype_hash(DARTS_V2)) == 64
     assert genotype_hash(DARTS_V2) != genotype_hash(resolve_genotype("darts_v1"))
-    as_lists = Genotype(*(list(map(list, c)) if i % 2 == 0 else list(c)
-                          for i, c in enumerate(DARTS_V2)))
+    as_lists = Genotype(
+        *(list(map(list, c)) if i % 2 == 0 else list(c) for i, c in enumerate(DARTS_V2))
+    )
     assert genotype_hash(as_lists) == genotype_hash(DARTS_V2)
     # Pinned: a change here would silently re-key every stored result.
     assert genotype_hash(DARTS_V2).startswith("75f8a6657311")

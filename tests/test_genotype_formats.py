@@ -42,7 +42,12 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 def test_third_party_darts_genotypes_py():
     found = load_genotype_file(FIXTURES / "darts_genotypes.py")
-    assert list(found) == ["NASNet", "AmoebaNet", "DARTS_V1", "DARTS_V2"]  # alias DARTS not repeated
+    assert list(found) == [
+        "NASNet",
+        "AmoebaNet",
+        "DARTS_V1",
+        "DARTS_V2",
+    ]  # alias DARTS not repeated
     assert found["NASNet"] == resolve_genotype("nasnet")
     assert found["AmoebaNet"] == resolve_genotype("amoebanet")
     assert found["DARTS_V1"] == resolve_genotype("darts_v1")  # list(range(2, 6)) concat
@@ -74,7 +79,10 @@ def test_lone_keyword_expression_and_collections_namedtuple():
     with pytest.raises(InputError, match="field normal_concat given twice"):
         parse_genotypes(module, suffix=".py")
     ok = module.replace("normal_concat=None, ", "")
-    assert parse_genotypes(ok, suffix=".py")["A"].reduce == (("max_pool_3x3", 1), ("max_pool_3x3", 0))
+    assert parse_genotypes(ok, suffix=".py")["A"].reduce == (
+        ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+    )
 
 
 def test_python_names_concat_variables_and_docstrings():
@@ -100,9 +108,17 @@ def test_canonical_json_single_and_many(tmp_path):
     nameless.write_text(json.dumps(genotype_to_json(g)))
     assert load_genotype_file(nameless) == {"nameless": g}
     many = tmp_path / "many.json"
-    many.write_text(json.dumps({"genotypes": {"b": genotype_to_json(g),
-                                              "a": genotype_to_json(resolve_genotype("sgas"))},
-                                "aliases": {"c": "a"}}))
+    many.write_text(
+        json.dumps(
+            {
+                "genotypes": {
+                    "b": genotype_to_json(g),
+                    "a": genotype_to_json(resolve_genotype("sgas")),
+                },
+                "aliases": {"c": "a"},
+            }
+        )
+    )
     assert list(load_genotype_file(many)) == ["b", "a"]
     assert resolve_genotype(f"{many}:c") == resolve_genotype("sgas")
 
@@ -115,17 +131,23 @@ def test_canonical_json_single_and_many(tmp_path):
         ("def f():\n    pass\n", "line 1"),
         ("X = lambda: 1\n", "unsupported expression (Lambda)"),
         ("X = [i for i in range(3)]\n", "unsupported expression (ListComp)"),
-        ("X = Genotype(normal=NOT_DEFINED, normal_concat=[2], reduce=[], reduce_concat=[2])\n",
-         "name 'NOT_DEFINED' is not assigned earlier"),
+        (
+            "X = Genotype(normal=NOT_DEFINED, normal_concat=[2], reduce=[], reduce_concat=[2])\n",
+            "name 'NOT_DEFINED' is not assigned earlier",
+        ),
         ("X = Genotype([], [2])\n", "Genotype() lacks reduce, reduce_concat"),
-        ("X = Genotype(normal=[], normal_concat=[], reduce=[], reduce_concat=[], extra=1)\n",
-         "no field 'extra'"),
+        (
+            "X = Genotype(normal=[], normal_concat=[], reduce=[], reduce_concat=[], extra=1)\n",
+            "no field 'extra'",
+        ),
         ("X = Genotype(*A)\n", "positional"),
         ("X = range(10 ** 9)\n", "unsupported expression (BinOp)"),
         ("X = range(100000000)\n", "out of bounds"),
         ("X = namedtuple('Genotype', 'a b')\n", "namedtuple must be"),
-        ("X = Genotype(normal=[('a', 0, 1)], normal_concat=[2], reduce=[], reduce_concat=[2])\n",
-         "expected an [op, input] pair"),
+        (
+            "X = Genotype(normal=[('a', 0, 1)], normal_concat=[2], reduce=[], reduce_concat=[2])\n",
+            "expected an [op, input] pair",
+        ),
         ("x.y = 3\n", "plain `NAME = value`"),
         ("X = os.path\n", "unsupported attribute access"),
         ("X = 1\n", "no Genotype(...) found"),
@@ -151,8 +173,10 @@ def test_unsupported_python_raises_input_error(text, problem):
         ({"normal": []}, "lacks normal_concat, reduce, reduce_concat"),
         ({"genotypes": []}, '"genotypes" must be'),
         ({"genotypes": {"a": 3}}, "genotype 'a' must be a JSON object"),
-        ({"normal": 3, "normal_concat": [], "reduce": [], "reduce_concat": []},
-         "normal must be a list"),
+        (
+            {"normal": 3, "normal_concat": [], "reduce": [], "reduce_concat": []},
+            "normal must be a list",
+        ),
         ({"normal/op_2_0": "sep_conv_3x3"}, "missing NNI key normal/input_2_0"),
         ({"normal/op_3_0": "x", "normal/input_3_0": 0}, "numbered 2, 3"),
         ({"normal/op_2_0": "x", "normal/input_2_0": [0, 1]}, "must choose one input"),
@@ -232,7 +256,9 @@ def test_nni_cannot_express_partial_concats():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(n for n, e in shipped_genotypes().items() if not e["alias_of"]))
+@pytest.mark.parametrize(
+    "name", sorted(n for n, e in shipped_genotypes().items() if not e["alias_of"])
+)
 def test_shipped_round_trip_json_and_python(name):
     g = resolve_genotype(name)
     as_json = json.dumps(genotype_to_json(g, name))
@@ -276,8 +302,10 @@ def test_valid_genotypes_round_trip_every_format(g):
     validate_genotype(g, PAPER, source="x", name="g")
     assert parse_genotypes(json.dumps(genotype_to_json(g, "g")), suffix=".json") == {"g": g}
     assert parse_genotypes(genotype_to_python(g, "g"), suffix=".py") == {"g": g}
-    full = g._replace(normal_concat=tuple(range(2, len(g.normal) // 2 + 2)),
-                      reduce_concat=tuple(range(2, len(g.reduce) // 2 + 2)))
+    full = g._replace(
+        normal_concat=tuple(range(2, len(g.normal) // 2 + 2)),
+        reduce_concat=tuple(range(2, len(g.reduce) // 2 + 2)),
+    )
     assert genotype_from_nni(json.loads(json.dumps(genotype_to_nni(full)))) == full
 
 
@@ -300,13 +328,25 @@ def test_random_bytes_raise_only_input_error(data, suffix):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
     max_leaves=30,
 )
 genotype_keys = st.sampled_from(
-    ["normal", "normal_concat", "reduce", "reduce_concat", "name", "genotypes", "aliases",
-     "normal/op_2_0", "normal/input_2_0", "reduce/op_2_0", "reduce/input_2_1"]
+    [
+        "normal",
+        "normal_concat",
+        "reduce",
+        "reduce_concat",
+        "name",
+        "genotypes",
+        "aliases",
+        "normal/op_2_0",
+        "normal/input_2_0",
+        "reduce/op_2_0",
+        "reduce/input_2_1",
+    ]
 )
 
 
@@ -354,18 +394,48 @@ def test_mutated_valid_genotypes_raise_only_input_error(name, data):
 
 
 python_atoms = st.sampled_from(
-    ["0", "1", "-1", "2.5", "'sep_conv_3x3'", "'skip_connect'", "None", "True", "range(2, 6)",
-     "range(2)", "list(range(2, 4))", "[]", "()", "Genotype", "DARTS", "__import__('os')",
-     "open('x')", "x.y", "lambda: 0", "{}", "{1}", "b'x'", "...", "*a", "f'{x}'", "1 + 1",
-     "[('sep_conv_3x3', 0), ('skip_connect', 1)]", "[2, 3]", "print(1)"]
+    [
+        "0",
+        "1",
+        "-1",
+        "2.5",
+        "'sep_conv_3x3'",
+        "'skip_connect'",
+        "None",
+        "True",
+        "range(2, 6)",
+        "range(2)",
+        "list(range(2, 4))",
+        "[]",
+        "()",
+        "Genotype",
+        "DARTS",
+        "__import__('os')",
+        "open('x')",
+        "x.y",
+        "lambda: 0",
+        "{}",
+        "{1}",
+        "b'x'",
+        "...",
+        "*a",
+        "f'{x}'",
+        "1 + 1",
+        "[('sep_conv_3x3', 0), ('skip_connect', 1)]",
+        "[2, 3]",
+        "print(1)",
+    ]
 )
 python_exprs = st.recursive(
     python_atoms,
-    lambda inner: st.lists(inner, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]")
-    | st.lists(inner, max_size=4).map(lambda xs: "(" + ", ".join(xs) + ",)")
-    | st.lists(inner, max_size=4).map(lambda xs: "Genotype(" + ", ".join(xs) + ")")
-    | st.tuples(st.sampled_from(["normal", "normal_concat", "reduce", "reduce_concat", "bad"]),
-                inner).map(lambda kv: f"Genotype({kv[0]}={kv[1]})"),
+    lambda inner: (
+        st.lists(inner, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]")
+        | st.lists(inner, max_size=4).map(lambda xs: "(" + ", ".join(xs) + ",)")
+        | st.lists(inner, max_size=4).map(lambda xs: "Genotype(" + ", ".join(xs) + ")")
+        | st.tuples(
+            st.sampled_from(["normal", "normal_concat", "reduce", "reduce_concat", "bad"]), inner
+        ).map(lambda kv: f"Genotype({kv[0]}={kv[1]})")
+    ),
     max_leaves=12,
 )
 python_lines = st.one_of(
@@ -373,9 +443,19 @@ python_lines = st.one_of(
         lambda t: f"{t[0]} = {t[1]}"
     ),
     python_exprs,
-    st.sampled_from(["import os", "from collections import namedtuple", "# comment",
-                     "Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')",
-                     "def f(): pass", "if True: X = 1", "del X", "X += 1", "  bad indent"]),
+    st.sampled_from(
+        [
+            "import os",
+            "from collections import namedtuple",
+            "# comment",
+            "Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')",
+            "def f(): pass",
+            "if True: X = 1",
+            "del X",
+            "X += 1",
+            "  bad indent",
+        ]
+    ),
     st.text(alphabet=string.printable, max_size=30),
 )
 
@@ -392,7 +472,9 @@ def test_random_text_raises_only_input_error(text):
     _load_or_input_error(text, "")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.binary(max_size=300), suffix=st.sampled_from([".json", ".py", ".txt"]))
 def test_random_files_through_resolve(tmp_path, data, suffix):
     path = tmp_path / f"fuzz{suffix}"
@@ -401,4 +483,3 @@ def test_random_files_through_resolve(tmp_path, data, suffix):
         resolve_genotypes(str(path))
     except InputError:
         pass
-

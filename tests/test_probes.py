@@ -72,9 +72,13 @@ def _fake_dataset(n_train: int = 120, n_test: int = 60, size: int = 8):
     gen = torch.Generator().manual_seed(1)
     return types.SimpleNamespace(
         name="fake",
-        train_images=torch.randint(0, 256, (n_train, 3, size, size), dtype=torch.uint8, generator=gen),
+        train_images=torch.randint(
+            0, 256, (n_train, 3, size, size), dtype=torch.uint8, generator=gen
+        ),
         train_labels=torch.randint(0, 5, (n_train,), generator=gen),
-        test_images=torch.randint(0, 256, (n_test, 3, size, size), dtype=torch.uint8, generator=gen),
+        test_images=torch.randint(
+            0, 256, (n_test, 3, size, size), dtype=torch.uint8, generator=gen
+        ),
         test_labels=torch.randint(0, 5, (n_test,), generator=gen),
         num_classes=5,
     )
@@ -159,6 +163,11 @@ def test_gradvar_parameter_subset_with_other_values():
     torch.testing.assert_close(
         out["variance"], float(((g - g.mean(0)) ** 2).sum(1).mean()), rtol=1e-5, atol=0
     )
+    # Parameters the loss never uses (like an auxiliary head in eval mode) are left out.
+    model.unused_head = nn.Linear(4, 3)
+    out = per_sample_grad_variance(model, None, x, y)
+    assert out["n_unused_params"] == 15
+    assert out["n_params"] == sum(p.numel() for p in model.parameters()) - 15
     with pytest.raises(ValueError, match="not parameters"):
         per_sample_grad_variance(model, {"nope": torch.zeros(1)}, x, y)
 
@@ -195,7 +204,12 @@ def test_param_contour_centre_is_model_loss_and_grid_matches_perturbed_models():
     model = _tiny_model()
     x, y = _tiny_data(16)
     res = param_loss_grid(
-        model, x, y, radius=0.5, points=5, generator=torch.Generator().manual_seed(0),
+        model,
+        x,
+        y,
+        radius=0.5,
+        points=5,
+        generator=torch.Generator().manual_seed(0),
         grid_chunk=7,
     )
     assert res["weight_name"] == first_conv_weight_name(model) == "body.0.weight"
@@ -219,7 +233,12 @@ def test_input_contour_centre_is_model_loss_and_grid_matches_perturbed_inputs():
     model = _tiny_model()
     x, y = _tiny_data(3)
     res = input_loss_grid(
-        model, x, y, radius=0.2, points=5, generator=torch.Generator().manual_seed(0),
+        model,
+        x,
+        y,
+        radius=0.2,
+        points=5,
+        generator=torch.Generator().manual_seed(0),
         batch_size=11,  # not a multiple of 25: batches straddle inputs
     )
     with torch.no_grad():
@@ -238,8 +257,14 @@ def test_input_contour_centre_is_model_loss_and_grid_matches_perturbed_inputs():
 def test_contour_probes_write_npz_and_png(tmp_path):
     model, data = _tiny_model(), _fake_dataset()
     rec = run_probe(
-        "contour-param", model, data, {"points": 7, "n_samples": 16}, device="cpu", seed=0,
-        out_dir=tmp_path, progress=False,
+        "contour-param",
+        model,
+        data,
+        {"points": 7, "n_samples": 16},
+        device="cpu",
+        seed=0,
+        out_dir=tmp_path,
+        progress=False,
     )
     assert rec.space == "param" and rec.points == 7
     with np.load(rec.files["npz"], allow_pickle=False) as z:
@@ -247,8 +272,14 @@ def test_contour_probes_write_npz_and_png(tmp_path):
         assert z["losses"][3, 3] == rec.centre_loss
         assert rec.mean_increase == pytest.approx(float((z["losses"] - rec.centre_loss).mean()))
     rec = run_probe(
-        "contour_input", model, data, {"points": 5, "n_samples": 2}, device="cpu", seed=0,
-        out_dir=tmp_path, progress=False,
+        "contour_input",
+        model,
+        data,
+        {"points": 5, "n_samples": 2},
+        device="cpu",
+        seed=0,
+        out_dir=tmp_path,
+        progress=False,
     )
     with np.load(rec.files["npz"], allow_pickle=False) as z:
         assert z["losses"].shape == (2, 5, 5)
@@ -332,8 +363,14 @@ def test_input_curvature_matches_explicit_per_sample_hessians():
 
 def test_curvature_probe_record_and_plot(tmp_path):
     rec = run_probe(
-        "curvature", _tiny_model(), _fake_dataset(), {"n_samples": 16, "n_inputs": 4, "iters": 10},
-        device="cpu", seed=0, out_dir=tmp_path, progress=False,
+        "curvature",
+        _tiny_model(),
+        _fake_dataset(),
+        {"n_samples": 16, "n_inputs": 4, "iters": 10},
+        device="cpu",
+        seed=0,
+        out_dir=tmp_path,
+        progress=False,
     )
     assert rec.n_inputs == 4 and rec.param_iters <= 10 and rec.param_top_eigenvalue is not None
     assert (tmp_path / "curvature.png").is_file() and (tmp_path / "curvature.npz").is_file()
@@ -391,8 +428,21 @@ def test_cli_probe_on_trained_checkpoint(digits_checkpoint, tmp_path, capsys, co
     from nasaudit.cli import main
 
     out = tmp_path / "out"
-    argv = ["probe", command, "--checkpoint", str(digits_checkpoint), "--dataset", "digits",
-            "--device", "cpu", "--out", str(out), "--json", "--no-progress", *extra]
+    argv = [
+        "probe",
+        command,
+        "--checkpoint",
+        str(digits_checkpoint),
+        "--dataset",
+        "digits",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--json",
+        "--no-progress",
+        *extra,
+    ]
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["model"] == "tiny_cnn" and record["checkpoint"] == str(digits_checkpoint)
@@ -403,8 +453,21 @@ def test_cli_probe_on_trained_checkpoint(digits_checkpoint, tmp_path, capsys, co
 def test_cli_gradvar_at_kaiming_init_and_errors(capsys):
     from nasaudit.cli import main
 
-    argv = ["probe", "gradvar", "--model", "tiny_cnn", "--width", "4", "--dataset", "digits",
-            "--device", "cpu", "--n-samples", "16", "--no-progress"]
+    argv = [
+        "probe",
+        "gradvar",
+        "--model",
+        "tiny_cnn",
+        "--width",
+        "4",
+        "--dataset",
+        "digits",
+        "--device",
+        "cpu",
+        "--n-samples",
+        "16",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "kaiming init" in text and "gradient variance (Eq. 14)" in text

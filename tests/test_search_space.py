@@ -72,8 +72,11 @@ def test_parameter_free_ops_are_in_the_darts_space():
 
 def test_load_space_from_file_uses_stem_as_name(tmp_path):
     path = tmp_path / "tiny.json"
-    path.write_text(json.dumps({"ops": ["none", "skip_connect"], "nodes": 2,
-                                "inputs_per_node": 1, "source": "test"}))
+    path.write_text(
+        json.dumps(
+            {"ops": ["none", "skip_connect"], "nodes": 2, "inputs_per_node": 1, "source": "test"}
+        )
+    )
     space = load_search_space(str(path))
     assert space == SearchSpace("tiny", ("none", "skip_connect"), 2, 1, "test")
 

@@ -121,6 +121,17 @@ def hop_skip_jump(
         queries[todo] += 1
         x_init[todo[ok]] = rnd[ok]
         found[todo[ok]] = True
+    # Fallback for inputs whose class swallows all the noise (a small model may map every
+    # uniform-noise image to one class): start from another input of the batch that the model
+    # labels differently, a natural adversarial start under label-only access.
+    lost = (~found).nonzero().squeeze(1)
+    if lost.numel():
+        order = torch.randperm(b, generator=generator, device=dev)
+        differs = y[order].unsqueeze(0) != y[lost].unsqueeze(1)  # [n_lost, b]
+        has = differs.any(1)
+        j = order[differs.float().argmax(1)]
+        x_init[lost[has]] = x[j[has]]
+        found[lost[has]] = True
     idx = found.nonzero().squeeze(1)
     x_adv = x.clone()
     if idx.numel() == 0:

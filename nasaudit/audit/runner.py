@@ -270,13 +270,23 @@ def _registry(kind: str) -> dict:
     return PROBES
 
 
-def _concrete_params(config: AuditConfig, task: TaskSpec) -> dict[str, Any]:
-    """Task params with model labels (from each_model) replaced by the model's spec."""
+def _concrete_params(config: AuditConfig, task: TaskSpec, victim: str | None = None) -> dict[str, Any]:
+    """Task params ready for the module: a model label given as the Knockoff replica
+    (from ``each_model = "replica"``) becomes that model's buildable spec and kwargs; the
+    victim's own label becomes "" (the victim's architecture, the attack's default)."""
     params = dict(task.params)
+    replica = params.get("replica")
     labels = {m.label: m for m in config.models}
-    for key, value in task.params.items():
-        if isinstance(value, str) and value in labels and key in ("replica", "replica_model", "surrogate"):
-            params[key] = labels[value].spec
+    if task.name == "knockoff" and isinstance(replica, str) and replica in labels:
+        model = labels[replica]
+        if replica == victim:
+            params["replica"] = ""
+        else:
+            spec = model.spec
+            if model.search_name is not None:  # written by resolve_model once the search is done
+                spec = str(config.out_dir / "genotypes" / f"search_{model.search_name}.json")
+            params["replica"] = spec
+            params.setdefault("replica_kwargs", dict(model.kwargs))
     return params
 
 
@@ -509,7 +519,7 @@ def _run_unit(ctx: RunContext, session: ModelSession | None, unit: Unit) -> dict
         data = ctx.dataset()
         loss, acc = evaluate(session.trained(), data.test_images, data.test_labels, device=ctx.device)
         return CleanAccuracy(session.label, float(loss), float(acc), int(len(data.test_labels))).to_dict()
-    params = _concrete_params(config, unit.task)
+    params = _concrete_params(config, unit.task, victim=unit.model)
     if unit.stage in ("probe", "probe_init"):
         from nasaudit.probes import run_probe
 
@@ -544,10 +554,7 @@ def _run_search(ctx: RunContext, unit: Unit) -> SearchSummary:
     out_dir = config.out_dir / "searches" / f"{name}-{unit.key[-10:]}"
     result = run_search(search_config, out_dir=out_dir, device=ctx.device, resume=ctx.resume,
                         progress=ctx.progress)
-    details = {}
-    for attr in ("epochs_done", "seconds", "search_seconds", "history"):
-        if hasattr(result, attr):
-            details[attr] = getattr(result, attr)
+    details = {k: v for k, v in _result_dict(result).items() if k not in ("genotype", "kind")}
     return SearchSummary(name, genotype_to_json(result.genotype, name=f"search_{name}"),
                          genotype_hash(result.genotype), _rel(Path(result.genotype_path), config.out_dir),
                          dataclasses.asdict(search_config), details)

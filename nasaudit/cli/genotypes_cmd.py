@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'name':<16} {'alias of':<16} {'normal d/w/s':>12} {'reduce d/w/s':>12}  source")
     for row in rows:
         dws = {
-            cell: f"{m['depth']}/{m['width']}c/{m['skip_connects']}" for cell, m in row["cells"].items()
+            cell: f"{m['depth']}/{m['width']}c/{m['skip_connects']}"
+            for cell, m in row["cells"].items()
         }
         source = "" if row["alias_of"] else row["source"]
         print(

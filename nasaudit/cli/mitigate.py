@@ -63,10 +63,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.op == "skip_connect" or not space.has_op(args.op):
             allowed = ", ".join(op for op in space.ops if op != "skip_connect")
-            raise InputError("--op", f"{args.op!r} is not a replacement op of space "
-                             f"{space.name!r} ({allowed})")
-        rewired = deskip(original, args.op, args.cells, sibling=args.sibling,
-                         inputs_per_node=space.inputs_per_node)
+            raise InputError(
+                "--op", f"{args.op!r} is not a replacement op of space {space.name!r} ({allowed})"
+            )
+        rewired = deskip(
+            original,
+            args.op,
+            args.cells,
+            sibling=args.sibling,
+            inputs_per_node=space.inputs_per_node,
+        )
         rule = "sibling op, else " + args.op if args.sibling else args.op
         suffix, how = "noskip", f"deskip to {rule} (cells: {args.cells})"
     new_name = f"{name}_{suffix}"

@@ -170,7 +170,8 @@ def _load_model(args: argparse.Namespace, data: Any, device: Any) -> tuple[Any, 
     if args.checkpoint is not None:
         if kwargs:
             raise InputError(
-                "--C/--layers/--width", "only for a fresh model; a checkpoint's sidecar records its own"
+                "--C/--layers/--width",
+                "only for a fresh model; a checkpoint's sidecar records its own",
             )
         model, meta = load_checkpoint_model(args.checkpoint, model_name=args.model, device=device)
         if model.num_classes != data.num_classes:

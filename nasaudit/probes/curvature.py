@@ -106,8 +106,9 @@ def param_top_eigenvalue(
         generator: draws the Gaussian start vector (on the parameters' device).
         names: subset of `model.named_parameters()` names to differentiate (default: all
             with requires_grad); the others are held fixed.
-    Returns power_iteration's dict with "eigenvalue" (float, nats per parameter-unit^2) and
-    "n_params" added.
+    Returns power_iteration's dict with "eigenvalue" (float, nats per parameter-unit^2),
+    "n_params" (parameters the loss depends on; unused ones, e.g. an auxiliary head in eval
+    mode, are left out) and "loss" (the batch's mean cross-entropy) added.
     """
     named = dict(model.named_parameters())
     if names is None:
@@ -119,37 +120,37 @@ def param_top_eigenvalue(
     device = tensors[0].device
     x = as_float_images(x.to(device))
     y = y.to(device)
-    n_params = sum(p.numel() for p in tensors)
     with eval_mode(model), torch.enable_grad():
-        flags = [p.requires_grad for p in tensors]
-        for p in tensors:
+        all_tensors = list(tensors)
+        flags = [p.requires_grad for p in all_tensors]
+        for p in all_tensors:
             p.requires_grad_(True)
         try:
             loss = _cross_entropy_mean(model, x, y)
             # create_graph: the gradient itself is differentiable; the graph is retained so every
             # HVP reuses this one forward/backward instead of recomputing it.
-            grads = torch.autograd.grad(loss, tensors, create_graph=True)
-            flat_grad = torch.cat([g.reshape(-1) for g in grads])
+            grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
+            # Parameters the eval-mode loss never touches (e.g. an auxiliary head) have zero
+            # Hessian rows and columns: they cannot change the dominant eigenvalue, so drop them.
+            used = [(p, g) for p, g in zip(tensors, grads, strict=True) if g is not None]
+            tensors = [p for p, _ in used]
+            n_params = sum(p.numel() for p in tensors)
+            flat_grad = torch.cat([g.reshape(-1) for _, g in used])
 
             def hvp(v: Tensor) -> Tensor:
                 hv = torch.autograd.grad(
                     flat_grad, tensors, grad_outputs=v[0], retain_graph=True, allow_unused=True
                 )
-                return (
-                    torch.cat(
-                        [
-                            (h if h is not None else torch.zeros_like(p)).reshape(-1)
-                            for h, p in zip(hv, tensors, strict=True)
-                        ]
-                    )
-                    .detach()
-                    .unsqueeze(0)
-                )
+                flat = [
+                    (h if h is not None else torch.zeros_like(p)).reshape(-1)
+                    for h, p in zip(hv, tensors, strict=True)
+                ]
+                return torch.cat(flat).detach().unsqueeze(0)
 
             v0 = torch.randn(1, n_params, generator=generator, device=device)
             out = power_iteration(hvp, v0, iters=iters, tol=tol, progress=progress)
         finally:
-            for p, flag in zip(tensors, flags, strict=True):
+            for p, flag in zip(all_tensors, flags, strict=True):
                 p.requires_grad_(flag)
     out["eigenvalue"] = float(out["eigenvalues"][0])
     out["n_params"] = n_params

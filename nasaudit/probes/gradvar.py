@@ -135,6 +135,37 @@ def _loop_grads(
     return {k: torch.stack([o[k] for o in outs]) for k in diff}
 
 
+def _drop_unused(
+    model: nn.Module,
+    diff: dict[str, Tensor],
+    fixed: dict[str, Tensor],
+    loss_fn: LossFn,
+    x1: Tensor,
+    y1: Tensor,
+    device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
+    """Move parameters the loss does not depend on (in the current mode) from diff to fixed.
+
+    One ordinary backward pass on one sample finds them. Their per-sample gradients are
+    identically zero, so dropping them changes no statistic, and saves their float64
+    accumulators (a DARTS network's auxiliary head is ~90% of its parameters).
+    """
+    from torch.func import functional_call
+
+    leaves = {k: t.detach().requires_grad_(True) for k, t in diff.items()}
+    with torch.enable_grad():
+        logits = functional_call(model, (leaves, fixed), (as_float_images(x1.to(device)),))
+        loss = loss_fn(logits, y1.to(device))
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    unused = {k for k, g in zip(leaves, grads, strict=True) if g is None}
+    if len(unused) == len(diff):
+        raise ValueError("the loss depends on none of the requested parameters")
+    n_unused = sum(diff[k].numel() for k in unused)
+    fixed = {**fixed, **{k: diff[k] for k in unused}}
+    diff = {k: t for k, t in diff.items() if k not in unused}
+    return diff, fixed, n_unused
+
+
 def per_sample_grad_variance(
     model: nn.Module,
     params: Mapping[str, Tensor] | None,
@@ -176,7 +207,9 @@ def per_sample_grad_variance(
         mean_grad_sq_norm: ||E g||^2; mean_sq_norm: E||g||^2 (so variance = difference);
         mean_grad_norm: E||g|| (before any clipping); clipped_fraction: share of samples
             whose norm exceeded artifact_clip;
-        n_samples, n_params, clip_norm, artifact_clip, chunk_size (the one used);
+        n_samples, n_params (differentiated parameters the loss depends on), n_unused_params
+        (requested but unused in eval mode, e.g. an auxiliary head: their gradient is 0, so
+        they are left out), clip_norm, artifact_clip, chunk_size (the one used);
         per_tensor (optional): {name: variance}.
     """
     from tqdm.auto import tqdm
@@ -188,24 +221,23 @@ def per_sample_grad_variance(
         raise ValueError("need at least 2 samples for a variance")
     loss_fn = loss_fn or _default_loss
     diff, fixed = split_parameters(model, params)
-    n_params = sum(t.numel() for t in diff.values())
     device = next(iter(diff.values())).device
-    chunk = max(1, min(int(chunk_size), max_chunk_bytes // max(1, 4 * n_params)))
 
-    shapes = {k: t.shape for k, t in diff.items()}
-    eq14 = _Moments(shapes, device)
-    artifact = _Moments(shapes, device) if clip_norm != artifact_clip else None
-    # Scalars stay on the device until the end: no per-chunk sync (DESIGN.md).
-    sum_norm = torch.zeros((), dtype=torch.float64, device=device)
-    n_clipped = torch.zeros((), dtype=torch.float64, device=device)
-
-    batched = None
     with eval_mode(model):
-        vectorized = True
-        per_sample = _per_sample_grad_fn(model, fixed, loss_fn)
+        diff, fixed, n_unused = _drop_unused(model, diff, fixed, loss_fn, x[:1], y[:1], device)
+        n_params = sum(t.numel() for t in diff.values())
+        chunk = max(1, min(int(chunk_size), max_chunk_bytes // max(1, 4 * n_params)))
+        shapes = {k: t.shape for k, t in diff.items()}
+        eq14 = _Moments(shapes, device)
+        artifact = _Moments(shapes, device) if clip_norm != artifact_clip else None
+        # Scalars stay on the device until the end: no per-chunk sync (DESIGN.md).
+        sum_norm = torch.zeros((), dtype=torch.float64, device=device)
+        n_clipped = torch.zeros((), dtype=torch.float64, device=device)
+
         from torch.func import vmap
 
-        batched = vmap(per_sample, in_dims=(None, 0, 0))
+        batched = vmap(_per_sample_grad_fn(model, fixed, loss_fn), in_dims=(None, 0, 0))
+        vectorized = True
         for start in tqdm(range(0, n, chunk), desc="gradvar", disable=not progress, leave=False):
             xb = as_float_images(x[start : start + chunk].to(device))
             yb = y[start : start + chunk].to(device)
@@ -224,12 +256,10 @@ def per_sample_grad_variance(
             norm = sq.sqrt()  # [B] per-sample gradient L2 norms
             sum_norm += norm.sum()
             n_clipped += (norm >= artifact_clip).sum()
-            ones = torch.ones_like(norm)
-            eq_scale = ones if clip_norm is None else _clip_scale(norm, clip_norm)
-            art_scale = _clip_scale(norm, artifact_clip)
+            eq_scale = torch.ones_like(norm) if clip_norm is None else _clip_scale(norm, clip_norm)
             eq14.update(grads, eq_scale)
             if artifact is not None:
-                artifact.update(grads, art_scale)
+                artifact.update(grads, _clip_scale(norm, artifact_clip))
             del grads
 
     art = artifact if artifact is not None else eq14
@@ -249,6 +279,7 @@ def per_sample_grad_variance(
         "clipped_fraction": float(n_clipped) / n,
         "n_samples": n,
         "n_params": n_params,
+        "n_unused_params": n_unused,
         "clip_norm": clip_norm,
         "artifact_clip": artifact_clip,
         "chunk_size": chunk,

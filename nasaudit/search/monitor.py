@@ -1,0 +1,147 @@
+"""TensorBoard monitoring of a search: alpha, skip collapse, gradient variance, losses, genotype.
+
+Tags written by `SearchMonitor` (step = search iteration, global over epochs):
+
+* ``alpha/{cell}/n{node}_from{input}/{op}``: softmax(alpha) per edge and op (scalars);
+  ``alpha_heatmap/{cell}``: the same as an edges x ops image, annotated;
+* ``skip/weight_mass/{cell}``: mean effective (hooked) skip_connect weight over the edges;
+  ``skip/derived_count/{cell}``: skip_connects in the genotype derived now (collapse watch);
+* ``gradvar/weights``: Eq. 14, E||g - E g||^2 of the per-sample gradients of the supernet
+  weights (not alpha) over a fixed probe batch, by torch.func vmap
+  (`nasaudit.probes.gradvar.per_sample_grad_variance`, BN in eval mode);
+* ``loss/train``, ``loss/val``, ``acc/train``, ``acc/val`` (means since the last log),
+  ``lr/weights``, ``lr/arch``;
+* ``genotype/text`` (text) and ``genotype/cells`` (drawing of both cells);
+* at epoch ends also ``cost/epoch_seconds``, ``cost/weight_steps``, ``cost/arch_steps``,
+  ``cost/virtual_steps`` (step = epoch number, 1-based) and ``epoch/*`` metrics.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nasaudit.search.supernet import CELL_TYPES, Supernet, edge_list
+
+STEP_TAGS = (
+    "loss/train", "loss/val", "acc/train", "acc/val", "lr/weights", "lr/arch", "gradvar/weights",
+    "skip/weight_mass/normal", "skip/weight_mass/reduce",
+    "skip/derived_count/normal", "skip/derived_count/reduce",
+)
+EPOCH_TAGS = ("cost/epoch_seconds", "cost/weight_steps", "cost/arch_steps", "cost/virtual_steps")
+IMAGE_TAGS = ("alpha_heatmap/normal", "alpha_heatmap/reduce", "genotype/cells")
+TEXT_TAGS = ("genotype/text",)
+
+
+def heatmap_image(weights: torch.Tensor, ops: tuple[str, ...], nodes: int, title: str) -> np.ndarray:
+    """An annotated edges x ops heatmap of weights [E, O] as an RGB uint8 array [H, W, 3]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    w = weights.detach().float().cpu().numpy()
+    labels = [f"{node}<-{inp}" for node, inp in edge_list(nodes)]
+    fig = Figure(figsize=(1.0 + 0.9 * len(ops), 1.2 + 0.32 * len(labels)))
+    canvas = FigureCanvasAgg(fig)  # no pyplot: no global backend, no display needed
+    ax = fig.subplots()
+    im = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-6), aspect="auto")
+    ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    for (i, j), v in np.ndenumerate(w):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5,
+                color="white" if v < 0.6 * w.max() else "black")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+class SearchMonitor:
+    """Writes the search's TensorBoard summaries into `log_dir`.
+
+    probe_x: float images [P, 3, H, W] in [0, 1] and probe_y int64 [P] for the gradient
+    variance (None or P < 2 disables it); `purge_step` discards events a killed run wrote after
+    its last checkpoint.
+    """
+
+    def __init__(self, log_dir: str | Path, model: Supernet, *, probe_x: torch.Tensor | None = None,
+                 probe_y: torch.Tensor | None = None, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.model, self.probe_x, self.probe_y = model, probe_x, probe_y
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self.writer.close()
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Write {tag: value} scalars at `step`."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log(self, step: int, metrics: dict[str, float], genotype, drawing: str | Path | None = None) -> None:
+        """Everything of the module docstring at `step` except the epoch costs; the genotype
+        drawing is also kept at `drawing` when given."""
+        self.scalars(step, metrics)
+        self.log_alpha(step)
+        self.log_gradvar(step)
+        self.log_genotype(step, genotype, drawing)
+        self.writer.flush()
+
+    @torch.no_grad()
+    def log_alpha(self, step: int) -> None:
+        """Softmax(alpha) scalars and heatmaps, and the effective skip weight mass."""
+        m = self.model
+        for cell in CELL_TYPES:
+            soft = torch.softmax(getattr(m, f"alpha_{cell}"), dim=-1).float().cpu()
+            for e, (node, inp) in enumerate(edge_list(m.nodes)):
+                for o, op in enumerate(m.ops):
+                    self.writer.add_scalar(f"alpha/{cell}/n{node}_from{inp}/{op}", soft[e, o], step)
+            self.writer.add_image(f"alpha_heatmap/{cell}", heatmap_image(
+                soft, m.ops, m.nodes, f"{cell}: softmax(alpha), step {step}"), step, dataformats="HWC")
+            if "skip_connect" in m.ops:
+                eff = m.op_weights(cell)[:, m.ops.index("skip_connect")].mean()
+                self.writer.add_scalar(f"skip/weight_mass/{cell}", float(eff), step)
+
+    def log_gradvar(self, step: int) -> float | None:
+        """Eq. 14 gradient variance of the supernet weights over the probe batch."""
+        if self.probe_x is None or self.probe_x.shape[0] < 2:
+            return None
+        from nasaudit.probes.gradvar import per_sample_grad_variance
+
+        stats = per_sample_grad_variance(
+            self.model, self.model.named_weights(), self.probe_x, self.probe_y,
+            chunk_size=self.probe_x.shape[0],
+        )
+        self.writer.add_scalar("gradvar/weights", stats["variance"], step)
+        return stats["variance"]
+
+    def log_genotype(self, step: int, genotype, drawing: str | Path | None = None) -> None:
+        """The derived genotype as text, as a drawing (kept at `drawing` if given), and its
+        skip counts."""
+        from matplotlib.image import imread
+
+        from nasaudit.analysis import draw_genotype
+
+        for cell in CELL_TYPES:
+            count = sum(op == "skip_connect" for op, _ in getattr(genotype, cell))
+            self.writer.add_scalar(f"skip/derived_count/{cell}", count, step)
+        text = "\n\n".join(
+            f"**{cell}**: " + ", ".join(f"`{op}` <- {inp}" for op, inp in getattr(genotype, cell))
+            for cell in CELL_TYPES
+        )
+        self.writer.add_text("genotype/text", text, step)
+        with tempfile.TemporaryDirectory(prefix="nasaudit-draw-") as tmp:
+            path = Path(drawing) if drawing else Path(tmp) / "genotype.png"
+            draw_genotype(genotype, path, title=f"derived genotype, step {step}")
+            image = imread(path)[..., :3]
+        self.writer.add_image("genotype/cells", image, step, dataformats="HWC")
+
+    def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
+        """Per-epoch scalars (cost and metrics) at step `epoch` (1-based)."""
+        self.scalars(epoch, values)
+        self.writer.flush()

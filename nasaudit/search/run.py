@@ -1,0 +1,439 @@
+"""A resumable search run: config, data halves, the bi-level loop, checkpoints and outputs.
+
+An epoch is one pass over the architecture half of the training set: each iteration takes one
+of its batches plus `n_step` batches from an endless stream over the weight half (so an epoch
+costs n_step x as many weight steps as DARTS, which is what n_step buys). The stream position
+is the number of real weight steps taken, so a resumed run continues with the very batches the
+uninterrupted run would have seen.
+
+Outputs in OUT: config.json (the effective config), checkpoint.pt (atomic, weights-only
+loadable), genotype.json (+ genotypes/epoch_NNN.json and .png per epoch), history.json (per
+epoch metrics and search cost) and tb/ (TensorBoard, see nasaudit.search.monitor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasaudit.errors import InputError
+from nasaudit.records import Record
+from nasaudit.search.architect import MODES, Architect
+from nasaudit.search.hooks import AlphaHook, parse_hook
+from nasaudit.search.supernet import CELL_TYPES, Supernet, edge_list
+
+CHECKPOINT_FORMAT = 1
+# Settings that may change between a run and its resumption: they do not change the search.
+RESUMABLE_CHANGES = frozenset({"data_dir", "log_every", "checkpoint_every", "max_steps", "probe_samples"})
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Every setting of a search; defaults are DARTS's (and the study's) search settings."""
+
+    dataset: str = "cifar10"          # "cifar10" | "cifar100" | "imagenet32" | "digits"
+    data_dir: str | None = None
+    space: str = "darts"              # search_spaces/<name>.json or a file
+    C: int = 16                       # initial channels
+    layers: int = 8                   # cells
+    nodes: int = 4                    # intermediate nodes per cell
+    batch_size: int = 64
+    epochs: int = 50
+    n_step: int = 1                   # weight steps per architecture step (mitigation i)
+    mode: str = "first_order"         # "first_order" | "unrolled" | "finite_difference"
+    gamma: float = 1.0                # skip_connect penalty (mitigation ii); 1 = plain DARTS
+    hooks: list[str] = dataclasses.field(default_factory=list)  # extra "name:arg" alpha hooks
+    partial_channels: int = 1         # PC-DARTS K (1 = off)
+    seed: int = 0
+    lr: float = 0.025                 # weights: SGD, cosine to lr_min over the epochs
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4             # alpha: Adam
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    train_portion: float = 0.5        # share of the training set for the weights
+    train_subset: int | None = None   # use only the first N training images (quick runs)
+    augment: bool = True              # random crop + flip on both halves (as DARTS)
+    log_every: int = 50               # iterations between TensorBoard logs (0: epoch ends only)
+    checkpoint_every: int = 100       # iterations between checkpoints (0: epoch ends only)
+    probe_samples: int = 32           # fixed probe batch of the gradient variance (0: off)
+    max_steps: int | None = None      # stop (resumably) after this many iterations in total
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> SearchConfig:
+        """Build from plain values (TOML/JSON), rejecting unknown keys and wrong types."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise InputError(source, f"unknown search setting(s) {', '.join(unknown)}")
+        config = cls()
+        for key, value in data.items():
+            setattr(config, key, _coerce(key, value, getattr(cls(), key), source))
+        config.validate(source)
+        return config
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+        """Read a TOML file (flat keys, or a [search] table), then apply `overrides`."""
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(path, "config file not found") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InputError(path, f"invalid TOML ({exc})") from None
+        data = data.get("search", data) if isinstance(data.get("search"), dict) else data
+        return cls.from_dict({**data, **(overrides or {})}, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else (list(v) if isinstance(v, list) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    def hook_specs(self) -> list[str]:
+        """The named alpha hooks this config applies, gamma's skip penalty first."""
+        return ([f"skip_penalty:{self.gamma!r}"] if self.gamma != 1.0 else []) + list(self.hooks)
+
+    def validate(self, source: str = "config") -> None:
+        """Raise InputError for values out of range."""
+        checks = [
+            (self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}"),
+            (self.n_step >= 1, "n_step", "must be >= 1"),
+            (self.mode != "finite_difference" or self.n_step == 1, "mode",
+             "finite_difference is the n_step = 1 approximation; use unrolled for n_step > 1"),
+            (0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1]"),
+            (self.C >= 2 and self.layers >= 1 and self.nodes >= 1, "C/layers/nodes", "must be positive"),
+            (self.partial_channels >= 1 and self.C % (2 * self.partial_channels) == 0,
+             "partial_channels", f"C={self.C} must be a multiple of 2 * partial_channels"),
+            (self.batch_size >= 1 and self.epochs >= 1, "batch_size/epochs", "must be >= 1"),
+            (0.0 < self.train_portion < 1.0, "train_portion", "must be in (0, 1)"),
+            (self.train_subset is None or self.train_subset >= 2, "train_subset", "must be >= 2"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1"),
+            (min(self.log_every, self.checkpoint_every, self.probe_samples) >= 0,
+             "log_every/checkpoint_every/probe_samples", "must be >= 0"),
+            (len(self.arch_betas) == 2, "arch_betas", "must be two numbers"),
+        ]
+        for ok, key, problem in checks:
+            if not ok:
+                raise InputError(source, f"{key}: {problem}")
+        for spec in self.hook_specs():
+            parse_hook(spec)  # raises InputError for unknown names or bad arguments
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """Check a TOML/JSON value against the field's default type (ints may stand for floats)."""
+    bad = InputError(source, f"{key}: unexpected value {value!r}")
+    if value is None:
+        if key in ("data_dir", "train_subset", "max_steps"):
+            return None
+        raise bad
+    if isinstance(default, bool) or key == "augment":
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if isinstance(default, int) or key in ("train_subset", "max_steps"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return tuple(float(v) for v in value) if key == "arch_betas" else [str(v) for v in value]
+    if not isinstance(value, str):
+        raise bad
+    return value
+
+
+@dataclasses.dataclass
+class SearchResult(Record):
+    """What `run_search` returns (and the CLI prints)."""
+
+    kind = "search_result"
+    genotype: Any                  # nasaudit.genotype.Genotype (None before the first epoch end)
+    genotype_path: str | None
+    out_dir: str
+    finished: bool                 # all epochs done (False when stopped by max_steps/callback)
+    epochs_done: int
+    iterations: int                # search iterations (one alpha step each)
+    weight_steps: int
+    arch_steps: int
+    virtual_steps: int
+    history: list                  # one dict per finished epoch (metrics and cost)
+    alpha: dict                    # {"alpha_normal": [[...]], ...} raw architecture parameters
+
+
+def build_supernet(config: SearchConfig, num_classes: int, *, mean=(0.0, 0.0, 0.0),
+                   std=(1.0, 1.0, 1.0), hooks: Sequence[AlphaHook] = ()) -> Supernet:
+    """The supernet of `config`, seeded, with the config's named hooks and then `hooks`."""
+    from nasaudit.device import seeded
+    from nasaudit.search_space import load_search_space
+
+    space = load_search_space(config.space)
+    with seeded(config.seed):
+        return Supernet(
+            space.ops, num_classes, C=config.C, layers=config.layers, nodes=config.nodes,
+            partial_channels=config.partial_channels, mean=mean, std=std,
+            hooks=[*(parse_hook(s) for s in config.hook_specs()), *hooks],
+        )
+
+
+def _stream(loader, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of `loader` from global batch index `start` on, across its epochs, forever."""
+    epoch, batch = divmod(start, len(loader))
+    while True:
+        yield from loader.epoch(epoch, start_batch=batch)
+        epoch, batch = epoch + 1, 0
+
+
+def _alpha_dict(model: Supernet) -> dict[str, list]:
+    return {n: p.detach().cpu().tolist() for n, p in model.named_parameters() if n in model.ARCH_NAMES}
+
+
+def run_search(
+    config: SearchConfig, *, out_dir: str | Path, device: str | torch.device = "auto",
+    resume: bool = False, progress: bool = True, hooks: Sequence[AlphaHook] = (),
+    callback: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> SearchResult:
+    """Run (or resume) a DARTS-style search as configured; see the module docstring for outputs.
+
+    hooks: extra Python alpha hooks (after the config's named ones); they are not saved, so
+    pass the same ones when resuming. callback(info) runs after every iteration with
+    {"epoch", "iteration", "global_step", "architect"}; returning True stops the run after a
+    checkpoint, as `max_steps` does. resume: continue from OUT/checkpoint.pt when it exists
+    (a fresh start otherwise); without it an existing checkpoint is an error, never overwritten.
+    """
+    from nasaudit.data import Augment, DeviceLoader, load_dataset, train_val_split
+    from nasaudit.device import prepare_model, resolve_device
+    from nasaudit.io import atomic_write_json, safe_torch_load
+
+    config.validate()
+    device = resolve_device(device)
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    state = None
+    if resume and ckpt_path.exists():
+        state = safe_torch_load(ckpt_path, map_location=device)
+        _check_resume(state, config, ckpt_path)
+    elif ckpt_path.exists():
+        raise InputError(out, "holds a search checkpoint; pass --resume to continue it or use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", config.to_dict())
+
+    data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    images, labels = data.train_images, data.train_labels
+    if config.train_subset:
+        images, labels = images[: config.train_subset], labels[: config.train_subset]
+    w_idx, a_idx = train_val_split(labels.shape[0], 1.0 - config.train_portion, config.seed)
+    aug = Augment() if config.augment else None
+    # Two seeds: the halves must not share a shuffle/augmentation stream.
+    train_loader = DeviceLoader(images[w_idx], labels[w_idx], config.batch_size, device=device,
+                                shuffle=True, augment=aug, seed=config.seed, drop_last=True)
+    val_loader = DeviceLoader(images[a_idx], labels[a_idx], config.batch_size, device=device,
+                              shuffle=True, augment=aug, seed=config.seed + 1, drop_last=True)
+    if not len(train_loader) or not len(val_loader):
+        raise InputError("--batch-size", f"{config.batch_size} exceeds a half of the {labels.shape[0]} training images")
+    n_probe = min(config.probe_samples, a_idx.numel())
+    probe_x = images[a_idx[:n_probe]].to(device).float().div_(255.0)
+    probe_y = labels[a_idx[:n_probe]].to(device)
+
+    model = prepare_model(build_supernet(config, data.num_classes, mean=data.mean, std=data.std,
+                                         hooks=hooks), device)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=config.lr, momentum=config.momentum,
+                            weight_decay=config.weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr,
+                             betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, config.epochs, eta_min=config.lr_min)
+    architect = Architect(model, w_opt, a_opt, mode=config.mode, n_step=config.n_step,
+                          grad_clip=config.grad_clip)
+    iters = len(val_loader)
+    loop = {"epoch": 0, "step": 0, "history": [], "seconds": 0.0, "sums": None}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        w_opt.load_state_dict(state["w_opt"])
+        a_opt.load_state_dict(state["a_opt"])
+        sched.load_state_dict(state["sched"])
+        for k in ("weight_steps", "arch_steps", "virtual_steps"):
+            setattr(architect, k, int(state["counters"][k]))
+        loop.update({k: state[k] for k in loop})
+
+    from nasaudit.search.monitor import SearchMonitor
+
+    global_step = loop["epoch"] * iters + loop["step"]
+    monitor = SearchMonitor(out / "tb", model, probe_x=probe_x, probe_y=probe_y,
+                            purge_step=global_step if state is not None else None)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    genotype, genotype_path = None, None
+    # The loop runs on its own copy of torch's global RNG, seeded by the config and saved in
+    # checkpoints: user hooks drawing random numbers stay reproducible and resumable, and the
+    # caller's RNG is left alone.
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(config.seed)
+            if state is not None:
+                torch.set_rng_state(state["rng"]["cpu"])
+                for i, s in enumerate(state["rng"]["cuda"]):
+                    torch.cuda.set_rng_state(s, cuda[i])
+
+            def save() -> None:
+                _save_checkpoint(ckpt_path, config, model, w_opt, a_opt, sched, architect, loop, cuda)
+
+            from tqdm.auto import tqdm
+
+            stop = False
+            while loop["epoch"] < config.epochs and not stop:
+                epoch = loop["epoch"]
+                started = time.perf_counter() - loop["seconds"]
+                sums = loop["sums"] or _zero_sums(device)
+                window = _zero_sums(device)
+                val_batches = val_loader.epoch(epoch, start_batch=loop["step"])
+                train_stream = _stream(train_loader, architect.weight_steps)
+                bar = tqdm(range(loop["step"], iters), desc=f"search epoch {epoch + 1}/{config.epochs}",
+                           disable=not progress, leave=False)
+                for i in bar:
+                    batches = [next(train_stream) for _ in range(config.n_step)]
+                    stats = architect.step(batches, next(val_batches))
+                    for k, v in stats.items():
+                        sums[k] += v
+                        window[k] += v
+                    global_step = epoch * iters + i + 1
+                    loop.update(step=i + 1, sums=sums, seconds=time.perf_counter() - started)
+                    last = i + 1 == iters  # the epoch end logs and checkpoints itself
+                    if config.log_every and global_step % config.log_every == 0 and not last:
+                        monitor.log(global_step, _metrics(window, w_opt, a_opt), model.genotype())
+                        window = _zero_sums(device)
+                    info = {"epoch": epoch, "iteration": i, "global_step": global_step, "architect": architect}
+                    stop = bool(callback and callback(info)) or (
+                        config.max_steps is not None and global_step >= config.max_steps)
+                    if stop and not last:
+                        save()
+                        break
+                    if config.checkpoint_every and global_step % config.checkpoint_every == 0 and not last:
+                        save()
+                bar.close()
+                if loop["step"] < iters:
+                    break  # stopped mid-epoch
+                # End of epoch: schedule, derive, write, log, checkpoint.
+                seconds = time.perf_counter() - started
+                genotype = model.genotype()
+                metrics = _metrics(sums, w_opt, a_opt)
+                loop["history"].append({
+                    "epoch": epoch + 1, "seconds": seconds, "iterations": iters,
+                    "weight_steps": architect.weight_steps, "arch_steps": architect.arch_steps,
+                    "virtual_steps": architect.virtual_steps,
+                    **{k.replace("/", "_"): v for k, v in metrics.items()},
+                    **{f"skip_connects_{c}": sum(op == "skip_connect" for op, _ in getattr(genotype, c))
+                       for c in CELL_TYPES},
+                })
+                genotype_path = _write_outputs(out, config, model, genotype, loop["history"])
+                monitor.log(global_step, _metrics(window, w_opt, a_opt), genotype,
+                            drawing=out / "genotypes" / f"epoch_{epoch + 1:03d}.png")
+                monitor.log_epoch(epoch + 1, {
+                    "cost/epoch_seconds": seconds, "cost/weight_steps": architect.weight_steps,
+                    "cost/arch_steps": architect.arch_steps, "cost/virtual_steps": architect.virtual_steps,
+                    **{f"epoch/{k}": v for k, v in metrics.items()},
+                })
+                sched.step()  # after logging, so the logged lr is the one this epoch used
+                loop.update(epoch=epoch + 1, step=0, sums=None, seconds=0.0)
+                save()
+    finally:
+        monitor.close()
+
+    if genotype is None and loop["history"]:
+        # Resumed into a finished run, or stopped mid-epoch: the last epoch end's genotype.
+        from nasaudit.genotype import resolve_genotype
+
+        genotype_path = out / "genotype.json"
+        genotype = resolve_genotype(str(genotype_path))
+    return SearchResult(
+        genotype=genotype, genotype_path=str(genotype_path) if genotype_path else None,
+        out_dir=str(out), finished=loop["epoch"] >= config.epochs, epochs_done=loop["epoch"],
+        iterations=loop["epoch"] * iters + loop["step"], weight_steps=architect.weight_steps,
+        arch_steps=architect.arch_steps, virtual_steps=architect.virtual_steps,
+        history=loop["history"], alpha=_alpha_dict(model),
+    )
+
+
+def _zero_sums(device: torch.device) -> dict[str, torch.Tensor]:
+    keys = ("train_loss", "train_correct", "train_n", "val_loss", "val_correct", "val_n")
+    return {k: torch.zeros((), dtype=torch.float64, device=device) for k in keys}
+
+
+def _metrics(sums: dict[str, torch.Tensor], w_opt, a_opt) -> dict[str, float]:
+    """Means of accumulated sums (one device sync here, none per step) and the lrs."""
+    s = {k: float(v) for k, v in sums.items()}
+    tn, vn = max(s["train_n"], 1.0), max(s["val_n"], 1.0)
+    return {"loss/train": s["train_loss"] / tn, "acc/train": s["train_correct"] / tn,
+            "loss/val": s["val_loss"] / vn, "acc/val": s["val_correct"] / vn,
+            "lr/weights": w_opt.param_groups[0]["lr"], "lr/arch": a_opt.param_groups[0]["lr"]}
+
+
+def _check_resume(state: Any, config: SearchConfig, path: Path) -> None:
+    """The checkpoint must be a search checkpoint of the same search (up to RESUMABLE_CHANGES)."""
+    if not isinstance(state, dict) or state.get("kind") != "nasaudit-search":
+        raise InputError(path, "not a nasaudit search checkpoint")
+    saved, now = state.get("config", {}), config.to_dict()
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if diff:
+        raise InputError(path, f"was written with other settings ({', '.join(diff)}); "
+                               "resume with the same config or use another --out")
+
+
+def _save_checkpoint(path, config, model, w_opt, a_opt, sched, architect, loop, cuda) -> None:
+    from nasaudit.io import atomic_torch_save
+
+    atomic_torch_save({
+        "format": CHECKPOINT_FORMAT, "kind": "nasaudit-search", "config": config.to_dict(),
+        "model": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+        "sched": sched.state_dict(),
+        "rng": {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(d) for d in cuda]},
+        "counters": {k: getattr(architect, k) for k in ("weight_steps", "arch_steps", "virtual_steps")},
+        **{k: loop[k] for k in ("epoch", "step", "history", "seconds")},
+        "sums": None if loop["sums"] is None else {k: v.detach().clone() for k, v in loop["sums"].items()},
+    }, path)
+
+
+def _write_outputs(out: Path, config: SearchConfig, model: Supernet, genotype, history: list) -> str:
+    """genotype.json (+ a per-epoch copy) and history.json; returns the JSON path."""
+    from nasaudit.genotype import write_genotype
+    from nasaudit.io import atomic_write_json
+
+    epoch = history[-1]["epoch"]
+    with torch.no_grad():
+        weights = {c: model.op_weights(c).cpu().tolist() for c in CELL_TYPES}
+    extra = {
+        "search": config.to_dict(), "seed": config.seed, "epoch": epoch,
+        "ops": list(model.ops), "edges": [list(e) for e in edge_list(model.nodes)],
+        "alpha": _alpha_dict(model), "effective_weights": weights,
+        "epoch_seconds": [h["seconds"] for h in history],
+        "search_cost": {k: history[-1][k] for k in ("weight_steps", "arch_steps", "virtual_steps")},
+    }
+    name = f"search_{config.dataset}_seed{config.seed}"
+    path = write_genotype(out / "genotype.json", genotype, name, **extra)
+    write_genotype(out / "genotypes" / f"epoch_{epoch:03d}.json", genotype, f"{name}_epoch{epoch}", **extra)
+    atomic_write_json(out / "history.json", history)
+    return str(path)
+
+
+def format_seconds(seconds: float) -> str:
+    """'1h02m03s' / '2m03s' / '3.4s'."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(math.floor(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
