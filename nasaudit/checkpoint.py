@@ -194,6 +194,8 @@ def load_checkpoint_model(
     state = load_training_state(path)
     meta = read_sidecar(path) or {}
     weights = state["model"]
+    if not (model_name or meta.get("model")):
+        raise InputError(path, "no sidecar names the model; pass --model NAME|FILE")
     if num_classes is None:
         num_classes = meta.get("num_classes")
     if num_classes is None and isinstance(weights.get("classifier.weight"), torch.Tensor):

@@ -37,11 +37,14 @@ def test_pgd_untargeted_stays_in_ball_and_is_deterministic(trained_model):
     x, y, _ = _inputs(trained_model)
     model = trained_model.model
     eps = 4 / 255
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     a = pgd_untargeted(model, x, y, eps=eps, step=1 / 255, iters=3, generator=generator(1))
     b = pgd_untargeted(model, x, y, eps=eps, step=1 / 255, iters=3, generator=generator(1))
     assert torch.equal(a, b) and not a.requires_grad
     assert (a - x).abs().max() <= eps + 1e-6 and a.min() >= 0 and a.max() <= 1
-    assert all(p.grad is None for p in model.parameters())  # input gradients only
+    # Input gradients only: the parameters' .grad (left by the trainer) is untouched.
+    for g, p in zip(grads, model.parameters(), strict=True):
+        assert (g is None and p.grad is None) or torch.equal(g, p.grad)
     loss = torch.nn.functional.cross_entropy
     with torch.no_grad():
         assert loss(model(a), y) > loss(model(x), y)
@@ -141,6 +144,7 @@ def test_nes_succeeds_without_victim_gradients(trained_model):
     model = copy.deepcopy(trained_model.model)
     for p in model.parameters():
         p.requires_grad_(True)
+        p.grad = None
     guarded = _Guarded(model).eval()
     params = NESParams(n_inputs=14, cases=("most_likely",), n_query=100, restarts=2)
     rec = run_attack("nes", Victim(guarded, "tiny_cnn"), trained_model.data, params, device=CPU,

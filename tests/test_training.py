@@ -393,27 +393,8 @@ def test_cli_train_eval_resume_on_digits(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model_dir, log_dir = tmp_path / "models", tmp_path / "tb"
-    args = [
-        "train",
-        "--model",
-        "tiny_cnn",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "64",
-    ]
-    args += [
-        "--lr",
-        "0.05",
-        "--model-dir",
-        str(model_dir),
-        "--log-dir",
-        str(log_dir),
-        "--device",
-        "cpu",
-    ]
+    args = "train --model tiny_cnn --dataset digits --epochs 3 --batch-size 32 --lr 0.05".split()
+    args += ["--model-dir", str(model_dir), "--log-dir", str(log_dir), "--device", "cpu"]
     assert main([*args, "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "epoch    3/3" in out
@@ -449,6 +430,7 @@ def test_cli_train_eval_resume_on_digits(tmp_path, capsys):
         (["train", "--model", "no_such_model", "--epochs", "1"], "--model"),
         (["train", "--model", "tiny_cnn", "--C", "8", "--epochs", "1"], "manual baseline"),
         (["train", "--model", "tiny_cnn", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "--model", "darts", "--width", "8", "--epochs", "1"], "--width"),
         (
             ["train", "--model", "tiny_cnn", "--dataset", "cifar10", "--data-dir", "/nonexistent"],
             "nonexistent",

@@ -33,7 +33,13 @@ _PROBE_OPTIONS: tuple[tuple[str, str, str, list[tuple[str, str, Any, Any, str]]]
         [
             ("--n-samples", "n_samples", int, 512, "seeded samples"),
             ("--chunk-size", "chunk_size", int, 64, "samples per vmap call"),
-            ("--clip-norm", "clip_norm", float, None, "clip each gradient before Eq. 14"),
+            (
+                "--clip-norm",
+                "clip_norm",
+                float,
+                None,
+                "clip each gradient to this norm before Eq. 14 (default: no clip)",
+            ),
             ("--artifact-clip", "artifact_clip", float, 5.0, "clip before the artifact's variant"),
             ("--split", "split", str, "train", "train | test"),
         ],
@@ -56,7 +62,13 @@ _PROBE_OPTIONS: tuple[tuple[str, str, str, list[tuple[str, str, Any, Any, str]]]
             ("--n-samples", "n_samples", int, 16, "seeded test inputs"),
             ("--points", "points", int, 41, "grid points per axis (odd)"),
             ("--radius", "radius", float, 0.2, "grid half-width in pixel units"),
-            ("--batch-size", "batch_size", int, 1024, "perturbed images per forward pass"),
+            (
+                "--batch-size",
+                "batch_size",
+                int,
+                None,
+                "perturbed images per forward pass (default: 256 on CPU, 4096 on GPU)",
+            ),
         ],
     ),
     (
@@ -72,6 +84,8 @@ _PROBE_OPTIONS: tuple[tuple[str, str, str, list[tuple[str, str, Any, Any, str]]]
         ],
     ),
 )
+
+_CHOICES = {"split": ("train", "test"), "which": ("param", "input", "both")}
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -134,8 +148,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = sub.add_parser(command, help=text, description=text)
         _add_common(parser)
         for flag, dest, kind, shown, help_text in options:
+            # A None default is explained by the help text itself ("auto", "no clip").
+            suffix = "" if shown is None else f" (default {shown})"
             parser.add_argument(
-                flag, dest=dest, type=kind, default=None, help=f"{help_text} (default {shown})"
+                flag,
+                dest=dest,
+                type=kind,
+                default=None,
+                choices=_CHOICES.get(dest),
+                help=help_text + suffix,
             )
         if name == "contour_input":
             parser.add_argument(

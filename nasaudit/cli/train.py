@@ -97,14 +97,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for flag, field, kind, text in options:
         shown = _STUDY_DEFAULTS[field]
         shown = f"{round(shown * 255)}/255" if field in ("adv_eps", "adv_step") else shown
+        metavar = "X" if kind is float else "N" if kind is int else "EPS"
         train.add_argument(
-            flag, dest=field, type=kind, default=None, help=f"{text} (default {shown})"
+            flag,
+            dest=field,
+            type=kind,
+            default=None,
+            metavar=metavar,
+            help=f"{text} (default {shown})",
         )
     train.add_argument(
         "--C", type=int, default=None, help="initial channels of a genotype network (default 36)"
     )
     train.add_argument(
         "--layers", type=int, default=None, help="cells of a genotype network (default 20)"
+    )
+    train.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="stem width of a manual baseline (default: canonical; small for quick runs)",
     )
     train.add_argument(
         "--no-auxiliary",
@@ -154,23 +166,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
-    """Genotype-network options given on the command line; manual baselines take none."""
+    """build_model kwargs from the command line: --C/--layers/--no-auxiliary for genotype
+    networks, --width for manual baselines; a flag given to the wrong kind is an InputError."""
     from nasaudit.models.registry import is_manual_model
 
-    kwargs = {}
+    genotype_kwargs = {}
     if args.C is not None:
-        kwargs["C"] = args.C
+        genotype_kwargs["C"] = args.C
     if args.layers is not None:
-        kwargs["layers"] = args.layers
+        genotype_kwargs["layers"] = args.layers
     if args.no_auxiliary:
-        kwargs["auxiliary"] = False
-    if kwargs and is_manual_model(args.model):
-        flags = ", ".join(f"--{k}" if k != "auxiliary" else "--no-auxiliary" for k in kwargs)
+        genotype_kwargs["auxiliary"] = False
+    if not is_manual_model(args.model):
+        if args.width is not None:
+            raise InputError(
+                "--width", "only manual baselines take --width; use --C for genotype networks"
+            )
+        return genotype_kwargs
+    if genotype_kwargs:
+        flags = ", ".join(
+            "--no-auxiliary" if k == "auxiliary" else f"--{k}" for k in genotype_kwargs
+        )
         raise InputError(
             "--model",
             f"{args.model!r} is a manual baseline; {flags} only apply to genotype networks",
         )
-    return kwargs
+    return {} if args.width is None else {"width": args.width}
 
 
 def _load_data(args: argparse.Namespace, seed: int = 0):
@@ -192,7 +213,7 @@ def run_train(args: argparse.Namespace) -> int:
     config.validate()
     device = resolve_device(args.device)
     kwargs = _model_kwargs(args)
-    data = _load_data(args, seed=args.seed)
+    data = _load_data(args, seed=config.seed)
     ckpt = checkpoint_path(args.model_dir, data.name, args.model)
     print(
         f"dataset {data.name}: {data.train_images.shape[0]} train / {data.test_images.shape[0]} test "

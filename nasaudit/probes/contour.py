@@ -151,7 +151,7 @@ def param_loss_grid(
     points: int = 41,
     generator: torch.Generator,
     grid_chunk: int | None = None,
-    max_images_per_call: int = 8192,
+    max_images_per_call: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Mean cross-entropy of (x, y) at theta* + a d1 + b d2 for (a, b) on a centred grid.
@@ -163,6 +163,8 @@ def param_loss_grid(
         radius, points: grid over [-radius, radius]^2 with points x points values (odd).
         generator: draws d1, d2 (+-1, orthogonal) on the weight's device.
         grid_chunk: grid points per vmap call (default: max_images_per_call // B).
+        max_images_per_call: images per vmap call; None: 256 on CPU (big activations cost
+            more in page faults than vmap saves there), 8192 on accelerators.
     Returns {"alphas" [G], "losses" [G, G] (row i: a = alphas[i]; column j: b = alphas[j]),
     "centre_loss", "centre_abs_err", "d1", "d2" (weight shape), "weight_name"}; losses in nats.
     """
@@ -177,6 +179,8 @@ def param_loss_grid(
     b_flat = alphas.repeat(points)
     x = as_float_images(x.to(w0.device))
     y = y.to(w0.device)
+    if max_images_per_call is None:
+        max_images_per_call = 256 if w0.device.type == "cpu" else 8192
     chunk = grid_chunk or max(1, max_images_per_call // max(1, x.shape[0]))
 
     def loss_at(w: Tensor) -> Tensor:
@@ -230,7 +234,7 @@ def input_loss_grid(
     radius: float = 0.2,
     points: int = 41,
     generator: torch.Generator,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     clamp: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -240,7 +244,7 @@ def input_loss_grid(
         x: images [N, C, H, W] (uint8 or float in [0, 1]); y: labels [N].
         radius, points: grid over [-radius, radius]^2 in pixel units, points x points (odd).
         generator: draws each input's +-1 orthogonal direction pair (on the model's device).
-        batch_size: perturbed images per forward pass (the grid is evaluated in big batches).
+        batch_size: perturbed images per forward pass (None: 256 on CPU, 4096 on accelerators).
         clamp: clip perturbed images into [0, 1] (Eq. 13 does not; off by default).
     Returns {"alphas" [G], "losses" [N, G, G] (nats), "centre_losses" [N] (the model's own
     per-input losses), "centre_abs_err"}.
@@ -256,6 +260,8 @@ def input_loss_grid(
     g2 = points * points
     a_flat = alphas.repeat_interleave(points).view(-1, 1, 1, 1)
     b_flat = alphas.repeat(points).view(-1, 1, 1, 1)
+    if batch_size is None:  # see param_loss_grid's max_images_per_call
+        batch_size = 256 if device.type == "cpu" else 4096
     # Work list of (input, grid point) pairs, input-major, evaluated batch_size at a time.
     total = n * g2
     losses = torch.empty(total, device=device)
@@ -317,7 +323,8 @@ class ContourParamParams:
     radius: float = 0.5  # grid over [-radius, radius]^2
     points: int = 41  # grid points per axis (odd, so (0, 0) is on the grid)
     n_samples: int = 256  # fixed seeded training batch the loss is measured on
-    max_images_per_call: int = 8192  # grid points per vmap call = this // n_samples
+    # Images per vmap call (grid points per call = this // n_samples); None: by device.
+    max_images_per_call: int | None = None
 
 
 @dataclasses.dataclass
@@ -327,7 +334,7 @@ class ContourInputParams:
     radius: float = 0.2  # pixel units
     points: int = 41
     n_samples: int = 16  # seeded test inputs, each with its own direction pair
-    batch_size: int = 1024  # perturbed images per forward pass
+    batch_size: int | None = None  # perturbed images per forward pass; None: by device
     clamp: bool = False  # clip perturbed images to [0, 1]
 
 

@@ -1,9 +1,11 @@
 """Gradient variance (Eq. 14 of the study): how noisy per-sample gradients are.
 
 Var(g) = E_x ||g(x) - E_x g(x)||^2, where g(x) is the gradient of the per-sample loss with
-respect to the model parameters. The study's artifact instead reports the sum over parameter
-coordinates of the per-coordinate standard deviation, with every per-sample gradient first
-clipped to L2 norm 5; both are reported.
+respect to the model parameters. The study's artifact appendix describes instead the sum over
+parameter coordinates of the per-coordinate standard deviation, with every per-sample gradient
+first clipped to L2 norm 5; the artifact's code (autovul projects/grad_var_param.py) actually
+prints the sum of the squared stds (`grad_tensor.std(0).square().sum()`, unbiased), i.e. an
+unbiased Eq. 14 of the clipped gradients. All three numbers are reported.
 
 The reusable core is `per_sample_grad_variance`: any nn.Module, any subset of its parameters
 (the search uses it on a supernet's weights), per-sample gradients by `torch.func` (vmap over
@@ -326,6 +328,7 @@ class GradVarRecord(Record):
     n_params: int
     seed: int
     params: dict
+    n_unused_params: int = 0  # parameters the eval-mode loss never uses (auxiliary head)
     per_tensor: dict = dataclasses.field(default_factory=dict)
     model: str | None = None
     checkpoint: str | None = None
@@ -351,6 +354,8 @@ def run_gradvar(
 ) -> GradVarRecord:
     """Eq. 14 gradient variance of `model` over `params.n_samples` seeded samples of `data`
     (an ImageDataset). Writes gradvar.png (per-tensor variances) into out_dir when given."""
+    if params.split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, not {params.split!r}")
     images = data.train_images if params.split == "train" else data.test_images
     labels = data.train_labels if params.split == "train" else data.test_labels
     idx = sample_indices(images.shape[0], params.n_samples, seed)
@@ -376,6 +381,7 @@ def run_gradvar(
         clipped_fraction=stats["clipped_fraction"],
         n_samples=stats["n_samples"],
         n_params=stats["n_params"],
+        n_unused_params=stats["n_unused_params"],
         seed=seed,
         params=dataclasses.asdict(params),
         per_tensor=stats["per_tensor"],

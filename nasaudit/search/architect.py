@@ -95,7 +95,7 @@ class Architect:
     def arch_step(self, grads: Sequence[Tensor]) -> None:
         """One Adam step on the architecture parameters with the given gradients."""
         self.a_opt.zero_grad(set_to_none=True)
-        for p, g in zip(self.model.arch_parameters(), grads):
+        for p, g in zip(self.model.arch_parameters(), grads, strict=True):
             p.grad = g.detach()
         self.a_opt.step()
         self.arch_steps += 1
@@ -119,12 +119,12 @@ class Architect:
         lr, momentum, wd = self._hyper()
         buffers = self._buffer_copies()
         for x, y in train_batches:
-            loss = self._loss(dict(zip(names, w)), buffers, x, y)
+            loss = self._loss(dict(zip(names, w, strict=True)), buffers, x, y)
             grads = torch.autograd.grad(loss, w, create_graph=True, allow_unused=True)
             w, bufs = _sgd(w, grads, bufs, lr, momentum, wd)
             self.virtual_steps += 1
         x, y = val_batch
-        logits = self._logits(dict(zip(names, w)), buffers, x)
+        logits = self._logits(dict(zip(names, w, strict=True)), buffers, x)
         loss = F.cross_entropy(logits.float(), y)
         return _grads(loss, self.model.arch_parameters()), _stats(loss, logits, y)
 
@@ -137,20 +137,20 @@ class Architect:
         lr, momentum, wd = self._hyper()
         buffers = self._buffer_copies()
         arch = self.model.arch_parameters()
-        grads = torch.autograd.grad(self._loss(dict(zip(names, w)), buffers, x, y), w, allow_unused=True)
+        grads = torch.autograd.grad(self._loss(dict(zip(names, w, strict=True)), buffers, x, y), w, allow_unused=True)
         w1, _ = _sgd([t.detach() for t in w], grads, bufs, lr, momentum, wd)
         w1 = [t.detach().requires_grad_() for t in w1]
         self.virtual_steps += 1
-        logits = self._logits(dict(zip(names, w1)), buffers, xv)
+        logits = self._logits(dict(zip(names, w1, strict=True)), buffers, xv)
         val_loss = F.cross_entropy(logits.float(), yv)
         out = _grads(val_loss, arch + w1)
         d_alpha, v = out[: len(arch)], out[len(arch) :]
         r = 0.01 / torch.cat([g.flatten() for g in v]).norm()
         hvp = []
         for sign in (1.0, -1.0):
-            shifted = {n: t.detach() + sign * r * g for n, t, g in zip(names, w, v)}
+            shifted = {n: t.detach() + sign * r * g for n, t, g in zip(names, w, v, strict=True)}
             hvp.append(_grads(self._loss(shifted, buffers, x, y), arch))
-        grads = [da - lr * (gp - gm) / (2 * r) for da, gp, gm in zip(d_alpha, *hvp)]
+        grads = [da - lr * (gp - gm) / (2 * r) for da, gp, gm in zip(d_alpha, *hvp, strict=True)]
         return grads, _stats(val_loss, logits, yv)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def _sgd(
     """One functional SGD step with torch.optim.SGD's semantics (dampening 0, no Nesterov):
     d = g + wd * w; buf = momentum * buf + d (buf = d on the first step); w - lr * buf."""
     new_w, new_bufs = [], []
-    for t, g, b in zip(w, grads, bufs):
+    for t, g, b in zip(w, grads, bufs, strict=True):
         d = (torch.zeros_like(t) if g is None else g) + wd * t
         if momentum:
             d = d if b is None else momentum * b + d
@@ -197,7 +197,7 @@ def _grads(loss: Tensor, inputs: Sequence[Tensor], **kwargs) -> list[Tensor]:
     """torch.autograd.grad with zeros for inputs the loss does not reach (e.g. alpha_normal of
     a supernet too shallow to have a normal cell)."""
     out = torch.autograd.grad(loss, inputs, allow_unused=True, **kwargs)
-    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, out)]
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, out, strict=True)]
 
 
 def _stats(loss: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor]:

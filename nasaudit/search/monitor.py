@@ -46,12 +46,15 @@ def heatmap_image(weights: torch.Tensor, ops: tuple[str, ...], nodes: int, title
     fig = Figure(figsize=(1.0 + 0.9 * len(ops), 1.2 + 0.32 * len(labels)))
     canvas = FigureCanvasAgg(fig)  # no pyplot: no global backend, no display needed
     ax = fig.subplots()
-    im = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-6), aspect="auto")
+    # Colours span this map's own range: early in a search all weights are near 1/O and a
+    # fixed [0, 1] scale would show one flat colour; the numbers give the absolute values.
+    lo, hi = float(w.min()), float(w.max())
+    im = ax.imshow(w, cmap="viridis", vmin=lo, vmax=max(hi, lo + 1e-6), aspect="auto")
     ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     for (i, j), v in np.ndenumerate(w):
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5,
-                color="white" if v < 0.6 * w.max() else "black")
+                color="white" if v < lo + 0.6 * (hi - lo) else "black")
     fig.colorbar(im, ax=ax)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

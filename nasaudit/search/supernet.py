@@ -17,6 +17,7 @@ all cells of that type. Differences:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -69,9 +70,9 @@ class MixedOp(nn.Module):
         """x [B, C, H, W], weights [O] (all ops, zero included) -> [B, C, H/stride, W/stride]."""
         w = weights.unbind()
         if self.partial == 1:
-            return sum(w[i] * op(x) for i, op in zip(self.columns, self.ops))
+            return sum(w[i] * op(x) for i, op in zip(self.columns, self.ops, strict=True))
         c = x.shape[1] // self.partial
-        mixed = sum(w[i] * op(x[:, :c]) for i, op in zip(self.columns, self.ops))
+        mixed = sum(w[i] * op(x[:, :c]) for i, op in zip(self.columns, self.ops, strict=True))
         rest = x[:, c:]
         if self.stride == 2:
             rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)  # ceil: the ops' ceil(H / 2)
@@ -158,7 +159,8 @@ class Supernet(nn.Module):
         if partial_channels > 1:
             self.beta_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
-        self._alpha_hooks: dict[int, AlphaHook] = {}
+        # An OrderedDict (weak-referenceable, unlike dict) for torch's RemovableHandle.
+        self._alpha_hooks: OrderedDict[int, AlphaHook] = OrderedDict()
         for hook in hooks:
             self.register_alpha_hook(hook)
 

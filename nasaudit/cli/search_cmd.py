@@ -1,0 +1,108 @@
+"""`nasaudit search`: a DARTS-style search with n_step and the gamma skip penalty, resumable.
+
+Examples:
+    nasaudit search --dataset cifar10 --data-dir data --epochs 50 --out runs/darts
+    nasaudit search --config experiments/search_mitigated.toml --data-dir data --out runs/mitigated
+    nasaudit search --dataset digits --epochs 1 --C 4 --layers 3 --out /tmp/s --no-progress
+    nasaudit search ... --out runs/darts --resume        # continue a killed run exactly
+
+Settings: SearchConfig defaults < the TOML file (--config) < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DATASETS = ("cifar10", "cifar100", "imagenet32", "digits")
+# flag dest -> SearchConfig field (every flag defaults to None: "not given, keep the config's")
+_FIELDS = (
+    "dataset", "data_dir", "space", "C", "layers", "nodes", "batch_size", "epochs", "n_step",
+    "mode", "gamma", "partial_channels", "seed", "lr", "arch_lr", "train_subset", "log_every",
+    "checkpoint_every", "probe_samples", "max_steps",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `search` command."""
+    p = subparsers.add_parser(
+        "search",
+        help="DARTS-style architecture search (n_step, gamma skip penalty, TensorBoard, resume)",
+        description="Search a cell pair with DARTS's bi-level optimisation. Writes OUT/genotype.json "
+        "every epoch, TensorBoard events to OUT/tb, checkpoints to OUT/checkpoint.pt, and ends by "
+        "printing the genotype and its cell analysis. Defaults are DARTS's search settings.",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", default=None, help="TOML file of search settings (flags win)")
+    p.add_argument("--dataset", choices=DATASETS, help="data set (default: cifar10)")
+    p.add_argument("--data-dir", help="folder with the data set files (not needed for digits)")
+    p.add_argument("--space", help="search space: darts | paper | a .json file (default: darts)")
+    p.add_argument("--epochs", type=int, help="search epochs (default: 50)")
+    p.add_argument("--n-step", type=int, help="weight steps per alpha step (default: 1)")
+    p.add_argument("--mode", choices=("first_order", "unrolled", "finite_difference"),
+                   help="alpha gradient (default: first_order)")
+    p.add_argument("--gamma", type=float, help="skip_connect weight scale in (0, 1] (default: 1)")
+    p.add_argument("--hook", action="append", metavar="NAME:ARG",
+                   help="alpha hook, e.g. skip_penalty:0.5 (repeatable; replaces the config's)")
+    p.add_argument("--partial-channels", type=int, metavar="K",
+                   help="PC-DARTS: 1/K of the channels through the mixed ops (default: 1, off)")
+    p.add_argument("--C", type=int, help="initial channels (default: 16)")
+    p.add_argument("--layers", type=int, help="cells (default: 8)")
+    p.add_argument("--nodes", type=int, help="intermediate nodes per cell (default: 4)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: 64)")
+    p.add_argument("--lr", type=float, help="weight learning rate (default: 0.025)")
+    p.add_argument("--arch-lr", type=float, help="alpha learning rate (default: 3e-4)")
+    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.add_argument("--train-subset", type=int, metavar="N", help="use the first N training images")
+    p.add_argument("--log-every", type=int, metavar="N", help="TensorBoard every N iterations (default: 50)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N iterations (default: 100)")
+    p.add_argument("--probe-samples", type=int, metavar="N",
+                   help="samples of the gradient-variance probe batch (default: 32, 0: off)")
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop after N iterations in total (resume later with --resume)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """SearchConfig from defaults < --config TOML < the flags given."""
+    from nasaudit.search.run import SearchConfig
+
+    overrides = {k: getattr(args, k) for k in _FIELDS if getattr(args, k, None) is not None}
+    if args.hook:
+        overrides["hooks"] = list(args.hook)
+    if args.config:
+        return SearchConfig.from_toml(args.config, overrides)
+    return SearchConfig.from_dict(overrides, source="command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the search, then print the genotype, its cell analysis and the search cost."""
+    from nasaudit.analysis import analyze_genotype
+    from nasaudit.search.run import format_seconds, run_search
+
+    config = config_from_args(args)
+    result = run_search(config, out_dir=args.out, device=args.device, resume=args.resume,
+                        progress=not args.no_progress)
+    seconds = sum(h["seconds"] for h in result.history)
+    print(f"search: {result.epochs_done}/{config.epochs} epochs, {result.iterations} iterations, "
+          f"{result.weight_steps} weight steps, {result.arch_steps} alpha steps, "
+          f"{result.virtual_steps} unrolled steps, {format_seconds(seconds)} "
+          f"(mode {config.mode}, n_step {config.n_step}, gamma {config.gamma:g})")
+    if not result.finished:
+        print(f"stopped early; continue with: nasaudit search ... --out {args.out} --resume")
+    if result.genotype is None:
+        print("no genotype yet (no epoch finished)")
+        return 0
+    g = result.genotype
+    print(f"genotype: {result.genotype_path}")
+    for cell in ("normal", "reduce"):
+        pairs = ", ".join(f"{op}<-{inp}" for op, inp in getattr(g, cell))
+        print(f"  {cell}: {pairs}  concat {list(getattr(g, f'{cell}_concat'))}")
+    analysis = analyze_genotype(g)
+    print(f"  {'cell':<8}{'depth':>7}{'width':>7}{'skip_connects':>15}")
+    for cell in ("normal", "reduce"):
+        m = analysis[cell]
+        print(f"  {cell:<8}{m['depth']:>7}{str(m['width']) + 'c':>7}{m['skip_connects']:>15}")
+    return 0

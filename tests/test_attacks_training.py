@@ -1,0 +1,122 @@
+"""Attacks that train: poisoning (retrain), backdoor (TrojanNN, BadNet fine-tune), Knockoff Nets.
+
+Settings are shrunk for CPU (few epochs, small subsets, tiny_cnn of width 8 where a model is
+trained from scratch); the study's defaults are checked separately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+import torch
+
+from nasaudit.attacks import ATTACKS, Victim, run_attack
+from nasaudit.attacks.poisoning import flip_labels
+from nasaudit.training import TrainConfig
+
+CPU = torch.device("cpu")
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def victim(trained_model) -> Victim:
+    return Victim(trained_model.model, trained_model.model_name, trained_model.train_config,
+                  trained_model.model_kwargs)
+
+
+def test_defaults_are_the_studys():
+    p = ATTACKS["poison"].params_cls()
+    assert p.fractions == (0.0, 0.1, 0.2, 0.3, 0.4) and p.epochs == 50
+    b = ATTACKS["backdoor"].params_cls()
+    assert (b.n_neuron, b.trigger_size, b.trigger_lr, b.trigger_iters) == (2, 3, 0.015, 20)
+    k = ATTACKS["knockoff"].params_cls()
+    assert k.reward == "all" and k.epochs == 50 and max(k.budgets) == 16000
+
+
+def test_flip_labels_changes_exactly_the_fraction_to_wrong_classes():
+    labels = torch.arange(1000) % 10
+    new, flipped = flip_labels(labels, 0.3, 10, seed=4)
+    assert flipped.numel() == 300 and flipped.unique().numel() == 300
+    assert (new[flipped] != labels[flipped]).all()
+    untouched = torch.ones(1000, dtype=torch.bool)
+    untouched[flipped] = False
+    assert torch.equal(new[untouched], labels[untouched])
+    assert torch.equal(flip_labels(labels, 0.3, 10, seed=4)[0], new)  # seeded
+    assert new.bincount(minlength=10).min() > 60  # wrong classes drawn uniformly
+
+
+def test_poisoning_cad_grows_with_fraction(cifar_subset):
+    # A 2,000-image slice and a width-8 tiny_cnn keep three retrainings to a few seconds; so
+    # short a training underfits, which damps the effect of noise, hence the wide p range.
+    data = dataclasses.replace(cifar_subset, train_images=cifar_subset.train_images[:2000],
+                               train_labels=cifar_subset.train_labels[:2000])
+    from nasaudit.attacks.common import build_fresh
+
+    config = TrainConfig(epochs=4, batch_size=64, lr=0.05, val_fraction=0.0, seed=0)
+    victim = Victim(build_fresh("tiny_cnn", data, 0, {"width": 8}).eval(), "tiny_cnn", config,
+                    {"width": 8})
+    rec = run_attack("poison", victim, data, {"fractions": (0.4, 0.7), "epochs": 4},
+                     device=CPU, seed=0, progress=False)
+    assert rec.fractions == [0.0, 0.4, 0.7]  # the clean reference is always trained
+    assert rec.n_flipped == [0, 800, 1400]
+    assert rec.cad[0] == 0.0
+    assert rec.cad[2] > 0.05 and rec.cad[2] > rec.cad[1] > -0.02
+    assert rec.test_accuracy[0] > 0.2
+
+
+@pytest.fixture(scope="module")
+def badnet(victim, trained_model):
+    before = _weights_digest(trained_model.model)
+    ckpt_bytes = trained_model.checkpoint.read_bytes()
+    rec = run_attack("backdoor", victim, trained_model.data,
+                     {"method": "badnet", "epochs": 2, "poison_fraction": 0.1, "lr": 0.05},
+                     device=CPU, seed=0, progress=False)
+    # The victim (in memory and on disk) is never modified.
+    assert _weights_digest(trained_model.model) == before
+    assert trained_model.checkpoint.read_bytes() == ckpt_bytes
+    return rec
+
+
+def test_badnet_backdoor_high_asr_low_cad(badnet):
+    assert badnet.method == "badnet" and badnet.transparency == 0.0
+    assert "true class != target" in badnet.asr_population
+    assert badnet.asr > 0.8
+    assert badnet.clean_model_asr < 0.3  # the trigger alone does not fool the clean model
+    assert badnet.cad < 0.1
+    assert len(badnet.trigger) == 3 and len(badnet.trigger[0]) == 3  # C x 3 x 3 patch
+
+
+def test_trojannn_excites_neurons_and_implants_backdoor(victim, trained_model):
+    rec = run_attack("backdoor", victim, trained_model.data,
+                     {"epochs": 2, "lr": 0.05, "poison_fraction": 0.2, "trigger_size": 5},
+                     device=CPU, seed=0, progress=False)
+    assert rec.method == "trojannn" and rec.transparency == 0.7 and len(rec.neurons) == 2
+    w = trained_model.model.classifier.weight.abs().sum(0)
+    assert set(rec.neurons) == set(w.argsort(descending=True)[:2].tolist())
+    assert rec.activation_after > rec.activation_before
+    # A 70%-transparent trigger is much weaker than BadNet's patch: after a 2-epoch fine-tune
+    # it already lifts the target rate well above the clean model's.
+    assert rec.asr > rec.clean_model_asr + 0.15
+    assert rec.cad < 0.1
+
+
+def test_knockoff_ace_falls_with_budget(victim, trained_model):
+    rec = run_attack("knockoff", victim, trained_model.data,
+                     {"budgets": (150, 1500), "epochs": 6, "lr": 0.05,
+                      "replica_kwargs": {"width": 8}}, device=CPU, seed=0, progress=False)
+    assert rec.replica == "tiny_cnn" and rec.budgets == [150, 1500]
+    assert rec.ace[1] < rec.ace[0]
+    assert rec.agreement[1] > rec.agreement[0]
+    for ace, kl in zip(rec.ace, rec.kl, strict=True):
+        assert kl == pytest.approx(ace - rec.victim_entropy) and kl >= -1e-4
+    assert sum(rec.action_counts) == 1500
+    assert rec.to_dict()["kind"] == "attack.knockoff"
