@@ -455,6 +455,7 @@ def train_model(
         desc="train",
         unit="batch",
         dynamic_ncols=True,
+        leave=False,
     )
     try:
         for epoch in range(start_epoch, config.epochs):

@@ -225,16 +225,17 @@ def run_train(args: argparse.Namespace) -> int:
             f"model {args.model}: {count_parameters(model):,} parameters (without auxiliary head)"
         )
 
+    from tqdm.auto import tqdm
+
     def show_epoch(h: dict) -> None:
         val = (
             f"  val loss {h['val_loss']:.4f} acc {h['val_acc']:.4f}"
             if h["val_acc"] is not None
             else ""
         )
-        print(
+        tqdm.write(
             f"epoch {h['epoch']:>4}/{config.epochs}  lr {h['lr']:.5f}  "
-            f"train loss {h['train_loss']:.4f} acc {h['train_acc']:.4f}{val}  ({h['seconds']:.1f} s)",
-            flush=True,
+            f"train loss {h['train_loss']:.4f} acc {h['train_acc']:.4f}{val}  ({h['seconds']:.1f} s)"
         )
 
     result = train_on_dataset(
