@@ -12,7 +12,13 @@ import torch
 from nasaudit.cli import main
 from nasaudit.device import generator, resolve_device, seeded
 from nasaudit.errors import InputError
-from nasaudit.io import atomic_torch_save, atomic_write, atomic_write_json, read_json, safe_torch_load
+from nasaudit.io import (
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_json,
+    read_json,
+    safe_torch_load,
+)
 from nasaudit.records import Record
 
 
