@@ -106,6 +106,16 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
 
 
+# Forward passes on the CPU are fastest in chunks of a few hundred 32x32 images (activations
+# stay in cache); 4096-image chunks run at under half the speed. GPUs want big chunks.
+CPU_FORWARD_CHUNK = 256
+
+
+def forward_chunk(device: torch.device, requested: int) -> int:
+    """Images per forward pass on `device`: `requested`, capped at CPU_FORWARD_CHUNK on the CPU."""
+    return min(requested, CPU_FORWARD_CHUNK) if device.type == "cpu" else requested
+
+
 @torch.no_grad()
 def batched_logits(
     model: nn.Module,
@@ -119,6 +129,7 @@ def batched_logits(
     x may live on the CPU; each chunk is moved to the device and converted there.
     """
     outputs = []
+    batch_size = forward_chunk(torch.device(device), batch_size)
     for start in range(0, x.shape[0], batch_size):
         chunk = to_unit(x[start : start + batch_size].to(device, non_blocking=True))
         with autocast(device):

@@ -19,7 +19,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nasaudit.attacks.common import AttackRecord, Victim, make_params, params_dict, timed, to_unit
+from nasaudit.attacks.common import (
+    AttackRecord,
+    Victim,
+    forward_chunk,
+    make_params,
+    params_dict,
+    timed,
+    to_unit,
+)
 from nasaudit.attacks.sampling import candidate_indices
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
@@ -33,6 +41,7 @@ LabelOracle = Callable[[torch.Tensor], torch.Tensor]
 
 def label_oracle(model: nn.Module, device: torch.device, query_batch: int = 8192) -> LabelOracle:
     """Label-only access: images [N, C, H, W] in [0, 1] -> predicted classes int64 [N]."""
+    query_batch = forward_chunk(device, query_batch)
 
     @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:
@@ -140,8 +149,8 @@ def hop_skip_jump(
     cur = _binary_search(oracle, x0, x_init[idx], y0, math.ceil(math.log2(1000.0)))
     spent = math.ceil(math.log2(1000.0))
 
-    n_cand = 10  # step sizes tried at once: eps0 * 2^-1 ... 2^-10
-    halvings = torch.pow(2.0, -torch.arange(1, n_cand + 1, device=dev, dtype=x.dtype))
+    halvings = torch.pow(2.0, -torch.arange(1, 13, device=dev, dtype=x.dtype))  # 2^-1..2^-12
+    queries_extra = torch.zeros(len(idx), dtype=torch.long, device=dev)
     cur = _binary_search(oracle, x0, cur, y0, search_steps)
     spent += search_steps
     for t in range(max_iter):
@@ -169,21 +178,30 @@ def hop_skip_jump(
         update = torch.cat(updates)
         spent += num_eval
 
-        # Geometric step-size search, all candidate sizes in one batch: keep the largest that
-        # stays adversarial (none -> stay put).
+        # Geometric step-size search (ART halves until the point is adversarial): the first
+        # 3 sizes for every input in one batch, then 9 smaller ones for the inputs none of those
+        # fitted (rare). Keep the largest adversarial size (none -> stay put).
         eps0 = 2.0 * dist / math.sqrt(t + 1)
-        sizes = eps0.unsqueeze(1) * halvings.unsqueeze(0)  # [n, n_cand]
-        pot = (cur.unsqueeze(1) + sizes.view(*sizes.shape, *([1] * (cur.dim() - 1))) * update.unsqueeze(1)).clamp_(0.0, 1.0)
-        ok = (oracle(pot.flatten(0, 1)).view(-1, n_cand) != y0.unsqueeze(1))
-        first_ok = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(y0, -1))
-        chosen = pot[torch.arange(pot.shape[0], device=dev), first_ok.clamp_min(0)]
-        cur = torch.where(_bview(first_ok >= 0, cur), chosen, cur)
-        spent += n_cand
+        chosen = cur.clone()
+        todo = torch.arange(cur.shape[0], device=dev)
+        for sizes_k in (halvings[:3], halvings[3:]):
+            if todo.numel() == 0:
+                break
+            c, u = cur[todo], update[todo]
+            sizes = eps0[todo].unsqueeze(1) * sizes_k.unsqueeze(0)  # [m, k]
+            pot = (c.unsqueeze(1) + sizes.view(*sizes.shape, *([1] * (c.dim() - 1))) * u.unsqueeze(1)).clamp_(0.0, 1.0)
+            ok = oracle(pot.flatten(0, 1)).view(-1, len(sizes_k)) != y0[todo].unsqueeze(1)
+            queries_extra[todo] += len(sizes_k)
+            hit = ok.any(1)
+            pick = pot[torch.arange(pot.shape[0], device=dev), ok.float().argmax(1)]
+            chosen[todo[hit]] = pick[hit]
+            todo = todo[~hit]
+        cur = chosen
 
         cur = _binary_search(oracle, x0, cur, y0, search_steps)
         spent += search_steps
     x_adv[idx] = cur
-    queries[idx] += spent
+    queries[idx] += spent + queries_extra
     return x_adv, found, queries
 
 

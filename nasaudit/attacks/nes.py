@@ -18,7 +18,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nasaudit.attacks.common import AttackRecord, Victim, make_params, params_dict, timed, to_unit
+from nasaudit.attacks.common import (
+    AttackRecord,
+    Victim,
+    forward_chunk,
+    make_params,
+    params_dict,
+    timed,
+    to_unit,
+)
 from nasaudit.attacks.pgd import _project, _random_start
 from nasaudit.attacks.sampling import CASES, select_correct, target_classes
 from nasaudit.device import autocast
@@ -38,7 +46,7 @@ class ProbabilityOracle:
     def __init__(self, model: nn.Module, device: torch.device, query_batch: int = 4096):
         self.model = model
         self.device = device
-        self.query_batch = query_batch
+        self.query_batch = forward_chunk(device, query_batch)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

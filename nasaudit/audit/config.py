@@ -41,10 +41,11 @@ Schema (every table but ``[dataset]`` and ``[[models]]`` is optional)::
     [probes.gradvar]
     at_init = true                      # also measure at initialisation (default true)
 
-Inside an attack or probe table three keys belong to the audit, not to the module:
-``enabled`` (default true), ``models`` (restrict to these labels) and ``each_model`` (the name
-of a parameter to fill with every configured model's spec in turn, e.g. the Knockoff replica
-architecture for the cross-architecture table).
+Inside an attack or probe table these keys belong to the audit, not to the module:
+``enabled`` (default true), ``models`` (run only on these labels), ``each_model`` (the name
+of a parameter to fill with every configured model in turn, e.g. ``"replica"`` for Knockoff's
+cross-architecture table), ``each_model_in`` (restrict that list to these labels) and, for
+probes, ``at_init`` (also run on the untrained network; default true for gradvar only).
 
 Relative paths are resolved against the config file's directory, so a config works from any
 current directory.
@@ -71,7 +72,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 KNOWN_ATTACKS = ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "knockoff", "membership")
 KNOWN_PROBES = ("gradvar", "contour_param", "contour_input", "curvature")
 # Keys inside an attack/probe table that configure scheduling, never passed to the module.
-AUDIT_KEYS = frozenset({"enabled", "models", "each_model", "at_init"})
+AUDIT_KEYS = frozenset({"enabled", "models", "each_model", "each_model_in", "at_init"})
 SEARCH_PREFIX = "search:"
 
 
@@ -262,8 +263,11 @@ def _tasks(data: dict, kind: str, known: tuple[str, ...], labels: list[str], sou
             if each is not None:
                 if not isinstance(each, str):
                     raise InputError(source, f"[{section}.{name}].each_model must be a parameter name")
+                among = item.get("each_model_in", labels)
+                if not isinstance(among, list) or not set(among) <= set(labels):
+                    raise InputError(source, f"[{section}.{name}].each_model_in must list model labels")
                 # The value is a model label; the runner maps it to that model's spec and kwargs.
-                variants = [{**params, each: label} for label in labels]
+                variants = [{**params, each: label} for label in among]
             for p in variants:
                 tasks.append(TaskSpec(kind, name, p, only))
             # Gradient variance at initialisation is a separate unit: it needs no trained model.

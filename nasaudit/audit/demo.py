@@ -42,12 +42,10 @@ DEMO_CONFIG: dict[str, Any] = {
         "pgd_sweep": {"n_inputs": 40, "eps": [1 / 255, 2 / 255, 4 / 255, 8 / 255], "restarts": 1},
         "nes": {"n_inputs": 6, "n_query": 20, "restarts": 1},
         "poison": {"fractions": [0.0, 0.3], "epochs": 1},
-        "backdoor": [
-            {"method": "trojannn", "epochs": 1, "trigger_iters": 5, "n_trigger_images": 64},
-            {"method": "badnet", "epochs": 1},
-        ],
-        "knockoff": {"budgets": [100, 300], "epochs": 2, "each_model": "replica"},
-        "membership": {"n_members": 24, "n_nonmembers": 24, "max_iter": 5, "max_eval": 120,
+        "backdoor": {"method": "trojannn", "epochs": 1, "trigger_iters": 5, "n_trigger_images": 64},
+        # each_model: every model is also a replica architecture (the cross-architecture table).
+        "knockoff": {"budgets": [100, 200], "epochs": 1, "each_model": "replica"},
+        "membership": {"n_members": 16, "n_nonmembers": 16, "max_iter": 4, "max_eval": 80,
                        "init_eval": 10, "init_size": 10},
     },
 }

@@ -301,12 +301,13 @@ def verdict(direction: str | None, point: float, low: float | None, high: float 
     if direction is None:
         return f"no direction reported by the study; NAS {side} here"
     sign = 1 if direction == "higher" else -1
+    if point == 0:
+        return "no difference in this run"
+    leaning = "in the study's direction" if point * sign > 0 else "against the study's direction"
     if low is None or high is None:
-        leaning = "in the study's direction" if point * sign > 0 else "against the study's direction"
         return f"no CI with one model per group; point estimate {leaning}"
     if low > 0 or high < 0:
         return "agrees" if (point * sign) > 0 else "disagrees"
-    leaning = "in the study's direction" if point * sign > 0 else "against the study's direction"
     return f"inconclusive (CI includes 0; point estimate {leaning})"
 
 
@@ -922,9 +923,10 @@ class Builder:
                                          "study: NAS is", "this run", "models NAS/manual"], rows,
                             f"Group differences with bootstrap 95% CI over models and seeds ({BOOTSTRAP_SAMPLES} resamples)"))
         with_dir = sum(1 for r in rows if r[6] != "-")
-        s.text(f"With a clear CI, this run agrees with the study on {agree} and disagrees on {disagree} of the "
-               f"{with_dir} metrics for which the study reports a direction; the rest are inconclusive at this "
-               "sample size (few models or seeds give wide intervals).")
+        s.text(f"Of the {with_dir} metrics for which the study reports a direction, this run clearly agrees with "
+               f"it on {agree} and clearly disagrees on {disagree} (95% CI excluding 0); the other "
+               f"{with_dir - agree - disagree} are inconclusive here (CI includes 0, or too few models per "
+               "group for a CI).")
         return s
 
     def correlations(self) -> Section:

@@ -53,7 +53,7 @@ def heatmap_image(weights: torch.Tensor, ops: tuple[str, ...], nodes: int, title
     ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     for (i, j), v in np.ndenumerate(w):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5,
+        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=5,
                 color="white" if v < lo + 0.6 * (hi - lo) else "black")
     fig.colorbar(im, ax=ax)
     ax.set_title(title, fontsize=9)

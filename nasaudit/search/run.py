@@ -99,7 +99,7 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else (list(v) if isinstance(v, list) else v)
+        return {k: list(v) if isinstance(v, (list, tuple)) else v
                 for k, v in dataclasses.asdict(self).items()}
 
     def hook_specs(self) -> list[str]:
@@ -205,6 +205,29 @@ def _alpha_dict(model: Supernet) -> dict[str, list]:
     return {n: p.detach().cpu().tolist() for n, p in model.named_parameters() if n in model.ARCH_NAMES}
 
 
+def _data(config: SearchConfig, device: torch.device):
+    """(dataset, weight-half loader, architecture-half loader, probe images [P, 3, H, W] in
+    [0, 1], probe labels [P]) for `config`; the halves are a seeded split of the training set."""
+    from nasaudit.data import Augment, DeviceLoader, load_dataset, train_val_split
+
+    data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    images, labels = data.train_images, data.train_labels
+    if config.train_subset:
+        images, labels = images[: config.train_subset], labels[: config.train_subset]
+    w_idx, a_idx = train_val_split(labels.shape[0], 1.0 - config.train_portion, config.seed)
+    aug = Augment() if config.augment else None
+    # Two seeds: the halves must not share a shuffle/augmentation stream.
+    loaders = [DeviceLoader(images[idx], labels[idx], config.batch_size, device=device, shuffle=True,
+                            augment=aug, seed=config.seed + k, drop_last=True)
+               for k, idx in enumerate((w_idx, a_idx))]
+    if not all(len(loader) for loader in loaders):
+        raise InputError("--batch-size", f"{config.batch_size} exceeds a half of the "
+                                         f"{labels.shape[0]} training images")
+    # The gradient-variance probe: fixed, unaugmented images of the architecture half.
+    probe = a_idx[: min(config.probe_samples, a_idx.numel())]
+    return data, *loaders, images[probe].to(device).float().div_(255.0), labels[probe].to(device)
+
+
 def run_search(
     config: SearchConfig, *, out_dir: str | Path, device: str | torch.device = "auto",
     resume: bool = False, progress: bool = True, hooks: Sequence[AlphaHook] = (),
@@ -218,7 +241,6 @@ def run_search(
     checkpoint, as `max_steps` does. resume: continue from OUT/checkpoint.pt when it exists
     (a fresh start otherwise); without it an existing checkpoint is an error, never overwritten.
     """
-    from nasaudit.data import Augment, DeviceLoader, load_dataset, train_val_split
     from nasaudit.device import prepare_model, resolve_device
     from nasaudit.io import atomic_write_json, safe_torch_load
 
@@ -235,23 +257,7 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", config.to_dict())
 
-    data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
-    images, labels = data.train_images, data.train_labels
-    if config.train_subset:
-        images, labels = images[: config.train_subset], labels[: config.train_subset]
-    w_idx, a_idx = train_val_split(labels.shape[0], 1.0 - config.train_portion, config.seed)
-    aug = Augment() if config.augment else None
-    # Two seeds: the halves must not share a shuffle/augmentation stream.
-    train_loader = DeviceLoader(images[w_idx], labels[w_idx], config.batch_size, device=device,
-                                shuffle=True, augment=aug, seed=config.seed, drop_last=True)
-    val_loader = DeviceLoader(images[a_idx], labels[a_idx], config.batch_size, device=device,
-                              shuffle=True, augment=aug, seed=config.seed + 1, drop_last=True)
-    if not len(train_loader) or not len(val_loader):
-        raise InputError("--batch-size", f"{config.batch_size} exceeds a half of the {labels.shape[0]} training images")
-    n_probe = min(config.probe_samples, a_idx.numel())
-    probe_x = images[a_idx[:n_probe]].to(device).float().div_(255.0)
-    probe_y = labels[a_idx[:n_probe]].to(device)
-
+    data, train_loader, val_loader, probe_x, probe_y = _data(config, device)
     model = prepare_model(build_supernet(config, data.num_classes, mean=data.mean, std=data.std,
                                          hooks=hooks), device)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=config.lr, momentum=config.momentum,
@@ -286,9 +292,10 @@ def run_search(
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(config.seed)
             if state is not None:
-                torch.set_rng_state(state["rng"]["cpu"])
+                # RNG states are CPU byte tensors whatever map_location did to them.
+                torch.set_rng_state(state["rng"]["cpu"].cpu())
                 for i, s in enumerate(state["rng"]["cuda"]):
-                    torch.cuda.set_rng_state(s, cuda[i])
+                    torch.cuda.set_rng_state(s.cpu(), cuda[i])
 
             def save() -> None:
                 _save_checkpoint(ckpt_path, config, model, w_opt, a_opt, sched, architect, loop, cuda)

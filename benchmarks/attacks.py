@@ -1,0 +1,218 @@
+"""Throughput of nasaudit's torch attacks against ART's implementations, on the current device.
+
+    python benchmarks/attacks.py [--device auto] [--model tiny_cnn] [--n 256] [--hsj-n 16]
+
+Prints, for the same model and inputs:
+  * PGD (L-inf, eps 8/255, step 2/255, random start): input-iterations per second of
+    `nasaudit.attacks.pgd.pgd_untargeted` vs ART's ProjectedGradientDescentPyTorch;
+  * label-only boundary distance (HopSkipJump, L2, reduced budget): inputs per second of
+    `nasaudit.attacks.membership.boundary_distances` vs ART's HopSkipJump as
+    LabelOnlyDecisionBoundary runs it (one input at a time, numpy in and out);
+and the ratios. The victim is --model trained briefly on the embedded digits data unless --checkpoint is
+given; inputs are its correctly classified test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def _victim(args: argparse.Namespace, device: torch.device):
+    """(model in eval mode, real test images float [N, 3, 32, 32] it classifies correctly, labels).
+
+    Default: `--model` trained for a few epochs on the embedded digits data (no files needed),
+    so that inputs are real images with a real decision boundary; HopSkipJump's work depends on
+    it (on noise inputs ART gives up at initialisation and the comparison would be void).
+    """
+    from nasaudit.data import load_dataset
+    from nasaudit.training import TrainConfig, load_checkpoint_model, train_on_dataset
+
+    if args.checkpoint:
+        model, meta = load_checkpoint_model(args.checkpoint, device=device)
+        data = load_dataset(meta.get("dataset", "digits"), args.data_dir)
+    else:
+        data = load_dataset("digits")
+        kwargs = {} if args.model == "tiny_cnn" else {"C": args.C, "layers": args.layers}
+        config = TrainConfig(epochs=args.train_epochs, batch_size=64, lr=0.05, seed=0)
+        model = train_on_dataset(args.model, data, config, device=device, model_kwargs=kwargs,
+                                 progress=False).model
+    model.eval()
+    x = data.test_images.float() / 255
+    y = data.test_labels
+    with torch.no_grad():
+        ok = model(x.to(device)).argmax(1).cpu() == y
+    return model, x[ok], y[ok]
+
+
+class _Float32(torch.nn.Module):
+    """Casts inputs to float32: ART's HopSkipJump hands float64 arrays to the estimator."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.images = 0  # images queried, to compare work done, not only wall time
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += x.shape[0]
+        return self.model(x.float())
+
+
+def _art_classifier(model: torch.nn.Module, device: torch.device):
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(
+        model=_Float32(model), loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
+        clip_values=(0.0, 1.0), device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_pgd(model, x, y, device, iters: int, batch: int) -> tuple[float, float]:
+    """(ours, ART) input-iterations per second of untargeted L-inf PGD on x [N, 3, 32, 32]."""
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+    from nasaudit.attacks.pgd import pgd_untargeted
+    from nasaudit.device import generator
+
+    eps, step = 8 / 255, 2 / 255
+    xd, yd = x.to(device), y.to(device)
+    gen = generator(0, device)
+    pgd_untargeted(model, xd[:batch], yd[:batch], eps=eps, step=step, iters=1, generator=gen)  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    for s in range(0, len(xd), batch):
+        pgd_untargeted(model, xd[s : s + batch], yd[s : s + batch], eps=eps, step=step,
+                       iters=iters, generator=gen)
+    _sync(device)
+    ours = len(x) * iters / (time.perf_counter() - t)
+
+    art = ProjectedGradientDescentPyTorch(
+        _art_classifier(model, device), norm=np.inf, eps=eps, eps_step=step, max_iter=iters,
+        targeted=False, num_random_init=1, batch_size=batch, verbose=False,
+    )
+    xn, yn = x.numpy(), np.eye(10, dtype=np.float32)[y.numpy()]
+    art.generate(xn[:batch], yn[:batch])  # warm-up
+    t = time.perf_counter()
+    art.generate(xn, yn)
+    theirs = len(x) * iters / (time.perf_counter() - t)
+    return ours, theirs
+
+
+def bench_pgd_study(model, x, device, batch: int) -> tuple[float, float, float, float]:
+    """The study's targeted setting (target c2, 3 iterations, 5 restarts): (ours, ART) inputs
+    per second and (ours, ART) ASR. Ours stops each input at its first success and restarts
+    only unsolved inputs; ART runs every restart in full for every input."""
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+    from nasaudit.attacks.pgd import pgd_attack
+    from nasaudit.attacks.sampling import target_classes
+    from nasaudit.device import generator
+
+    eps, step = 8 / 255, 2 / 255
+    xd = x.to(device)
+    with torch.no_grad():
+        target = target_classes(model(xd), "most_likely")
+    gen = generator(0, device)
+    _sync(device)
+    t = time.perf_counter()
+    oks = []
+    for s in range(0, len(xd), batch):
+        oks.append(pgd_attack(model, xd[s : s + batch], target[s : s + batch], targeted=True,
+                              eps=eps, step=step, iters=3, restarts=5, generator=gen)[1])
+    _sync(device)
+    ours = len(x) / (time.perf_counter() - t)
+    ours_asr = float(torch.cat(oks).float().mean())
+
+    art = ProjectedGradientDescentPyTorch(
+        _art_classifier(model, device), norm=np.inf, eps=eps, eps_step=step, max_iter=3,
+        targeted=True, num_random_init=5, batch_size=batch, verbose=False,
+    )
+    tn = np.eye(10, dtype=np.float32)[target.cpu().numpy()]
+    t = time.perf_counter()
+    adv = art.generate(x.numpy(), tn)
+    theirs = len(x) / (time.perf_counter() - t)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(adv).to(device)).argmax(1)
+    return ours, theirs, ours_asr, float((pred == target).float().mean())
+
+
+def bench_hsj(model, x, y, device, budget: dict) -> tuple[float, float, float, float, int]:
+    """(ours, ART) inputs per second of label-only HopSkipJump boundary distances, (ours, ART)
+    mean queries per input, and how many inputs ART gave up on at initialisation."""
+    from art.attacks.evasion import HopSkipJump
+
+    from nasaudit.attacks.membership import boundary_distances
+
+    images = (x * 255).round().to(torch.uint8)
+    t = time.perf_counter()
+    _, _, queries = boundary_distances(model, images, y, device=device, seed=0,
+                                       batch_size=len(x), progress=False, **budget)
+    _sync(device)
+    ours = len(x) / (time.perf_counter() - t)
+
+    classifier = _art_classifier(model, device)
+    hsj = HopSkipJump(classifier, targeted=False, norm=2,
+                      max_iter=budget["max_iter"], max_eval=budget["max_eval"],
+                      init_eval=budget["init_eval"], init_size=budget["init_size"],
+                      batch_size=256, verbose=False)
+    xq = (images.float() / 255).numpy()
+    t = time.perf_counter()
+    adv = hsj.generate(xq, np.eye(10, dtype=np.float32)[y.numpy()])
+    theirs = len(x) / (time.perf_counter() - t)
+    art_queries = classifier.model.images / len(x)
+    # ART returns x itself when no random start is adversarial (distance 0, no work done).
+    art_failed = int((np.abs(adv - xq).reshape(len(x), -1).max(1) == 0).sum())
+    return ours, theirs, float(queries.float().mean()), art_queries, art_failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", default="tiny_cnn", help="registry model or genotype")
+    parser.add_argument("--C", type=int, default=8, help="genotype networks: initial channels")
+    parser.add_argument("--layers", type=int, default=5, help="genotype networks: cells")
+    parser.add_argument("--checkpoint", default=None, help="benchmark a trained checkpoint")
+    parser.add_argument("--data-dir", default=None, help="data of --checkpoint's data set")
+    parser.add_argument("--train-epochs", type=int, default=3, help="epochs of the digits victim")
+    parser.add_argument("--n", type=int, default=256, help="PGD inputs")
+    parser.add_argument("--iters", type=int, default=10, help="PGD iterations")
+    parser.add_argument("--batch", type=int, default=128, help="PGD batch size")
+    parser.add_argument("--hsj-n", type=int, default=16, help="HopSkipJump inputs")
+    parser.add_argument("--hsj-iter", type=int, default=5, help="HopSkipJump iterations")
+    args = parser.parse_args()
+
+    from nasaudit.device import resolve_device
+
+    device = resolve_device(args.device)
+    model, x, y = _victim(args, device)
+    x, y = x[: args.n], y[: args.n]
+    print(f"device {device}, model {args.model}, torch threads {torch.get_num_threads()}")
+
+    ours, art = bench_pgd(model, x, y, device, args.iters, args.batch)
+    print(f"PGD  (n={args.n}, iters={args.iters}):  nasaudit {ours:9.1f} input-it/s   "
+          f"ART {art:9.1f} input-it/s   ratio {ours / art:5.2f}x")
+
+    ours, art, a1, a2 = bench_pgd_study(model, x, device, args.batch)
+    print(f"PGD  targeted c2, 3 it, 5 restarts (n={args.n}): nasaudit {ours:8.1f} inputs/s "
+          f"(ASR {a1:.2f})   ART {art:8.1f} inputs/s (ASR {a2:.2f})   ratio {ours / art:5.2f}x")
+
+    budget = {"max_iter": args.hsj_iter, "max_eval": 2500, "init_eval": 100, "init_size": 100}
+    xs, ys = x[: args.hsj_n], y[: args.hsj_n]
+    ours, art, q, q_art, failed = bench_hsj(model, xs, ys, device, budget)
+    print(f"HSJ  (n={args.hsj_n}, max_iter={args.hsj_iter}, init_eval 100): nasaudit {ours:7.2f} "
+          f"inputs/s ({q:.0f} queries/input)   ART {art:7.2f} inputs/s ({q_art:.0f} "
+          f"queries/input, gave up on {failed})   ratio {ours / art:5.2f}x")
+    print(f"HSJ  queries/s: nasaudit {ours * q:9.0f}   ART {art * q_art:9.0f}   ratio "
+          f"{ours * q / (art * q_art):5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

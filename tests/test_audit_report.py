@@ -1,0 +1,177 @@
+"""The report is built from results.sqlite alone: synthetic records in, numbers and sections out."""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nasaudit.audit.report import bootstrap_diff, spearman, verdict, write_report
+from nasaudit.audit.store import Store
+
+NAS = ["darts_v2", "pdarts", "enas"]
+MANUAL = ["resnet18", "vgg13_bn", "densenet121"]
+SEEDS = [0, 1]
+SECTIONS = [
+    "Run", "Headline: NAS minus manual", "Clean accuracy (Table 1)", "Cell metrics (Table 3)",
+    "Evasion: PGD and NES (Figures 2 and 5)", "ASR against eps (Figure 3)",
+    "How many models each input breaks (Figure 4)", "Poisoning: CAD against p (Figure 6)",
+    "Backdoor: ASR and CAD (Figure 7)",
+    "Functionality stealing: Knockoff ACE against budget (Figure 9, Table 2)",
+    "Membership inference AUC (Figure 10)",
+    "Gradient variance at initialisation and after training (Figure 12)",
+    "Loss contours and curvature", "Mitigation comparison (Table 4)",
+    "Correlations: vulnerability against cell metrics and probes",
+]
+CONFIG = {
+    "name": "synthetic",
+    "source": "test",
+    "raw": {
+        "models": [{"name": m} for m in NAS + MANUAL] + [{"name": "darts_i", "mitigation_of": "darts_v2"}],
+        "attacks": {a: {} for a in ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "membership")}
+        | {"knockoff": {"each_model": "replica"}},
+        "probes": {p: {} for p in ("gradvar", "contour_param", "contour_input", "curvature")},
+    },
+}
+
+
+def _records(label: str, group: str, seed: int, i: int, rng: np.random.Generator) -> list[tuple]:
+    """(stage, name, params, result) for one model and seed; NAS models made more vulnerable."""
+    bump = 0.2 if group == "nas" else 0.0
+    noise = lambda: float(rng.normal(0, 0.01))  # noqa: E731
+    success = rng.random(20) < 0.3 + bump
+    out = [
+        ("train", "train", {}, {"kind": "train_summary", "label": label}),
+        ("clean", "clean_accuracy", {}, {"kind": "clean_accuracy", "test_acc": 0.9 + noise(), "test_loss": 0.3}),
+        ("attack", "pgd", {}, {"kind": "attack.pgd", "asr": {"most_likely": 0.5 + bump + noise(),
+                                                              "least_likely": 0.2 + bump + noise()},
+                               "indices": list(range(20)), "success": {"most_likely": success.tolist()}}),
+        ("attack", "nes", {}, {"kind": "attack.nes", "asr": {"most_likely": 0.3 + bump + noise(),
+                                                              "least_likely": 0.1 + bump + noise()}}),
+        ("attack", "pgd_sweep", {}, {"kind": "attack.pgd_sweep", "eps": [2 / 255, 8 / 255],
+                                     "asr": [0.3 + bump + noise(), 0.7 + bump + noise()]}),
+        ("attack", "poison", {}, {"kind": "attack.poison", "fractions": [0.0, 0.2],
+                                  "cad": [0.0, 0.05 + bump / 4 + noise()]}),
+        ("attack", "backdoor", {}, {"kind": "attack.backdoor", "method": "trojannn", "asr": 0.6 + bump + noise(),
+                                    "cad": 0.02 - bump / 10 + noise() / 10}),
+        ("attack", "membership", {}, {"kind": "attack.membership", "auc": 0.55 + bump / 4 + noise(),
+                                      "advantage_at_fpr": 0.01}),
+        ("probe_init", "gradvar", {}, {"kind": "probe_gradvar", "log10_variance": (-2 if group == "nas" else 0) + noise()}),
+        ("probe", "gradvar", {}, {"kind": "probe_gradvar", "log10_variance": 1 + noise()}),
+        ("probe", "contour_param", {}, {"kind": "probe_contour", "mean_increase": 1 + i + noise()}),
+        ("probe", "contour_input", {}, {"kind": "probe_contour", "mean_increase": 0.5 + noise()}),
+        ("probe", "curvature", {}, {"kind": "probe_curvature", "param_top_eigenvalue": 10 + i,
+                                    "input_top_eigenvalue_mean": 1.0 + noise()}),
+    ]
+    for replica in ("darts_v2", "resnet18"):
+        out.append(("attack", "knockoff", {"replica": replica},
+                    {"kind": "attack.knockoff", "budgets": [1000, 2000],
+                     "ace": [1.5 - bump, 1.2 - bump + noise()], "kl": [0.5, 0.3 - bump / 2]}))
+    return out
+
+
+@pytest.fixture()
+def audit_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    with Store(tmp_path) as store:
+        store.set_meta("config", CONFIG)
+        models = [(m, "nas") for m in NAS] + [(m, "manual") for m in MANUAL] + [("darts_i", "mitigation")]
+        for i, (label, group) in enumerate(models):
+            info = {"kind": "model_info", "label": label, "spec": label, "group": group, "parameters": 1000 + i,
+                    "kwargs": {}, "mitigation_of": "darts_v2" if label == "darts_i" else None}
+            if group != "manual":
+                cell = {"depth": 2 + i % 3, "width": 4 - i % 3, "skip_connects": i % 2}
+                info["cells"] = {"normal": cell, "reduce": cell}
+                info["genotype_hash"] = f"{i:064x}"
+            store.record_unit(unit_key=f"{label}-info", model=label, model_group=group, stage="analyze",
+                              name="model_info", params={}, seed=0, result=info, started=time.time(), device="cpu")
+            for seed in SEEDS:
+                for j, (stage, name, params, result) in enumerate(_records(label, group, seed, i, rng)):
+                    store.record_unit(unit_key=f"{label}-{seed}-{j}", model=label, model_group=group,
+                                      stage=stage, name=name, params=params, seed=seed, result=result,
+                                      started=time.time(), device="cpu")
+    return tmp_path
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_has_every_section_with_content(audit_dir: Path) -> None:
+    md_path = write_report(audit_dir)
+    md = md_path.read_text()
+    titles = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert titles == SECTIONS
+    bodies = re.split(r"^## .+$", md, flags=re.M)[1:]
+    for title, body in zip(titles, bodies, strict=True):
+        assert body.strip(), f"section {title!r} is empty"
+        assert "_No data" not in body, f"section {title!r} says it has no data"
+    html = (audit_dir / "report.html").read_text()
+    assert html.count("<h2") == len(SECTIONS) and "<img" in html
+    for fig in re.findall(r"\]\((report_files/figures/[^)]+\.png)\)", md):
+        assert (audit_dir / fig).stat().st_size > 1000
+    # The synthetic NAS models are clearly more vulnerable: the headline says so.
+    headline = {r["metric"]: r for r in _read_csv(audit_dir / "report_files/tables/headline.csv")}
+    pgd = headline["PGD ASR, most-likely target"]
+    assert pgd["this run"] == "agrees" and 0.15 < float(pgd["NAS - manual"]) < 0.25
+    assert float(pgd["CI 2.5%"]) <= float(pgd["NAS - manual"]) <= float(pgd["CI 97.5%"])
+    assert headline["backdoor CAD (first configured method)"]["this run"] == "agrees"
+    cross = _read_csv(audit_dir / "report_files/tables/knockoff_cross.csv")
+    assert {r["victim \\ replica"] for r in cross} >= set(NAS + MANUAL)
+    mitigation = _read_csv(audit_dir / "report_files/tables/mitigation.csv")
+    assert {r["variant"] for r in mitigation} == {"darts_i"}
+
+
+def test_report_follows_the_database(audit_dir: Path) -> None:
+    write_report(audit_dir)
+    table = audit_dir / "report_files/tables/membership.csv"
+    before = {r["model"]: float(r["membership inference AUC"]) for r in _read_csv(table)}
+    with Store(audit_dir) as store:
+        for seed in SEEDS:
+            key = next(r.unit_key for r in store.units(stage="attack", model="resnet18")
+                       if r.name == "membership" and r.seed == seed)
+            row = store.get(key)
+            store.update_result(key, {**row.result, "auc": 0.987})
+    write_report(audit_dir)
+    after = {r["model"]: float(r["membership inference AUC"]) for r in _read_csv(table)}
+    assert after["resnet18"] == pytest.approx(0.987)
+    assert before["resnet18"] != pytest.approx(0.987)
+    changed = {"resnet18", "mean (manual)"}
+    assert {k: v for k, v in after.items() if k not in changed} == {
+        k: v for k, v in before.items() if k not in changed
+    }
+    assert after["mean (manual)"] == pytest.approx(np.mean([after[m] for m in MANUAL]))
+    assert "0.987" in (audit_dir / "report.md").read_text()
+
+
+def test_missing_sections_say_why(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.set_meta("config", {"name": "empty", "raw": {"attacks": {"pgd": {}}}})
+        store.record_unit(unit_key="u", model="resnet18", model_group="manual", stage="attack", name="pgd",
+                          params={}, seed=0, result=None, started=time.time(), device="cpu",
+                          status="failed", error="RuntimeError: out of memory")
+    md = write_report(tmp_path).read_text()
+    bodies = re.split(r"^## .+$", md, flags=re.M)[1:]
+    assert len(bodies) == len(SECTIONS) and all(b.strip() for b in bodies)
+    assert "every `pgd` unit failed (1); first error: RuntimeError: out of memory" in md
+    assert "the config runs no `membership` attack" in md
+
+
+def test_bootstrap_and_verdicts() -> None:
+    a = {"x": [1.0, 1.2], "y": [0.9, 1.1], "z": [1.3]}
+    b = {"u": [0.1, 0.2], "v": [0.0]}
+    point, low, high = bootstrap_diff(a, b, samples=500)
+    assert low <= point <= high and low > 0.5
+    assert bootstrap_diff(a, b, samples=500) == (point, low, high)  # seeded
+    assert verdict("higher", point, low, high) == "agrees"
+    assert verdict("lower", point, low, high) == "disagrees"
+    assert verdict("higher", 0.1, -0.1, 0.3).startswith("inconclusive")
+    assert verdict(None, 0.1, -0.1, 0.3).startswith("no direction")
+    rho, p = spearman([1, 2, 3, 4], [2, 4, 6, 9])
+    assert rho == pytest.approx(1.0) and p is not None
+    assert spearman([1, 2], [1, 2]) == (None, None)

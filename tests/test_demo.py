@@ -1,0 +1,44 @@
+"""`nasaudit demo` end to end (the --quick budgets; CI also runs the full demo separately)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nasaudit.audit.demo import DEMO_CONFIG, demo_config, restrict_to_installed
+from nasaudit.cli import main
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--quick", "--no-progress", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "searched genotype (hash" in printed and "report:" in printed
+    md = (out / "report.md").read_text()
+    titles = re.findall(r"^## (.+)$", md, flags=re.M)
+    bodies = re.split(r"^## .+$", md, flags=re.M)[1:]
+    assert len(titles) == 15 and all(b.strip() for b in bodies)
+    # Every attack and probe section has data; only the mitigation table is (rightly) absent.
+    missing = [t for t, b in zip(titles, bodies, strict=True) if "_No data" in b]
+    assert missing == ["Mitigation comparison (Table 4)"]
+    assert "| searched | nas |" in md and "| resnet18 | manual |" in md
+    assert (out / "report.html").is_file() and (out / "results.sqlite").is_file()
+    # Running the demo again into the same directory reuses every finished unit.
+    assert main(["demo", "--out", str(out), "--quick", "--no-progress", "--device", "cpu"]) == 0
+    assert "(0 run now, 0 failed)" in capsys.readouterr().out
+
+
+def test_demo_config_covers_every_attack_and_probe() -> None:
+    from nasaudit.audit.config import KNOWN_ATTACKS, KNOWN_PROBES, config_from_dict
+
+    config = config_from_dict({**demo_config(), "out_dir": "x"})
+    assert {t.name for t in config.attacks} == set(KNOWN_ATTACKS)
+    assert {t.name for t in config.probes} == set(KNOWN_PROBES)
+    assert [m.spec for m in config.models] == ["search:digits", "darts_v2", "resnet18"]
+    assert demo_config(quick=True)["train"]["epochs"] < DEMO_CONFIG["train"]["epochs"]
+    kept, notes = restrict_to_installed(DEMO_CONFIG)
+    assert kept == DEMO_CONFIG and notes == []
