@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed (default: 0)")
     p.add_argument("--train-subset", type=int, metavar="N", help="use the first N training images")
     p.add_argument("--log-every", type=int, metavar="N", help="TensorBoard every N iterations (default: 50)")
-    p.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N iterations (default: 100)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="checkpoint every N iterations (default: 100)")
     p.add_argument("--probe-samples", type=int, metavar="N",
                    help="samples of the gradient-variance probe batch (default: 32, 0: off)")
     p.add_argument("--max-steps", type=int, metavar="N",

@@ -93,6 +93,7 @@ def apply_hooks(
     for hook in hooks:
         out = hook(weights, cell, ops)
         if out.shape != weights.shape:
-            raise ValueError(f"alpha hook {hook!r} changed the shape {tuple(weights.shape)} -> {tuple(out.shape)}")
+            raise ValueError(f"alpha hook {hook!r} changed the shape "
+                             f"{tuple(weights.shape)} -> {tuple(out.shape)}")
         weights = out
     return weights

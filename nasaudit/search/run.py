@@ -324,7 +324,8 @@ def run_search(
                     if config.log_every and global_step % config.log_every == 0 and not last:
                         monitor.log(global_step, _metrics(window, w_opt, a_opt), model.genotype())
                         window = _zero_sums(device)
-                    info = {"epoch": epoch, "iteration": i, "global_step": global_step, "architect": architect}
+                    info = {"epoch": epoch, "iteration": i, "global_step": global_step,
+                            "architect": architect}
                     stop = bool(callback and callback(info)) or (
                         config.max_steps is not None and global_step >= config.max_steps)
                     if stop and not last:
