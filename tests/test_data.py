@@ -580,3 +580,10 @@ def test_loader_rejects_bad_inputs() -> None:
     with pytest.raises(InputError, match="--batch-size"):
         DeviceLoader(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), 0,
                      device=CPU, shuffle=False)
+
+
+def test_cli_dataset_names_match_data():
+    # The CLI keeps its own copy so that building the parser does not import torch.
+    from nasaudit.cli.options import DATASETS as CLI_DATASETS
+
+    assert CLI_DATASETS == data.DATASETS

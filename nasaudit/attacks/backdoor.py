@@ -29,7 +29,7 @@ from nasaudit.attacks.common import (
     accuracy,
     batched_logits,
     make_params,
-    params_dict,
+    record_fields,
     timed,
     to_unit,
     victim_train_config,
@@ -313,9 +313,9 @@ def run_backdoor(
         asr = attack_success_rate(model, *test, trigger, params.target_class, device=device)
         clean_asr = attack_success_rate(victim_model, *test, trigger, params.target_class, device=device)
     return BackdoorRecord(
-        attack="backdoor", model_name=victim.model_name, dataset=data.name, seed=seed,
-        params=params_dict(params), seconds=elapsed(), method=method,
-        target_class=params.target_class, transparency=transparency, poison_fraction=fraction,
+        **record_fields("backdoor", victim, data, seed, params, elapsed()),
+        method=method, target_class=params.target_class, transparency=transparency,
+        poison_fraction=fraction,
         asr=asr, asr_population="triggered test inputs whose true class != target_class",
         clean_model_asr=clean_asr, clean_accuracy=clean_acc, backdoor_accuracy=bd_acc,
         cad=clean_acc - bd_acc, neurons=neurons.tolist(), activation_before=before,

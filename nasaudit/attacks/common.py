@@ -78,6 +78,19 @@ def make_params(params_cls: type[P], params: Any) -> P:
     return params_cls(**params)
 
 
+def record_fields(
+    attack: str, victim: Victim, data: Any, seed: int, params: Any, seconds: float
+) -> dict[str, Any]:
+    """The `AttackRecord` fields every attack fills the same way, as keyword arguments.
+
+    `data` is the ImageDataset attacked (its name is recorded); `params` the Params dataclass.
+    """
+    return {
+        "attack": attack, "model_name": victim.model_name, "dataset": data.name, "seed": seed,
+        "params": params_dict(params), "seconds": seconds,
+    }
+
+
 def params_dict(params: Any) -> dict[str, Any]:
     """Params dataclass -> JSON-ready dict (tuples become lists)."""
     return {f.name: _plain_value(getattr(params, f.name)) for f in dataclasses.fields(params)}
@@ -104,6 +117,23 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1] -> uint8 [N, C, H, W], rounding to the nearest level."""
     return x.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive slices of at most `batch_size` covering range(n)."""
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def cat_batches(
+    parts: list[tuple[torch.Tensor, ...]], dtypes: tuple[torch.dtype, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Per-batch result tuples -> one CPU tensor per field, concatenated over the batches.
+
+    With no batches (no input to attack) every field is an empty tensor of its `dtypes` entry.
+    """
+    if not parts:
+        return tuple(torch.zeros(0, dtype=dtype) for dtype in dtypes)
+    return tuple(torch.cat([p[i] for p in parts]).cpu() for i in range(len(dtypes)))
 
 
 # Forward passes on the CPU are fastest in chunks of a few hundred 32x32 images (activations

@@ -32,7 +32,7 @@ from nasaudit.attacks.common import (
     batched_logits,
     build_fresh,
     make_params,
-    params_dict,
+    record_fields,
     soft_cross_entropy,
     timed,
     to_unit,
@@ -296,9 +296,8 @@ def run_knockoff(
             acc.append(float((r_logits.argmax(1) == y_test).float().mean()))
             agree.append(float((r_logits.argmax(1) == v_logits.argmax(1)).float().mean()))
     return KnockoffRecord(
-        attack="knockoff", model_name=victim.model_name, dataset=data.name, seed=seed,
-        params=params_dict(params), seconds=elapsed(), replica=name, budgets=budgets, ace=ace,
-        kl=kl, replica_accuracy=acc, agreement=agree,
+        **record_fields("knockoff", victim, data, seed, params, elapsed()),
+        replica=name, budgets=budgets, ace=ace, kl=kl, replica_accuracy=acc, agreement=agree,
         victim_accuracy=float((v_logits.argmax(1) == y_test).float().mean()),
         victim_entropy=entropy, action_counts=counts.tolist(),
     )

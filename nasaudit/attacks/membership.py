@@ -22,14 +22,13 @@ from tqdm.auto import tqdm
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
-    forward_chunk,
+    batched_logits,
     make_params,
-    params_dict,
+    record_fields,
     timed,
     to_unit,
 )
 from nasaudit.attacks.sampling import candidate_indices
-from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
 
@@ -41,15 +40,9 @@ LabelOracle = Callable[[torch.Tensor], torch.Tensor]
 
 def label_oracle(model: nn.Module, device: torch.device, query_batch: int = 8192) -> LabelOracle:
     """Label-only access: images [N, C, H, W] in [0, 1] -> predicted classes int64 [N]."""
-    query_batch = forward_chunk(device, query_batch)
 
-    @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for start in range(0, x.shape[0], query_batch):
-            with autocast(device):
-                outs.append(model(x[start : start + query_batch]).argmax(1))
-        return torch.cat(outs)
+        return batched_logits(model, x, device=device, batch_size=query_batch).argmax(1)
 
     return predict
 
@@ -366,8 +359,8 @@ def run_membership(
         )
         metrics = membership_metrics(m_dist.numpy(), n_dist.numpy(), params.fpr)
     return MembershipRecord(
-        attack="membership", model_name=victim.model_name, dataset=data.name, seed=seed,
-        params=params_dict(params), seconds=elapsed(), fpr=params.fpr, **metrics,
+        **record_fields("membership", victim, data, seed, params, elapsed()),
+        fpr=params.fpr, **metrics,
         member_accuracy=float(m_ok.float().mean()), nonmember_accuracy=float(n_ok.float().mean()),
         mean_queries=float(torch.cat([m_q, n_q]).float().mean()),
         member_indices=members.tolist(), nonmember_indices=nonmembers.tolist(),

@@ -21,15 +21,24 @@ from tqdm.auto import tqdm
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
+    batch_slices,
+    batched_logits,
+    cat_batches,
     forward_chunk,
     make_params,
-    params_dict,
+    record_fields,
     timed,
     to_unit,
 )
 from nasaudit.attacks.pgd import _project, _random_start
-from nasaudit.attacks.sampling import CASES, select_correct, target_classes
-from nasaudit.device import autocast
+from nasaudit.attacks.sampling import (
+    CASES,
+    by_case,
+    case_iters,
+    select_correct,
+    selection_fields,
+    target_classes,
+)
 from nasaudit.device import generator as make_generator
 
 if TYPE_CHECKING:
@@ -48,14 +57,9 @@ class ProbabilityOracle:
         self.device = device
         self.query_batch = forward_chunk(device, query_batch)
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for start in range(0, x.shape[0], self.query_batch):
-            with autocast(self.device):
-                logits = self.model(x[start : start + self.query_batch])
-            outs.append(torch.softmax(logits.float(), dim=1))
-        return torch.cat(outs)
+        logits = batched_logits(self.model, x, device=self.device, batch_size=self.query_batch)
+        return torch.softmax(logits, dim=1)
 
 
 @torch.no_grad()
@@ -210,8 +214,8 @@ def run_nes(
         )
         x_all = data.test_images[kept]
         gen = make_generator(seed, device)
-        iters = {"most_likely": params.iters_most_likely, "least_likely": params.iters_least_likely}
-        chunks = [slice(s, s + params.batch_size) for s in range(0, len(kept), params.batch_size)]
+        iters = case_iters(params)
+        chunks = batch_slices(len(kept), params.batch_size)
         bar = tqdm(total=len(chunks) * len(params.cases), desc="nes", disable=not progress)
         res: dict[str, dict] = {}
         for case in params.cases:
@@ -226,10 +230,7 @@ def run_nes(
                 )
                 parts.append((ok, it, q))
                 bar.update()
-            if parts:
-                ok, it, q = (torch.cat([p[i] for p in parts]).cpu() for i in range(3))
-            else:
-                ok, it, q = torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+            ok, it, q = cat_batches(parts, (torch.bool, torch.long, torch.long))
             res[case] = {
                 "asr": float(ok.float().mean()) if ok.numel() else 0.0,
                 "success": ok.tolist(), "targets": targets.cpu().tolist(),
@@ -239,10 +240,8 @@ def run_nes(
             }
         bar.close()
     return NESRecord(
-        attack="nes", model_name=victim.model_name, dataset=data.name, seed=seed,
-        params=params_dict(params), seconds=elapsed(), candidates=candidates.tolist(),
-        indices=kept.tolist(), clean_accuracy=len(kept) / max(1, len(candidates)),
-        **{key: {c: res[c][key] for c in res} for key in (
-            "asr", "success", "targets", "iterations", "queries", "mean_queries",
-            "mean_queries_success")},
+        **record_fields("nes", victim, data, seed, params, elapsed()),
+        **selection_fields(candidates, kept),
+        **by_case(res, ("asr", "success", "targets", "iterations", "queries", "mean_queries",
+                        "mean_queries_success")),
     )

@@ -14,8 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from nasaudit.attacks.common import AttackRecord, Victim, make_params, params_dict, timed, to_unit
-from nasaudit.attacks.sampling import CASES, select_correct, target_classes
+from nasaudit.attacks.common import (
+    AttackRecord,
+    Victim,
+    batch_slices,
+    cat_batches,
+    make_params,
+    record_fields,
+    timed,
+    to_unit,
+)
+from nasaudit.attacks.sampling import (
+    CASES,
+    by_case,
+    case_iters,
+    select_correct,
+    selection_fields,
+    target_classes,
+)
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
 
@@ -205,8 +221,29 @@ class PGDRecord(AttackRecord):
     restart: dict[str, list[int]]
 
 
-def _batches(n: int, batch_size: int) -> list[slice]:
-    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+def _pgd_batches(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: torch.device,
+    batch_size: int,
+    bar: tqdm,
+    **attack_kwargs,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pgd_attack` over uint8 images [n, C, H, W] in batches, against labels [n] (on `device`).
+
+    attack_kwargs go to pgd_attack (targeted, eps, step, iters, restarts, random_start,
+    generator). Returns (success bool [n], iterations int64 [n], restart int64 [n]) on the CPU.
+    """
+    parts = []
+    for sl in batch_slices(images.shape[0], batch_size):
+        x = to_unit(images[sl].to(device))
+        with autocast(device):
+            _, ok, it, rs = pgd_attack(model, x, labels[sl], **attack_kwargs)
+        parts.append((ok, it, rs))
+        bar.update()
+    return cat_batches(parts, (torch.bool, torch.long, torch.long))
 
 
 def run_pgd(
@@ -229,41 +266,29 @@ def run_pgd(
         )
         x_all = data.test_images[kept]
         gen = make_generator(seed, device)
-        iters = {"most_likely": params.iters_most_likely, "least_likely": params.iters_least_likely}
-        out: dict[str, dict[str, list]] = {}
-        chunks = _batches(len(kept), params.batch_size)
-        bar = tqdm(total=len(chunks) * len(params.cases), desc="pgd", disable=not progress)
+        iters = case_iters(params)
+        out: dict[str, dict[str, list | float]] = {}
+        n_batches = len(batch_slices(len(kept), params.batch_size))
+        bar = tqdm(total=n_batches * len(params.cases), desc="pgd", disable=not progress)
         for case in params.cases:
             targets = target_classes(logits, case)
-            parts = []
-            for sl in chunks:
-                x = to_unit(x_all[sl].to(device))
-                with autocast(device):
-                    _, ok, it, rs = pgd_attack(
-                        model, x, targets[sl], targeted=True, eps=params.eps, step=params.step,
-                        iters=iters[case], restarts=params.restarts,
-                        random_start=params.random_start, generator=gen,
-                    )
-                parts.append((ok, it, rs))
-                bar.update()
-            ok = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool)
+            ok, it, rs = _pgd_batches(
+                model, x_all, targets, device=device, batch_size=params.batch_size, bar=bar,
+                targeted=True, eps=params.eps, step=params.step, iters=iters[case],
+                restarts=params.restarts, random_start=params.random_start, generator=gen,
+            )
             out[case] = {
-                "success": ok.cpu().tolist(),
+                "success": ok.tolist(),
                 "targets": targets.cpu().tolist(),
-                "iterations": torch.cat([p[1] for p in parts]).cpu().tolist() if parts else [],
-                "restart": torch.cat([p[2] for p in parts]).cpu().tolist() if parts else [],
+                "iterations": it.tolist(),
+                "restart": rs.tolist(),
                 "asr": float(ok.float().mean()) if ok.numel() else 0.0,
             }
         bar.close()
     return PGDRecord(
-        attack="pgd", model_name=victim.model_name, dataset=data.name, seed=seed,
-        params=params_dict(params), seconds=elapsed(),
-        candidates=candidates.tolist(), indices=kept.tolist(),
-        clean_accuracy=len(kept) / max(1, len(candidates)),
-        asr={c: out[c]["asr"] for c in out}, success={c: out[c]["success"] for c in out},
-        targets={c: out[c]["targets"] for c in out},
-        iterations={c: out[c]["iterations"] for c in out},
-        restart={c: out[c]["restart"] for c in out},
+        **record_fields("pgd", victim, data, seed, params, elapsed()),
+        **selection_fields(candidates, kept),
+        **by_case(out, ("asr", "success", "targets", "iterations", "restart")),
     )
 
 
@@ -316,30 +341,21 @@ def run_pgd_sweep(
         )
         x_all = data.test_images[kept]
         y_all = data.test_labels[kept].to(device)
-        chunks = _batches(len(kept), params.batch_size)
         asr, success = [], []
-        bar = tqdm(total=len(chunks) * len(params.eps), desc="pgd sweep", disable=not progress)
+        n_batches = len(batch_slices(len(kept), params.batch_size))
+        bar = tqdm(total=n_batches * len(params.eps), desc="pgd sweep", disable=not progress)
         for eps in params.eps:
             # Same generator seed for every eps: the sweep differs only in the radius.
-            gen = make_generator(seed, device)
-            oks = []
-            for sl in chunks:
-                x = to_unit(x_all[sl].to(device))
-                with autocast(device):
-                    _, ok, _, _ = pgd_attack(
-                        model, x, y_all[sl], targeted=False, eps=eps,
-                        step=eps * params.step_fraction, iters=params.iters,
-                        restarts=params.restarts, random_start=params.random_start, generator=gen,
-                    )
-                oks.append(ok)
-                bar.update()
-            ok = torch.cat(oks) if oks else torch.zeros(0, dtype=torch.bool)
-            success.append(ok.cpu().tolist())
+            ok, _, _ = _pgd_batches(
+                model, x_all, y_all, device=device, batch_size=params.batch_size, bar=bar,
+                targeted=False, eps=eps, step=eps * params.step_fraction, iters=params.iters,
+                restarts=params.restarts, random_start=params.random_start,
+                generator=make_generator(seed, device),
+            )
+            success.append(ok.tolist())
             asr.append(float(ok.float().mean()) if ok.numel() else 0.0)
         bar.close()
     return PGDSweepRecord(
-        attack="pgd_sweep", model_name=victim.model_name, dataset=data.name, seed=seed,
-        params=params_dict(params), seconds=elapsed(), candidates=candidates.tolist(),
-        indices=kept.tolist(), clean_accuracy=len(kept) / max(1, len(candidates)),
-        eps=list(params.eps), asr=asr, success=success,
+        **record_fields("pgd_sweep", victim, data, seed, params, elapsed()),
+        **selection_fields(candidates, kept), eps=list(params.eps), asr=asr, success=success,
     )

@@ -21,7 +21,7 @@ from nasaudit.attacks.common import (
     accuracy,
     build_fresh,
     make_params,
-    params_dict,
+    record_fields,
     timed,
     victim_train_config,
 )
@@ -120,7 +120,7 @@ def run_poisoning(
             flips.append(int(flipped.numel()))
         victim_acc = accuracy(victim.model.eval(), data.test_images, data.test_labels, device=device)
     return PoisonRecord(
-        attack="poison", model_name=victim.model_name, dataset=data.name, seed=seed,
-        params=params_dict(params), seconds=elapsed(), fractions=fractions, test_accuracy=accs,
+        **record_fields("poison", victim, data, seed, params, elapsed()),
+        fractions=fractions, test_accuracy=accs,
         cad=[accs[0] - a for a in accs], n_flipped=flips, victim_test_accuracy=victim_acc,
     )

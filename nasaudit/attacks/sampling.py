@@ -7,6 +7,8 @@ record lists the kept indices so results can be compared input by input (the stu
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -49,6 +51,26 @@ def select_correct(
     logits = batched_logits(model, images[candidates], device=device, batch_size=batch_size)
     correct = (logits.argmax(1) == labels[candidates].to(device)).cpu()
     return candidates, candidates[correct], logits[correct.to(device)]
+
+
+def selection_fields(candidates: torch.Tensor, kept: torch.Tensor) -> dict[str, Any]:
+    """The record fields describing a `select_correct` choice: candidates, indices (the kept
+    test-set indices) and clean_accuracy (kept / candidates, in [0, 1])."""
+    return {
+        "candidates": candidates.tolist(),
+        "indices": kept.tolist(),
+        "clean_accuracy": len(kept) / max(1, len(candidates)),
+    }
+
+
+def case_iters(params: Any) -> dict[str, int]:
+    """Max iterations per target case, from a Params with iters_most_likely / iters_least_likely."""
+    return {"most_likely": params.iters_most_likely, "least_likely": params.iters_least_likely}
+
+
+def by_case(results: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """{case: {key: value}} -> {key: {case: value}} for each of `keys` (record field layout)."""
+    return {key: {case: res[key] for case, res in results.items()} for key in keys}
 
 
 def target_classes(logits: torch.Tensor, case: str) -> torch.Tensor:

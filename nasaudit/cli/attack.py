@@ -17,13 +17,17 @@ import argparse
 import dataclasses
 import json
 import sys
-from fractions import Fraction
 from typing import Any
 
+from nasaudit.cli.options import (
+    add_data_options,
+    add_device_option,
+    add_progress_option,
+    parse_fraction,
+)
 from nasaudit.errors import InputError
 
 ATTACK_NAMES = ("pgd", "pgd-sweep", "nes", "poison", "backdoor", "knockoff", "membership")
-DATASETS = ("cifar10", "cifar100", "imagenet32", "digits")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,18 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("attack", choices=ATTACK_NAMES, help="which attack")
     parser.add_argument("--checkpoint", required=True, help="the victim's .pth (with its sidecar)")
     parser.add_argument("--model", default=None, help="model name or genotype file (default: sidecar)")
-    parser.add_argument("--dataset", choices=DATASETS, default=None, help="data set (default: sidecar)")
-    parser.add_argument("--data-dir", default=None, help="folder with the data set files")
+    add_data_options(parser, dataset_help="data set (default: sidecar)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",
         help="override an attack parameter (repeatable), e.g. eps=8/255 or budgets=1000,2000",
     )
     parser.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_option(parser)
     parser.add_argument("--work-dir", default=None, help="checkpoints of retraining attacks (resumable)")
     parser.add_argument("--output", default=None, help="also write the JSON record to this file")
     parser.add_argument("--json", action="store_true", help="print the full JSON record")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -65,13 +68,13 @@ def _field_kind(annotation: Any) -> str:
 def _scalar(text: str, kind: str, key: str) -> Any:
     try:
         if kind == "float":
-            return float(Fraction(text.strip()))
+            return parse_fraction(text)
         if kind == "int":
-            value = float(Fraction(text.strip()))
+            value = parse_fraction(text)
             if value != int(value):
                 raise ValueError
             return int(value)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, argparse.ArgumentTypeError):
         raise InputError(f"--param {key}", f"expected a {kind}, got {text!r}") from None
     return text.strip()
 

@@ -18,9 +18,8 @@ import argparse
 import json
 from typing import Any
 
+from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
 from nasaudit.errors import InputError
-
-DATASETS = ("cifar10", "cifar100", "imagenet32", "digits")
 
 # (sub-command, probe name, [(flag, dest, type, shown default, help)]). Options default to None
 # and fall back to the probe's Params dataclass (one source of truth); the defaults shown in
@@ -104,12 +103,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="initialisation of a fresh model: Kaiming normal for every model "
         "(default) or the model's own constructor init",
     )
-    parser.add_argument(
-        "--dataset", choices=DATASETS, default="digits", help="data set (default: digits, embedded)"
+    add_data_options(
+        parser,
+        dataset_default="digits",
+        dataset_help="data set (default: digits, embedded)",
+        download_help="download CIFAR if missing",
+        num_classes_help="use a class subset",
     )
-    parser.add_argument("--data-dir", default=None, help="folder with the data set files")
-    parser.add_argument("--download", action="store_true", help="download CIFAR if missing")
-    parser.add_argument("--num-classes", type=int, default=None, help="use a class subset")
     parser.add_argument("--C", type=int, default=None, help="genotype network channels (fresh)")
     parser.add_argument("--layers", type=int, default=None, help="genotype network cells (fresh)")
     parser.add_argument(
@@ -118,7 +118,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-auxiliary", action="store_true", help="fresh genotype network without auxiliary head"
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_option(parser)
     parser.add_argument(
         "--seed",
         type=int,
@@ -131,7 +131,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="folder for the record (PROBE.json), raw grids (npz) and plots (png)",
     )
     parser.add_argument("--json", action="store_true", help="print the record as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser, help="no progress bar")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-DATASETS = ("cifar10", "cifar100", "imagenet32", "digits")
+from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
+
 # flag dest -> SearchConfig field (every flag defaults to None: "not given, keep the config's")
 _FIELDS = (
     "dataset", "data_dir", "space", "C", "layers", "nodes", "batch_size", "epochs", "n_step",
@@ -33,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", default=None, help="TOML file of search settings (flags win)")
-    p.add_argument("--dataset", choices=DATASETS, help="data set (default: cifar10)")
-    p.add_argument("--data-dir", help="folder with the data set files (not needed for digits)")
+    add_data_options(p, dataset_help="data set (default: cifar10)",
+                     data_dir_help="folder with the data set files (not needed for digits)")
     p.add_argument("--space", help="search space: darts | paper | a .json file (default: darts)")
     p.add_argument("--epochs", type=int, help="search epochs (default: 50)")
     p.add_argument("--n-step", type=int, help="weight steps per alpha step (default: 1)")
@@ -60,9 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="samples of the gradient-variance probe batch (default: 32, 0: off)")
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="stop after N iterations in total (resume later with --resume)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_device_option(p, show_default=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 

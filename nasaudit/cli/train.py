@@ -9,11 +9,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from fractions import Fraction
 
+from nasaudit.cli.options import (
+    add_data_options,
+    add_device_option,
+    add_progress_option,
+    parse_fraction,
+)
 from nasaudit.errors import InputError
 
-DATASETS = ("cifar10", "cifar100", "imagenet32", "digits")
 # TrainConfig's defaults, shown in --help without importing torch (tests keep them equal).
 _STUDY_DEFAULTS = {
     "epochs": 600,
@@ -33,35 +37,16 @@ _STUDY_DEFAULTS = {
 }
 
 
-def _pixel_fraction(text: str) -> float:
-    """Parse a pixel-unit size: "8/255" or "0.0314" -> float."""
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"expected a number or a fraction like 8/255, got {text!r}"
-        ) from None
-
-
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset", choices=DATASETS, default="digits", help="data set (default: digits, embedded)"
+    add_data_options(
+        parser,
+        dataset_default="digits",
+        dataset_help="data set (default: digits, embedded)",
+        data_dir_help="folder with the data set files (CIFAR, ImageNet32)",
+        download_help="download CIFAR into --data-dir if missing",
+        num_classes_help="use a class subset (ImageNet32: the study used 60)",
     )
-    parser.add_argument(
-        "--data-dir", default=None, help="folder with the data set files (CIFAR, ImageNet32)"
-    )
-    parser.add_argument(
-        "--download", action="store_true", help="download CIFAR into --data-dir if missing"
-    )
-    parser.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="use a class subset (ImageNet32: the study used 60)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)"
-    )
+    add_device_option(parser, show_default=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("--grad-clip", "grad_clip", float, "gradient-norm clip (0: off)"),
         ("--val-fraction", "val_fraction", float, "validation share of the training set"),
         ("--seed", "seed", int, "seed for init, split, loader and PGD"),
-        ("--adv-eps", "adv_eps", _pixel_fraction, "PGD L-inf radius, e.g. 8/255"),
-        ("--adv-step", "adv_step", _pixel_fraction, "PGD step, e.g. 2/255"),
+        ("--adv-eps", "adv_eps", parse_fraction, "PGD L-inf radius, e.g. 8/255"),
+        ("--adv-step", "adv_step", parse_fraction, "PGD step, e.g. 2/255"),
         ("--adv-iters", "adv_iters", int, "PGD iterations"),
     )
     for flag, field, kind, text in options:
@@ -134,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="PGD adversarial training (Madry et al.)",
     )
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(train, help="no progress bar")
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(

@@ -82,3 +82,17 @@ def count_parameters(model: nn.Module, exclude_auxiliary: bool = True) -> int:
         for name, p in model.named_parameters()
         if p.requires_grad and not (exclude_auxiliary and "auxiliary" in name)
     )
+
+
+def init_fan_out(module: nn.Module, norm_type: type[nn.Module] = nn.BatchNorm2d) -> None:
+    """torchvision's ResNet initialisation of `module`'s layers, in `module.modules()` order.
+
+    Every nn.Conv2d weight: Kaiming normal, fan_out, ReLU gain (conv biases are left alone);
+    every `norm_type` layer: weight 1, bias 0.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, norm_type):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

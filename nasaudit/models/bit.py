@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasaudit.models.base import init_fan_out
+
 __all__ = ["BiTBody", "StdConv2d"]
 
 
@@ -95,12 +97,7 @@ class BiTBody(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = _group_norm(c_in)  # pre-activation nets end with a norm + ReLU
         self.feature_dim = c_in
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.GroupNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_fan_out(self, nn.GroupNorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, feature_dim]."""

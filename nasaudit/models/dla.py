@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nasaudit.models.base import init_fan_out
+
 __all__ = ["DLABody"]
 
 
@@ -130,11 +132,7 @@ class DLABody(nn.Module):
         super().__init__()
         ch = [width * m for m in (1, 2, 4, 8, 16, 32)]
         # Adapted: 3x3 instead of 7x7 (stride 1 in both).
-        self.base_layer = nn.Sequential(
-            nn.Conv2d(in_channels, ch[0], 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(ch[0]),
-            nn.ReLU(inplace=True),
-        )
+        self.base_layer = _conv_level(in_channels, ch[0], stride=1)
         self.level0 = _conv_level(ch[0], ch[0], stride=1)
         self.level1 = _conv_level(ch[0], ch[1], stride=1)  # canonical stride 2 (see module doc)
         self.level2 = _Tree(1, ch[1], ch[2], stride=1, level_root=False)  # canonical stride 2
@@ -142,13 +140,8 @@ class DLABody(nn.Module):
         self.level4 = _Tree(2, ch[3], ch[4], stride=2, level_root=True)
         self.level5 = _Tree(1, ch[4], ch[5], stride=2, level_root=True)
         self.feature_dim = ch[5]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                # ucbdrive's init: normal with std sqrt(2 / (k * k * c_out)), i.e. Kaiming fan_out.
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # ucbdrive's init: normal with std sqrt(2 / (k * k * c_out)), i.e. Kaiming fan_out.
+        init_fan_out(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, feature_dim]."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nasaudit.models.base import init_fan_out
+
 __all__ = ["BasicBlock", "Bottleneck", "ResNetBody"]
 
 
@@ -127,12 +129,7 @@ class ResNetBody(nn.Module):
         self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = 8 * width * block.expansion
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_fan_out(self)
 
     def _make_layer(
         self,

@@ -365,6 +365,29 @@ def _seeded_subset(images: Tensor, labels: Tensor, n: int, seed: int) -> tuple[T
     return images[idx], labels[idx]
 
 
+def _contour_record(
+    space: str,
+    summary: dict[str, float],
+    res: dict[str, Any],
+    params: ContourParamParams | ContourInputParams,
+    n_samples: int,
+    seed: int,
+    **extra: Any,
+) -> ContourRecord:
+    """The record of a contour run: flatness `summary`, the grid's centre check, the settings."""
+    return ContourRecord(
+        space=space,
+        **summary,
+        centre_abs_err=res["centre_abs_err"],
+        radius=params.radius,
+        points=params.points,
+        n_samples=n_samples,
+        seed=seed,
+        params=dataclasses.asdict(params),
+        **extra,
+    )
+
+
 def run_contour_param(
     model: nn.Module,
     data: Any,
@@ -392,17 +415,8 @@ def run_contour_param(
         progress=progress,
     )
     summary = flatness_summary(res["losses"], res["centre_loss"])
-    record = ContourRecord(
-        space="param",
-        **summary,
-        centre_abs_err=res["centre_abs_err"],
-        radius=params.radius,
-        points=params.points,
-        n_samples=int(x.shape[0]),
-        seed=seed,
-        params=dataclasses.asdict(params),
-        weight_name=res["weight_name"],
-    )
+    record = _contour_record("param", summary, res, params, int(x.shape[0]), seed,
+                             weight_name=res["weight_name"])
     if out_dir is not None:
         out = Path(out_dir)
         record.files["npz"] = str(
@@ -456,16 +470,7 @@ def run_contour_input(
     # Increases are per input (each relative to its own centre), then averaged.
     centres = res["centre_losses"][:, None, None]
     summary = flatness_summary(res["losses"], centres)
-    record = ContourRecord(
-        space="input",
-        **summary,
-        centre_abs_err=res["centre_abs_err"],
-        radius=params.radius,
-        points=params.points,
-        n_samples=int(x.shape[0]),
-        seed=seed,
-        params=dataclasses.asdict(params),
-    )
+    record = _contour_record("input", summary, res, params, int(x.shape[0]), seed)
     if out_dir is not None:
         out = Path(out_dir)
         record.files["npz"] = str(
