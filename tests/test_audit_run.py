@@ -189,6 +189,17 @@ def test_config_paths_and_errors(tmp_path: Path) -> None:
     assert config.model("mine").spec == str((sub / "cells.json").resolve())
     assert [m.group for m in config.models] == ["nas", "manual"]
     assert [t.params["replica"] for t in config.attacks] == ["mine", "resnet18"]
+    assert [m.label for m in config.only(["resnet18"]).models] == ["resnet18"]
+    with pytest.raises(InputError, match="unknown model"):
+        config.only(["nope"])
+    searched = config_from_dict({
+        "dataset": {"name": "digits"}, "searches": [{"name": "s", "epochs": 1}],
+        "models": [{"name": "found", "spec": "search:s"}, {"name": "resnet18"}],
+        "attacks": {"knockoff": {"each_model": "replica", "each_model_in": ["resnet18"]}},
+    })
+    assert [s.name for s in searched.searches] == ["s"] and searched.model("found").group == "nas"
+    assert searched.only(["resnet18"]).searches == ()
+    assert [t.params for t in searched.attacks] == [{"replica": "resnet18"}]
     base = {"dataset": {"name": "digits"}, "models": [{"name": "resnet18"}]}
     for bad, message in (
         ({**base, "modles": []}, "unknown top-level key"),
@@ -200,9 +211,29 @@ def test_config_paths_and_errors(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=message):
             config_from_dict(bad)
     with pytest.raises(InputError, match="unknown parameter"):
-        from nasaudit.audit.runner import validate_tasks
+        from nasaudit.audit.runner import validate_config
 
-        validate_tasks(config_from_dict({**base, "attacks": {"pgd": {"n_input": 5}}}))
+        validate_config(config_from_dict({**base, "attacks": {"pgd": {"n_input": 5}}}))
     with pytest.raises(InputError, match="invalid TOML"):
         (tmp_path / "bad.toml").write_text("[dataset\n")
         load_config(tmp_path / "bad.toml")
+
+
+def test_workers_split_groups_between_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers N: one process per device claims whole (model, seed) groups from the database.
+
+    On CPU the mechanism is exercised with two CPU "devices" (allowed for tests only).
+    """
+    monkeypatch.setenv("NASAUDIT_ALLOW_CPU_WORKERS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    text = TINY.split("[probes.gradvar]")[0].replace("epochs = 2", "epochs = 1")
+    (tmp_path / "w.toml").write_text(text)
+    summary = run_audit(load_config(tmp_path / "w.toml"), device="cpu", workers=2, progress=False,
+                        report=False)
+    assert summary.total == 6 and summary.ran == 6 and summary.failed == 0
+    with Store(tmp_path / "out") as store:
+        claims = dict(store._conn.execute("SELECT group_key, worker FROM claims").fetchall())
+    assert len(claims) == 2  # each group was claimed exactly once, by one worker
+    with pytest.raises(InputError, match="several GPUs"):
+        monkeypatch.delenv("NASAUDIT_ALLOW_CPU_WORKERS")
+        run_audit(load_config(tmp_path / "w.toml"), device="cpu", workers=2, progress=False)

@@ -110,18 +110,26 @@ def test_concurrent_writers(tmp_path: Path) -> None:
 
 def test_claims(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
+        assert store.claim_state("g1") == "free"
         assert store.claim("g1", "w0")
         assert store.claim("g1", "w0")  # idempotent for its owner
+        assert store.claim_state("g1") == "busy"
         assert not store.claim("g1", "w1")  # held by a live process (this one)
-        # A claim held by a dead process is stale and can be taken over.
+        # A claim held by a dead process (a killed worker) is stale and can be taken over.
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         store._conn.execute("UPDATE claims SET pid = ?, worker = 'gone' WHERE group_key = 'g1'", (dead.pid,))
+        assert store.claim_state("g1") == "free"
         assert store.claim("g1", "w1")
-        store.release("g1", "w1")
-        assert store.claim("g1", "w2")
+        # Once finished, a group is not attempted again in this run, by anyone.
+        store.finish("g1", "w1")
+        assert store.claim_state("g1") == "finished"
+        assert not store.claim("g1", "w1") and not store.claim("g1", "w2")
+        assert store.claim("g2", "w2")
+        store.release("g2", "w2")
+        assert store.claim_state("g2") == "free"
         store.clear_claims()
-        assert store._conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+        assert store.claim_state("g1") == "free"
 
 
 def test_must_exist(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "attacks": {
         "pgd": {"n_inputs": 40, "restarts": 2},
         "pgd_sweep": {"n_inputs": 40, "eps": [1 / 255, 2 / 255, 4 / 255, 8 / 255], "restarts": 1},
-        "nes": {"n_inputs": 6, "n_query": 20, "restarts": 1},
+        "nes": {"n_inputs": 6, "n_query": 60, "restarts": 1},
         "poison": {"fractions": [0.0, 0.3], "epochs": 1},
         "backdoor": {"method": "trojannn", "epochs": 1, "trigger_iters": 5, "n_trigger_images": 64},
         # each_model: every model is also a replica architecture (the cross-architecture table).

@@ -305,7 +305,7 @@ def verdict(direction: str | None, point: float, low: float | None, high: float 
         return "no difference in this run"
     leaning = "in the study's direction" if point * sign > 0 else "against the study's direction"
     if low is None or high is None:
-        return f"no CI with one model per group; point estimate {leaning}"
+        return f"no CI (a group has one model); point estimate {leaning}"
     if low > 0 or high < 0:
         return "agrees" if (point * sign) > 0 else "disagrees"
     return f"inconclusive (CI includes 0; point estimate {leaning})"
@@ -524,9 +524,10 @@ class Builder:
         return f"`{name}` is configured but no unit has finished yet (resume the audit)."
 
     def per_model_table(self, section: Section, name: str, caption: str, metrics: list[Metric]) -> None:
+        """One row per model (mean over seeds of each metric), then one mean row per group."""
         rows = []
-        means = [self.data.model_means(m) for m in metrics]
         seeds = [self.data.values(m) for m in metrics]
+        means = [{k: float(np.mean(list(v.values()))) for k, v in per.items()} for per in seeds]
         for label in self.data.order:
             if not any(label in m for m in means):
                 continue
@@ -571,11 +572,14 @@ class Builder:
         if searches:
             rows = []
             for r in searches:
+                cells = _analyze_json(r.result.get("genotype"))
                 rows.append([r.result.get("name"), r.result.get("genotype_hash", "")[:12],
-                             r.params.get("n_step", 1), _hooks(r.params), r.seconds,
-                             r.result.get("genotype_path")])
-            self.table(s, Table("searches", ["search", "genotype hash", "n_step", "hooks", "seconds", "genotype file"],
-                                rows, "Searches run by this audit"))
+                             r.params.get("n_step", 1), r.params.get("gamma", 1.0), _hooks(r.params),
+                             cells.get("depth"), cells.get("width"), cells.get("skip_connects"),
+                             r.seconds, r.result.get("genotype_path")])
+            self.table(s, Table("searches", ["search", "genotype hash", "n_step", "gamma", "hooks", "normal depth",
+                                             "normal width (c)", "normal skips", "seconds", "genotype file"],
+                                rows, "Searches run by this audit (cells of the searched genotypes)"))
         return s
 
     def clean_accuracy(self) -> Section:
@@ -848,7 +852,7 @@ class Builder:
             for name in ("contour_param", "contour_input"):
                 recs = [r for r in self.data.primary("probe", name) if r.model == label]
                 path = _path(recs[0].result, "files", "plot") if recs else None
-                pics.append(Path(path) if path and Path(path).is_file() else None)
+                pics.append(_locate(path, self.out_dir))
             if any(pics):
                 rows.append((label, pics))
         if not rows:
@@ -923,6 +927,9 @@ class Builder:
                                          "study: NAS is", "this run", "models NAS/manual"], rows,
                             f"Group differences with bootstrap 95% CI over models and seeds ({BOOTSTRAP_SAMPLES} resamples)"))
         with_dir = sum(1 for r in rows if r[6] != "-")
+        s.text("The interval resamples models within each group, then seeds within each model; with only a "
+               "few models per group it is rough (it cannot be wider than the models' spread), so read a "
+               "clear verdict from a small audit as a hint, not a finding.")
         s.text(f"Of the {with_dir} metrics for which the study reports a direction, this run clearly agrees with "
                f"it on {agree} and clearly disagrees on {disagree} (95% CI excluding 0); the other "
                f"{with_dir - agree - disagree} are inconclusive here (CI includes 0, or too few models per "
@@ -976,6 +983,34 @@ class Builder:
         return [self.overview(), self.headline(), self.clean_accuracy(), self.cell_metrics(), self.evasion(),
                 self.asr_vs_eps(), self.inputs_broken(), self.poisoning(), self.backdoor(), self.knockoff(),
                 self.membership(), self.gradvar(), self.contours(), self.mitigation(), self.correlations()]
+
+
+def _locate(path: str | None, out_dir: Path) -> Path | None:
+    """A file recorded by a probe, also after the output directory was moved or copied."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return p
+    parts = p.parts
+    if "probes" in parts:  # re-root the part below the audit's own probes/ directory
+        moved = out_dir.joinpath(*parts[parts.index("probes"):])
+        if moved.is_file():
+            return moved
+    return None
+
+
+def _analyze_json(genotype: dict | None) -> dict:
+    """Normal-cell metrics of a canonical genotype JSON from the database ({} if unreadable)."""
+    if not isinstance(genotype, dict):
+        return {}
+    try:
+        from nasaudit.analysis import analyze_cell
+
+        cell = [tuple(pair) for pair in genotype["normal"]]
+        return analyze_cell(cell, tuple(genotype["normal_concat"]))
+    except (KeyError, TypeError, ValueError):
+        return {}
 
 
 def _hooks(params: dict) -> str:

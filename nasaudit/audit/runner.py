@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -243,9 +244,25 @@ def _model_group(config: AuditConfig, model: ModelSpec, resolved: ResolvedModel 
     return Group(gkey, units, needs, model, seed, resolved)
 
 
-def validate_tasks(config: AuditConfig) -> None:
-    """Check every attack/probe parameter set against its module's Params (fail before work)."""
+def validate_config(config: AuditConfig) -> None:
+    """Check the training, search, attack and probe settings against the modules' dataclasses,
+    so that a typo fails before any work instead of as a failed unit hours later."""
     from nasaudit.attacks.common import make_params
+    from nasaudit.training import TrainConfig
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for model in config.models:
+        settings = train_settings(config, model, config.seeds[0])
+        unknown = sorted(set(settings) - train_fields)
+        if unknown:
+            raise InputError(config.source, f"unknown training setting(s) {', '.join(unknown)} "
+                                            f"(model {model.label!r}); known: {', '.join(sorted(train_fields))}")
+        try:
+            TrainConfig(**settings).validate()
+        except InputError as exc:
+            raise InputError(config.source, f"model {model.label!r}: {exc.problem}") from None
+    for search in config.searches:
+        _search_config(config, search.name, search.params, search.seed).validate(config.source)
 
     for task in (*config.attacks, *config.probes):
         registry = _registry(task.kind)
@@ -353,6 +370,12 @@ class RunContext:
     resume: bool
     progress: bool
     data: Any = None  # nasaudit.data.ImageDataset, loaded on first use
+    parent_pid: int | None = None  # a worker process stops when its parent audit is gone
+
+    def orphaned(self) -> bool:
+        """True for a worker whose parent died (kill -9): it must stop, since a new audit may
+        now own the directory."""
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def dataset(self):
         if self.data is None:
@@ -539,25 +562,39 @@ def _run_unit(ctx: RunContext, session: ModelSession | None, unit: Unit) -> dict
 
 def _run_search(ctx: RunContext, unit: Unit) -> SearchSummary:
     from nasaudit.genotype import genotype_hash, genotype_to_json
-    from nasaudit.search import SearchConfig, run_search
+    from nasaudit.search import run_search
 
     config = ctx.config
     name = unit.model.removeprefix("search:")
-    ds = config.dataset
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    settings = {"dataset": ds.name, "data_dir": None if ds.data_dir is None else str(ds.data_dir),
-                **unit.params, "seed": unit.seed}
-    unknown = sorted(set(settings) - fields)
-    if unknown:
-        raise InputError(config.source, f"search {name!r}: unknown key(s) {', '.join(unknown)}")
-    search_config = SearchConfig(**settings)
+    search_config = _search_config(config, name, unit.params, unit.seed)
     out_dir = config.out_dir / "searches" / f"{name}-{unit.key[-10:]}"
+    if not ctx.resume and out_dir.exists():
+        # Without --resume an interrupted search starts over (run_search never overwrites).
+        shutil.rmtree(out_dir)
     result = run_search(search_config, out_dir=out_dir, device=ctx.device, resume=ctx.resume,
                         progress=ctx.progress)
+    if result.genotype is None:
+        raise RuntimeError(f"search {name!r} stopped before its first epoch ended: no genotype yet")
     details = {k: v for k, v in _result_dict(result).items() if k not in ("genotype", "kind")}
     return SearchSummary(name, genotype_to_json(result.genotype, name=f"search_{name}"),
                          genotype_hash(result.genotype), _rel(Path(result.genotype_path), config.out_dir),
                          dataclasses.asdict(search_config), details)
+
+
+def _search_config(config: AuditConfig, name: str, params: dict[str, Any], seed: int):
+    """The SearchConfig of `[[searches]]` entry `name`: its keys plus the audit's data set."""
+    from nasaudit.search import SearchConfig
+
+    ds = config.dataset
+    settings = {"dataset": ds.name, "data_dir": None if ds.data_dir is None else str(ds.data_dir),
+                **params, "seed": seed}
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise InputError(config.source, f"search {name!r}: unknown key(s) {', '.join(unknown)}")
+    if isinstance(settings.get("arch_betas"), list):  # TOML has no tuples
+        settings["arch_betas"] = tuple(settings["arch_betas"])
+    return SearchConfig(**settings)
 
 
 def run_group(ctx: RunContext, group: Group, progress: Progress | None, done: set[str]) -> int:
@@ -573,15 +610,15 @@ def run_group(ctx: RunContext, group: Group, progress: Progress | None, done: se
     for unit in group.units:
         if unit.key in done:
             continue
+        if ctx.orphaned():
+            break
         if progress is not None:
             progress.note(f"{unit.model} {unit.stage} {unit.name}")
         started = time.time()
         status, result, error = "done", None, None
         try:
             result = _run_unit(ctx, session, unit)
-        except (KeyboardInterrupt, InputError):
-            raise
-        except Exception as exc:  # a broken unit must not sink the whole audit
+        except Exception as exc:  # a broken unit must not sink the whole audit (KeyboardInterrupt does)
             status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
             _log(f"{unit.model} {unit.stage} {unit.name} failed: {error.splitlines()[-1]}")
             if os.environ.get("NASAUDIT_DEBUG"):
@@ -607,7 +644,8 @@ def run_group(ctx: RunContext, group: Group, progress: Progress | None, done: se
 # --------------------------------------------------------------------------------------------
 # The worker loop and the entry point
 # --------------------------------------------------------------------------------------------
-def _worker_loop(config: AuditConfig, device_spec: str, resume: bool, progress: bool, worker: str) -> int:
+def _worker_loop(config: AuditConfig, device_spec: str, resume: bool, progress: bool, worker: str,
+                 parent_pid: int | None = None) -> int:
     """Claim and run groups until none is left that this worker can run. Returns failures."""
     import torch
 
@@ -617,32 +655,40 @@ def _worker_loop(config: AuditConfig, device_spec: str, resume: bool, progress: 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     store = Store(config.out_dir)
-    ctx = RunContext(config, store, device, resume, progress)
-    attempted: set[str] = set()
+    ctx = RunContext(config, store, device, resume, progress, parent_pid=parent_pid)
+    # Load the data once, up front: a missing data set is one clear error, not a failed unit
+    # per model.
+    ctx.dataset()
     failures = 0
     bars: Progress | None = None
     try:
-        while True:
+        while not ctx.orphaned():
             done = store.done_keys()
             groups = plan(config, store)
             if bars is None and progress:
                 bars = Progress(groups, done, True)
-            pending = [g for g in groups if g.key not in attempted and any(u.key not in done for u in g.units)]
-            waiting = False
-            ran = False
-            for group in pending:
-                if any(_search_key(config, n) not in done for n in group.needs):
-                    # The search may still be running in another worker; or it failed.
+            ran = waiting = False
+            for group in groups:
+                if all(u.key in done for u in group.units):
+                    continue
+                state = store.claim_state(group.key)
+                if state == "finished":
+                    continue  # attempted in this run already (its failures are recorded)
+                deps = [_search_key(config, n) for n in group.needs]
+                if any(d not in done for d in deps):
+                    # Wait for a search another worker is running (or will run); give up on
+                    # one that was attempted and failed in this run.
                     waiting = waiting or any(
-                        not store.is_done(_search_key(config, n)) and _search_key(config, n) not in attempted
-                        for n in group.needs
+                        d not in done and store.claim_state(d) != "finished" for d in deps
                     )
                     continue
-                if not store.claim(group.key, worker):
+                if state == "busy" or not store.claim(group.key, worker):
                     waiting = True
                     continue
-                attempted.add(group.key)
-                failures += run_group(ctx, group, bars, done)
+                try:
+                    failures += run_group(ctx, group, bars, done)
+                finally:
+                    store.finish(group.key, worker)
                 ran = True
                 break
             if ran:
@@ -657,9 +703,9 @@ def _worker_loop(config: AuditConfig, device_spec: str, resume: bool, progress: 
     return failures
 
 
-def _worker_entry(config: AuditConfig, device_spec: str, resume: bool, worker: str) -> None:
-    # Each worker owns exactly one device; one thread pool per process is enough on GPU.
-    failures = _worker_loop(config, device_spec, resume, False, worker)
+def _worker_entry(config: AuditConfig, device_spec: str, resume: bool, worker: str, parent_pid: int) -> None:
+    # Each worker owns exactly one device and reports progress through the database.
+    failures = _worker_loop(config, device_spec, resume, False, worker, parent_pid)
     sys.exit(1 if failures else 0)
 
 
@@ -728,7 +774,7 @@ def run_audit(
     """
     started = time.time()
     out_dir = config.out_dir
-    validate_tasks(config)
+    validate_config(config)
     devices = _devices_for(device, workers)
     with _exclusive(out_dir):
         store = Store(out_dir)
@@ -766,7 +812,7 @@ def _run_workers(config: AuditConfig, devices: list[str], resume: bool, progress
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # fresh interpreters: no CUDA state inherited from the parent
-    procs = [ctx.Process(target=_worker_entry, args=(config, dev, resume, f"w{i}"), daemon=False)
+    procs = [ctx.Process(target=_worker_entry, args=(config, dev, resume, f"w{i}", os.getpid()), daemon=False)
              for i, dev in enumerate(devices)]
     for p in procs:
         p.start()

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS claims (
     group_key TEXT PRIMARY KEY,
     worker TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    claimed REAL NOT NULL
+    claimed REAL NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -243,27 +244,51 @@ class Store:
 
     # -- claims (one worker process per device) -------------------------------------------
     def claim(self, group_key: str, worker: str) -> bool:
-        """Atomically take ownership of a group of units; False if a live worker holds it.
+        """Atomically take ownership of a group of units for this run; False if taken.
 
-        A claim whose process is gone (killed) is stale and is taken over.
+        A group is taken while a live worker holds it, and for the rest of the run once a
+        worker has finished with it (even with failures: one attempt per group per run). A
+        claim whose process died (kill -9 of a worker) is stale and is taken over.
         """
         with self._tx() as conn:
-            row = conn.execute("SELECT worker, pid FROM claims WHERE group_key = ?", (group_key,)).fetchone()
-            if row is not None and row[0] != worker and _alive(int(row[1])):
+            row = conn.execute(
+                "SELECT worker, pid, finished FROM claims WHERE group_key = ?", (group_key,)
+            ).fetchone()
+            if row is not None and (row[2] or (row[0] != worker and _alive(int(row[1])))):
                 return False
             conn.execute(
-                "INSERT OR REPLACE INTO claims (group_key, worker, pid, claimed) VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO claims (group_key, worker, pid, claimed, finished)"
+                " VALUES (?, ?, ?, ?, 0)",
                 (group_key, worker, os.getpid(), time.time()),
             )
         return True
 
+    def finish(self, group_key: str, worker: str) -> None:
+        """Mark a group as attempted in this run: no worker claims it again."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE claims SET finished = 1 WHERE group_key = ? AND worker = ?", (group_key, worker)
+            )
+
+    def claim_state(self, group_key: str) -> str:
+        """"free" (unclaimed or stale), "busy" (a live worker on it) or "finished" (this run)."""
+        row = self._conn.execute(
+            "SELECT pid, finished FROM claims WHERE group_key = ?", (group_key,)
+        ).fetchone()
+        if row is None:
+            return "free"
+        if row[1]:
+            return "finished"
+        return "busy" if _alive(int(row[0])) else "free"
+
     def release(self, group_key: str, worker: str) -> None:
-        """Drop a claim held by `worker`."""
+        """Drop a claim held by `worker` (the group becomes free again)."""
         with self._tx() as conn:
             conn.execute("DELETE FROM claims WHERE group_key = ? AND worker = ?", (group_key, worker))
 
     def clear_claims(self) -> None:
-        """Forget every claim (at the start of a run, when no other audit holds the directory)."""
+        """Forget every claim: called when a run starts (it holds the directory lock, so any
+        claim left is from an earlier run)."""
         with self._tx() as conn:
             conn.execute("DELETE FROM claims")
 
