@@ -105,7 +105,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
         self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._enable_wal()
         # FULL: a committed unit survives power loss, not just a process kill.
         self._conn.execute("PRAGMA synchronous=FULL")
         with self._tx() as conn:
@@ -119,6 +119,26 @@ class Store:
         self._conn.row_factory = sqlite3.Row
 
     # -- plumbing -------------------------------------------------------------------------
+    def _enable_wal(self, timeout: float = 60.0) -> None:
+        """Switch the database to WAL (once per file; it persists).
+
+        Changing the journal mode needs an exclusive lock, and SQLite reports "database is
+        locked" at once instead of waiting on the busy timeout when another process opens the
+        same new database at the same moment, so retry until `timeout` seconds have passed.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction: takes the write lock up front, so concurrent writers
