@@ -11,10 +11,17 @@ CUDA torch.cuda.max_memory_allocated, on CPU the peak resident set size (getrusa
 RSS after setup. A row that exceeds --mem-limit-gb (address-space limit on CPU) reports OOM
 instead of taking the machine down.
 
-If NNI 3.0 is importable, NNI's DARTS strategy runs on its DARTS space (same width, cells and
-batch) in the same way and the ratio is printed; otherwise the script says NNI is not
-installed. The NNI path is best effort: NNI pins old Lightning and is not installed in
-nasaudit's environment, so it has not been exercised here.
+If NNI is importable, NNI 3.0's DARTS strategy (first order, through NasExperiment) runs on its
+DARTS space at the same width, cells and batch, in its own subprocess measured the same way (see
+measure_nni), and the ratio to our first_order n_step=1 K=1 row is printed; otherwise the
+script says NNI is not installed. NNI is not a nasaudit dependency (it needs pytorch-lightning
+2.0.x, which needs setuptools < 81 for pkg_resources); an environment where this path runs:
+
+    python3 -m venv /tmp/nni-venv && . /tmp/nni-venv/bin/activate
+    echo "torch==2.13.0" > /tmp/c.txt     # keep the torch build nasaudit uses
+    pip install -c /tmp/c.txt torch==2.13.0 "nni==3.0" "pytorch-lightning==2.0.9" \
+        "torchmetrics<1.3" "setuptools>=77.0.3,<81"
+    pip install -c /tmp/c.txt -e .
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -93,43 +101,108 @@ def measure(args: argparse.Namespace, mode: str, n_step: int, partial: int) -> d
             "peak_mb": peak_mb}
 
 
-def measure_nni(args: argparse.Namespace) -> dict | str:
-    """NNI 3.0's first-order DARTS on its DARTS space; a dict of figures or why it did not run."""
+def nni_status() -> str | None:
+    """None if an `nni` package is installed, else why the NNI comparison is skipped (a broken
+    install, e.g. without pytorch-lightning, shows up as "NNI run failed: ..." from the child)."""
+    import importlib.util
+
+    if importlib.util.find_spec("nni") is None:
+        return ("NNI is not installed (pip install nni==3.0 plus pytorch-lightning 2.0.x, in a "
+                "separate environment: see the module docstring)")
+    return None
+
+
+def measure_nni(args: argparse.Namespace) -> dict:
+    """NNI 3.0's first-order DARTS on its DARTS space, timed like `measure` (run in a child).
+
+    The space is `nni.nas.hub.pytorch.DARTS(width=C, num_cells=layers, dataset="cifar")`, searched
+    by `nni.nas.strategy.DARTS` through `NasExperiment` (one-shot: sequential engine, no NNI
+    manager). One Lightning training step of its `DartsLightningModule` is one alpha step on a
+    `val` batch then one clipped weight step on a `train` batch, so it consumes 2 x batch images,
+    like our first_order n_step=1 row; the optimisers are set to ours (SGD lr 0.025 momentum 0.9
+    wd 3e-4, clip 5; Adam 3e-4 (0.5, 0.999) wd 1e-3 for alpha, NNI's default). A Lightning
+    callback times `args.steps` steps after `args.warmup` (Lightning's loop and data loading
+    between steps included) and takes the peak RSS above the RSS at `on_train_start` (after
+    the supernet and optimisers are built), as `measure` does for ours.
+    """
+    import functools
+    import tempfile
+
+    # NNI writes an experiment manifest under ~/nni-experiments (resolved when nni is imported)
+    # and logs under the experiment's working directory: keep both in a throw-away directory.
+    workdir = tempfile.mkdtemp(prefix="nasaudit-nni-")
+    os.environ["HOME"] = workdir
+
+    import pytorch_lightning as pl
+    import torch
+    from nni.nas.evaluator.pytorch import Classification, DataLoader
+    from nni.nas.experiment import NasExperiment
+    from nni.nas.hub.pytorch import DARTS as DartsSpace
+    from nni.nas.strategy import DARTS as DartsStrategy
+
+    from nasaudit.device import generator, resolve_device, seeded
+
+    device = resolve_device(args.device)
+    steps, warmup = args.steps, args.warmup
+    figures: dict = {}
+
+    class Timer(pl.Callback):
+        def on_train_start(self, trainer, module):
+            _sync(device)
+            figures["setup_mb"] = _rss_mb()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == warmup:
+                _sync(device)
+                figures["start"] = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if batch_idx == warmup + steps - 1:
+                _sync(device)
+                figures["seconds"] = (time.perf_counter() - figures["start"]) / steps
+                figures["peak_mb"] = (
+                    torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - figures["setup_mb"])
+
+    n = args.batch_size * (warmup + steps)
+    gen = generator(0)
+    train = torch.utils.data.TensorDataset(torch.rand(n, 3, 32, 32, generator=gen),
+                                           torch.randint(0, 10, (n,), generator=gen))
+    val = torch.utils.data.TensorDataset(torch.rand(n, 3, 32, 32, generator=gen),
+                                         torch.randint(0, 10, (n,), generator=gen))
     try:
-        import nni  # noqa: F401
-    except ImportError:
-        return "NNI is not installed (pip install nni==3.0 pulls its own Lightning/torch pins)"
-    try:  # best effort, see the module docstring
-        import torch
-        from nni.nas.evaluator.pytorch import Classification, DataLoader
-        from nni.nas.experiment import NasExperiment
-        from nni.nas.hub.pytorch import DARTS as DartsSpace
-        from nni.nas.strategy import DARTS as DartsStrategy
-
-        n = args.batch_size * (args.steps + args.warmup)
-        data = torch.utils.data.TensorDataset(torch.rand(2 * n, 3, 32, 32), torch.randint(0, 10, (2 * n,)))
-        space = DartsSpace(width=args.C, num_cells=args.layers, dataset="cifar")
-        gpus = 1 if torch.cuda.is_available() and args.device != "cpu" else 0
-        evaluator = Classification(
-            learning_rate=0.025, weight_decay=3e-4, max_epochs=1, gpus=gpus,
-            train_dataloaders=DataLoader(data, batch_size=args.batch_size),
-            val_dataloaders=DataLoader(data, batch_size=args.batch_size),
-            limit_train_batches=args.steps + args.warmup, num_sanity_val_steps=0,
-            enable_progress_bar=False,
-        )
-        start = time.perf_counter()
-        NasExperiment(space, evaluator, DartsStrategy()).run()
-        seconds = (time.perf_counter() - start) / (args.steps + args.warmup)  # includes setup
-        peak = (torch.cuda.max_memory_allocated() if gpus else
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-        return {"s_per_iter": seconds, "images_per_s": 2 * args.batch_size / seconds, "peak_mb": peak}
-    except Exception as exc:  # noqa: BLE001 - report, never crash the benchmark
-        return f"NNI run failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        with seeded(0):
+            space = DartsSpace(width=args.C, num_cells=args.layers, dataset="cifar")
+            evaluator = Classification(
+                learning_rate=0.025, weight_decay=3e-4, num_classes=10,
+                optimizer=functools.partial(torch.optim.SGD, momentum=0.9),
+                train_dataloaders=DataLoader(train, batch_size=args.batch_size),
+                val_dataloaders=DataLoader(val, batch_size=args.batch_size),
+                max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0,
+                num_sanity_val_steps=0, accelerator="gpu" if device.type == "cuda" else "cpu",
+                devices=1, callbacks=[Timer()], logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, default_root_dir=workdir,
+            )
+            exp = NasExperiment(space, evaluator, DartsStrategy(gradient_clip_val=5.0))
+            exp.config.experiment_working_directory = workdir
+            try:
+                exp.run()
+            finally:
+                exp.stop()  # else atexit stops it, writing a checkpoint into the removed workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if "seconds" not in figures:
+        raise RuntimeError(f"NNI ran fewer than {warmup + steps} training steps")
+    return {"mode": "nni_darts", "device": str(device), "s_per_iter": figures["seconds"],
+            "images_per_s": 2 * args.batch_size / figures["seconds"], "peak_mb": figures["peak_mb"]}
 
 
-def _child(args: argparse.Namespace, row: tuple[str, int, int]) -> dict:
-    """Run one row in a subprocess with an address-space cap; returns its figures or an error."""
-    cmd = [sys.executable, __file__, "--one", ":".join(map(str, row)), "--C", str(args.C),
+def _child(args: argparse.Namespace, row: tuple[str, int, int] | str) -> dict:
+    """Run one row ("nni" for NNI's) in a subprocess with an address-space cap; figures or error."""
+    one = row if isinstance(row, str) else ":".join(map(str, row))
+    cmd = [sys.executable, __file__, "--one", one, "--C", str(args.C),
            "--layers", str(args.layers), "--batch-size", str(args.batch_size), "--steps",
            str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--space", args.space,
            "--mem-limit-gb", str(args.mem_limit_gb)]
@@ -139,8 +212,10 @@ def _child(args: argparse.Namespace, row: tuple[str, int, int]) -> dict:
             return json.loads(line)
     err = (proc.stderr.strip().splitlines() or ["killed"])[-1]
     oom = "memory" in err.lower() or proc.returncode in (-9, 137)
-    return {"mode": row[0], "n_step": row[1], "partial": row[2],
-            "error": f"OOM (> {args.mem_limit_gb} GB)" if oom else err[:120]}
+    error = f"OOM (> {args.mem_limit_gb} GB)" if oom else err[:160]
+    if isinstance(row, str):
+        return {"mode": row, "error": error}
+    return {"mode": row[0], "n_step": row[1], "partial": row[2], "error": error}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,10 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.one:  # child: one row, JSON on stdout
-        mode, n_step, partial = args.one.split(":")
         if args.mem_limit_gb > 0 and args.device in ("cpu", "auto"):
             limit = int(args.mem_limit_gb * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if args.one == "nni":
+            print(json.dumps(measure_nni(args)))
+            return 0
+        mode, n_step, partial = args.one.split(":")
         print(json.dumps(measure(args, mode, int(n_step), int(partial))))
         return 0
 
@@ -180,17 +258,24 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{r['mode']:<18}{r['n_step']:>7}{r['partial']:>3}{r['s_per_iter']:>10.2f}"
                   f"{r['images_per_s']:>10.1f}{r['peak_mb']:>10.0f}", flush=True)
-    nni = measure_nni(args)
-    if isinstance(nni, str):
-        print(nni)
+    status = nni_status()
+    if status:
+        print(status)
+        return 0
+    nni = _child(args, "nni")
+    if "error" in nni:
+        print(f"NNI run failed: {nni['error']}")
+        return 0
+    print(f"{'NNI DARTS (1st order)':<28}{nni['s_per_iter']:>10.2f}{nni['images_per_s']:>10.1f}"
+          f"{nni['peak_mb']:>10.0f}")
+    ours = next((r for r in results if (r.get("mode"), r.get("n_step"), r.get("partial"))
+                 == ("first_order", 1, 1) and "error" not in r), None)
+    if ours:
+        print(f"ratio nasaudit first_order 1 K=1 / NNI: throughput "
+              f"{ours['images_per_s'] / nni['images_per_s']:.2f}x, "
+              f"memory {ours['peak_mb'] / nni['peak_mb']:.2f}x")
     else:
-        ours = next((r for r in results if (r.get("mode"), r.get("n_step"), r.get("partial"))
-                     == ("first_order", 1, 1) and "error" not in r), None)
-        print(f"NNI DARTS (first order): {nni['s_per_iter']:.2f} s/iter, "
-              f"{nni['images_per_s']:.1f} images/s, peak {nni['peak_mb']:.0f} MiB")
-        if ours:
-            print(f"ratio nasaudit/NNI: throughput {ours['images_per_s'] / nni['images_per_s']:.2f}x, "
-                  f"memory {ours['peak_mb'] / nni['peak_mb']:.2f}x")
+        print("no ratio: the first_order:1:1 row was not run or failed")
     return 0
 
 
