@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,13 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     A kill at any moment leaves either the old file or the new one, never a torn one.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file private (0600); give it the mode a plain open() would have.
+        os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else _default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -31,6 +36,20 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode open() gives a new file."""
+    try:  # Linux reports the umask without changing it
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, then put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -67,9 +86,16 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         raise InputError(path, "checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(path, f"not a loadable weights-only checkpoint ({first_line[:200]})") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            # The file asks to build objects other than tensors and plain containers: loading it
+            # would run code from the file, so it is refused, never retried unsafely.
+            raise InputError(
+                path, "refused: it holds Python objects other than tensors and plain containers"
+            ) from None
+        raise InputError(path, "not a PyTorch checkpoint (corrupt or truncated)") from None
+    except Exception:  # torch raises many types for corrupt or truncated files
+        raise InputError(path, "not a PyTorch checkpoint (corrupt or truncated)") from None
 
 
 def read_json(path: str | Path) -> Any:

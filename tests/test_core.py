@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 
 import pytest
@@ -106,3 +107,30 @@ def test_resolve_device_and_seeding_are_explicit():
 def test_cli_without_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     assert "nasaudit" in capsys.readouterr().out
+
+
+def test_atomic_write_gives_new_files_the_umask_mode_and_keeps_existing_modes(tmp_path):
+    fresh = atomic_write_json(tmp_path / "fresh.json", {})
+    old_mask = os.umask(0o022)
+    os.umask(old_mask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~old_mask
+    shared = tmp_path / "shared.json"
+    shared.write_text("{}")
+    shared.chmod(0o664)
+    atomic_write_json(shared, {"a": 1})
+    assert shared.stat().st_mode & 0o777 == 0o664
+
+
+def test_atomic_write_refuses_a_directory_target(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InputError, match="is a directory"):
+        atomic_write_json(tmp_path / "out", {})
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_unsafe_checkpoint_message_never_suggests_unsafe_loading(tmp_path):
+    bad = tmp_path / "evil.pth"
+    torch.save({"x": _Exploit()}, bad, pickle_module=pickle)
+    with pytest.raises(InputError) as info:
+        safe_torch_load(bad)
+    assert "refused" in str(info.value) and "weights_only" not in str(info.value)
