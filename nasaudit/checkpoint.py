@@ -153,6 +153,8 @@ def build_from_sidecar(
     name = model_name or meta.get("model")
     if not name:
         raise InputError(source, "no sidecar names the model; pass --model NAME|FILE")
+    if model_name is None and not isinstance(name, str):
+        raise InputError(sidecar_path(source), f"'model' must be a string, got {name!r}")
     # Seeded so that a rebuild is deterministic; the weights are overwritten right after.
     with seeded(0):
         try:
@@ -168,6 +170,17 @@ def build_from_sidecar(
             return build_model(str(name), num_classes, **kwargs)
         except TypeError as exc:
             raise InputError(source, f"model kwargs {kwargs} do not fit {name!r}: {exc}") from None
+        except InputError as exc:
+            if exc.source == "--model" and model_name is not None:
+                raise  # the name came from --model: the flag is at fault
+            if exc.source is not None and (exc.source.startswith("--") or exc.source in kwargs):
+                # The model name or a size (width, C, layers) read from the sidecar is bad:
+                # name the .json file, not a command-line flag that was never given.
+                problem = exc.problem
+                if exc.source == "--model":
+                    problem = "'model': " + problem.replace(" nor a genotype name or file", " nor a genotype")
+                raise InputError(sidecar_path(source), problem) from None
+            raise
 
 
 def load_checkpoint_model(

@@ -20,6 +20,11 @@ from __future__ import annotations
 from nasaudit.genotype import Genotype
 
 CELL_CHOICES = ("normal", "reduce", "both")
+# Ops a skip_connect may not become, and why.
+NOT_REPLACEMENTS = {
+    "skip_connect": "a skip would replace a skip",
+    "none": "the zero op would cut the edge instead of replacing the skip",
+}
 
 
 def _cells(cells: str) -> tuple[str, ...]:
@@ -71,9 +76,11 @@ def deskip(
 
     With `sibling=True` a skip takes the op of the other edge of its node when that is not a
     skip (the study's DARTS-ii rule), else `op`. The result has no skip_connect in `cells`.
+    `op` may be neither skip_connect nor none (ValueError).
     """
-    if op == "skip_connect":
-        raise ValueError("the replacement op cannot be skip_connect")
+    if op in NOT_REPLACEMENTS:
+        raise ValueError(f"the replacement op cannot be {op} (it must compute something: "
+                         f"{NOT_REPLACEMENTS[op]})")
     changes = {
         cell: _deskip_cell(getattr(g, cell), op, sibling, inputs_per_node) for cell in _cells(cells)
     }

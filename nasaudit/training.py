@@ -106,13 +106,41 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild from `to_dict()` output (e.g. a sidecar's "config"); unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
+        """Rebuild from `to_dict()` output (e.g. a sidecar's "config"); unknown keys are ignored.
 
-    def validate(self) -> None:
-        """Raise InputError (source "train config") for an out-of-range setting."""
+        Raises InputError(source, ...) naming the first key whose value has the wrong type.
+        """
+        if not isinstance(data, dict):
+            raise InputError(source, f"train config must be a table, not {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        config = cls(**{k: v for k, v in data.items() if k in names})
+        config.check_types(source)
+        return config
+
+    def check_types(self, source: str = "train config") -> None:
+        """Raise InputError(source, "KEY must be ...") for a value of the wrong type (e.g. a
+        string from a TOML file where a number belongs); ints are accepted for floats."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default
+            if f.name == "adv_train":
+                ok, want = value is None or isinstance(value, str), "a string or absent"
+            elif isinstance(default, bool):
+                ok, want = isinstance(value, bool), "true or false"
+            elif isinstance(default, int):
+                ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                ok, want = ok and math.isfinite(value), "a finite number"
+            else:  # pragma: no cover - every field is covered above
+                continue
+            if not ok:
+                raise InputError(source, f"{f.name} must be {want}, got {value!r}")
+
+    def validate(self, source: str = "train config") -> None:
+        """Raise InputError(source, ...) for a wrongly typed or out-of-range setting."""
+        self.check_types(source)
         problems = []
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1 (got {self.epochs})")
@@ -137,7 +165,7 @@ class TrainConfig:
         if self.adv_train and (self.adv_eps < 0 or self.adv_step <= 0 or self.adv_iters < 1):
             problems.append("adversarial training needs adv_eps >= 0, adv_step > 0, adv_iters >= 1")
         if problems:
-            raise InputError("train config", "; ".join(problems))
+            raise InputError(source, "; ".join(problems))
 
 
 @dataclasses.dataclass
@@ -183,6 +211,8 @@ def _channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 @torch.no_grad()
 def _batched_logits(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int):
     """Yield (start, logits [b, K] on device) over `images` in chunks, model in eval mode."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError("--batch-size", f"batch size must be an integer >= 1, got {batch_size!r}")
     for start in range(0, images.shape[0], batch_size):
         x = _as_float_images(to_device(images[start : start + batch_size], device))
         with autocast(device):

@@ -255,3 +255,31 @@ def test_mitigate_errors(tmp_path, capsys):
         capsys, main(["mitigate", "deepen", str(FIXTURES / "darts_genotypes.py")])
     )
     assert "pick one" in err
+
+
+def test_genotypes_table_shows_the_source_of_aliases(capsys):
+    assert main(["genotypes"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:-1]}
+    for alias, target in (("darts", "darts_v2"), ("darts_i", "diy_deep"), ("darts_ii", "diy_noskip"),
+                          ("darts_iii", "diy_deep_noskip"), ("drnas", "drnas_cifar10"),
+                          ("pc_darts", "pc_darts_cifar")):
+        target_source = rows[target].split("  ")[-1].strip()
+        assert target_source and rows[alias].endswith(f"= {target}: {target_source}")
+    assert "= darts_v2: DARTS second order" in rows["darts"]
+
+
+@pytest.mark.parametrize("op", ["none", "skip_connect"])
+def test_mitigate_deskip_rejects_non_replacement_ops(tmp_path, capsys, op):
+    out = tmp_path / "x.json"
+    assert main(["mitigate", "deskip", "darts", "--op", op, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nasaudit: error: --op:") and err.count("\n") == 1
+    assert "Traceback" not in err and f"'{op}'" in err and not out.exists()
+
+
+def test_analyze_draw_into_a_directory_is_refused_up_front(tmp_path, capsys):
+    assert main(["analyze", "darts", "--draw", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("nasaudit: error: --draw:") and captured.err.count("\n") == 1
+    assert "is a directory" in captured.err and "Traceback" not in captured.err
+    assert captured.out == "" and not any(tmp_path.iterdir())

@@ -68,6 +68,8 @@ def test_bad_arguments():
         deepen(DARTS_V2, cells="all")
     with pytest.raises(ValueError):
         deskip(DARTS_V2, op="skip_connect")
+    with pytest.raises(ValueError, match="zero op"):
+        deskip(DARTS_V2, op="none")  # would cut the edge, not replace the skip
 
 
 def test_sibling_falls_back_to_op_when_both_edges_are_skips():

@@ -385,7 +385,7 @@ def test_registry_and_params_validation():
     assert set(PROBES) == {"gradvar", "contour_param", "contour_input", "curvature"}
     assert make_params("gradvar", None).n_samples == 512
     assert make_params("contour-param", {"points": 9}).points == 9
-    with pytest.raises(InputError, match="unknown setting"):
+    with pytest.raises(InputError, match="unknown parameter"):
         make_params("gradvar", {"n_sampels": 3})
     with pytest.raises(InputError, match="unknown probe"):
         run_probe("nope", None, None, None, device="cpu", seed=0)

@@ -151,3 +151,57 @@ def test_cli_search_on_cifar_subset_writes_tensorboard_and_genotype(cifar_subset
     assert main(["search", "--out", str(tmp_path / "x"), "--gamma", "0", "--dataset", "digits"]) == 2
     assert "gamma" in capsys.readouterr().err
     assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 2
+
+
+def _cli_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("nasaudit: error:") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--lr", "-1"], ["--lr:", "must be > 0"]),
+        (["--arch-lr", "-1"], ["--arch-lr:", "must be > 0"]),
+        (["--partial-channels", "0"], ["--partial-channels:", "must be >= 1"]),
+        (["--C", "0"], ["--C:", "must be >= 2"]),
+        (["--hook", "skip_penalty:0"], ["--hook:", "in (0, 1]", "'0'"]),
+        (["--hook", "skip_penalty:abc"], ["--hook:", "in (0, 1]"]),
+        (["--gamma", "0.5", "--hook", "skip_penalty:0.5"], ["gamma", "skip_penalty", "twice"]),
+    ],
+)
+def test_cli_search_bad_flags_exit_2_before_any_work(tmp_path, capsys, flags, needles):
+    out = tmp_path / "s"
+    argv = ["search", "--dataset", "digits", "--epochs", "1", "--C", "4", "--layers", "2",
+            "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main([*argv, *flags]) == 2
+    err = _cli_error(capsys)
+    for needle in needles:
+        assert needle in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "needles"),
+    [
+        ("lr = -1\n", [], ["lr: must be > 0"]),
+        ("arch_lr = -1\n", [], ["arch_lr: must be > 0"]),
+        ("hooks = [1]\n", [], ["hooks must be a list of strings"]),
+        ('hooks = ["nope"]\n', [], ["hooks: unknown alpha hook"]),
+        ('arch_betas = ["a", 1]\n', [], ["arch_betas"]),
+        ('gamma = 0.5\nhooks = ["skip_penalty:0.3"]\n', [], ["twice"]),
+        ('hooks = ["skip_penalty:0.3"]\n', ["--gamma", "0.5"], ["twice"]),
+    ],
+)
+def test_cli_search_bad_toml_names_the_file(tmp_path, capsys, text, flags, needles):
+    cfg = tmp_path / "search.toml"
+    cfg.write_text(text)
+    out = tmp_path / "s"
+    assert main(["search", "--config", str(cfg), "--dataset", "digits", "--out", str(out),
+                 "--device", "cpu", "--no-progress", *flags]) == 2
+    err = _cli_error(capsys)
+    assert "search.toml" in err and "--hook" not in err
+    for needle in needles:
+        assert needle in err, err
+    assert not out.exists()

@@ -437,12 +437,86 @@ def test_cli_train_eval_resume_on_digits(tmp_path, capsys):
         ),
         (["eval", "--checkpoint", "/nonexistent/x.pth"], "checkpoint not found"),
         (["eval"], "--checkpoint"),
+        (["eval", "--model", "tiny_cnn", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["eval", "--model", "tiny_cnn", "--batch-size", "-5"], "--batch-size: must be >= 1"),
+        (["train", "--model", "resnet18", "--width", "-4", "--epochs", "1"], "--width: width must be"),
+        (["train", "--model", "resnet18", "--width", "0", "--epochs", "1"], "--width: width must be"),
+        (["train", "--model", "tiny_cnn", "--width", "0", "--epochs", "1"], "--width: width must be"),
+        (["train", "--model", "resnext50_32x4d", "--width", "8", "--epochs", "1"], ">= 16"),
+        (["train", "--model", "darts", "--C", "0", "--epochs", "1"], "--C: C must be"),
+        (["train", "--model", "darts", "--layers", "0", "--epochs", "1"], "--layers: layers must be"),
+        (["train", "--model", "tiny_cnn", "--resume", "--overwrite"], "pick one"),
     ],
 )
 def test_cli_bad_inputs_exit_2_with_one_line(argv, message, tmp_path, capsys):
     assert main([*argv, "--model-dir", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nasaudit: error:") and err.count("\n") == 1 and message in err
+    assert "Traceback" not in err and not any(tmp_path.iterdir())  # nothing written
+
+
+def test_bad_sizes_are_input_errors_in_the_builders():
+    with pytest.raises(InputError, match="width must be an integer >= 1"):
+        build_model("resnet18", 10, width=-4)
+    with pytest.raises(InputError, match="width must be an integer >= 1"):
+        build_model("vgg13_bn", 10, width=0)  # 0 is not "canonical"
+    with pytest.raises(InputError, match="C must be an integer >= 1"):
+        build_model("darts", 10, C=0)
+    with pytest.raises(InputError, match="layers must be an integer >= 1"):
+        build_model("darts", 10, layers=-1)
+    # --width scales tiny_cnn (4 * width features).
+    assert build_model("tiny_cnn", 10, width=4).classifier.in_features == 16
+
+
+@pytest.mark.parametrize("bad", [{"epochs": "two"}, {"lr": "x"}, {"flip": 1}, {"batch_size": 8.0},
+                                 {"adv_train": 3}, {"lr": float("nan")}])
+def test_wrong_types_are_input_errors_naming_the_key(bad):
+    (key,) = bad
+    with pytest.raises(InputError, match=f"train config: {key} must be"):
+        TrainConfig(**bad).validate()
+    with pytest.raises(InputError, match=f"sidecar.json: {key} must be"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), **bad}, source="sidecar.json")
+
+
+def test_cli_train_refuses_to_overwrite_a_checkpoint(tmp_path, capsys):
+    """Without --resume or --overwrite an existing checkpoint is never replaced."""
+    ckpt = tmp_path / "image" / "digits" / "tiny_cnn.pth"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"an earlier run")
+    argv = ["train", "--model", "tiny_cnn", "--epochs", "1", "--batch-size", "256",
+            "--model-dir", str(tmp_path), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "tiny_cnn.pth" in err and "--resume" in err and "--overwrite" in err
+    assert ckpt.read_bytes() == b"an earlier run"
+    # --overwrite starts over.
+    assert main([*argv, "--overwrite"]) == 0
+    assert ckpt.read_bytes() != b"an earlier run" and sidecar_path(ckpt).is_file()
+    capsys.readouterr()
+
+
+def test_library_training_still_starts_over_without_resume(digits_data, tmp_path):
+    """The audit retrains over a stale checkpoint: train_on_dataset stays permissive."""
+    config = TrainConfig(epochs=1, batch_size=256, val_fraction=0.0)
+    first = train_on_dataset("tiny_cnn", digits_data, config, model_dir=tmp_path, progress=False)
+    second = train_on_dataset("tiny_cnn", digits_data, config, model_dir=tmp_path, progress=False)
+    assert first.epochs_done == second.epochs_done == 1
+
+
+def test_unknown_model_in_a_sidecar_names_the_sidecar(trained_model, tmp_path, capsys):
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(trained_model.checkpoint.read_bytes())
+    meta = json.loads(sidecar_path(trained_model.checkpoint).read_text())
+    sidecar_path(ckpt).write_text(json.dumps({**meta, "model": "no_such_model"}))
+    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "digits", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "m.json" in err and "no_such_model" in err and "--model" not in err
+    sidecar_path(ckpt).write_text(json.dumps({**meta, "model_kwargs": {"width": -1}}))
+    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "digits", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "m.json" in err and "width must be" in err and "--width" not in err
 
 
 def test_cli_eval_rejects_a_corrupt_checkpoint(tmp_path, capsys):

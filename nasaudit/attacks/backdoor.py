@@ -37,11 +37,13 @@ from nasaudit.attacks.common import (
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
+from nasaudit.params import param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
 
 METHODS = ("trojannn", "badnet")
+POSITIONS = ("bottom_right", "top_left", "center")
 
 
 @dataclass
@@ -213,19 +215,23 @@ class Params:
     epochs, lr, batch_size (None -> the victim's): the fine-tuning of the victim copy.
     """
 
-    method: str = "trojannn"
-    target_class: int = 0
-    trigger_size: int = 3
-    transparency: float | None = None
-    position: str = "bottom_right"
-    n_neuron: int = 2
-    trigger_lr: float = 0.015
-    trigger_iters: int = 20
-    n_trigger_images: int = 256
-    poison_fraction: float | None = None
-    epochs: int = 10
-    lr: float = 0.01
-    batch_size: int | None = None
+    method: str = param("trojannn", choices=METHODS, doc="trigger of TrojanNN or BadNet")
+    target_class: int = param(0, min=0, doc="the backdoor's label (< the number of classes)")
+    trigger_size: int = param(3, min=1, doc="side of the square patch, pixels")
+    transparency: float | None = param(
+        None, min=0, lt=1, doc="none: 0.7 for TrojanNN, 0 (opaque) for BadNet"
+    )
+    position: str = param("bottom_right", choices=POSITIONS, doc="where the patch goes")
+    n_neuron: int = param(2, min=1, doc="TrojanNN target neurons")
+    trigger_lr: float = param(0.015, gt=0, max=1, doc="TrojanNN trigger step, pixel units")
+    trigger_iters: int = param(20, min=1, doc="TrojanNN trigger optimisation steps")
+    n_trigger_images: int = param(256, min=1, doc="training images the trigger is optimised on")
+    poison_fraction: float | None = param(
+        None, gt=0, lt=1, doc="none: 0.1 for TrojanNN, 0.02 for BadNet"
+    )
+    epochs: int = param(10, min=1, doc="fine-tuning epochs")
+    lr: float = param(0.01, gt=0, doc="fine-tuning learning rate")
+    batch_size: int | None = param(None, min=1, doc="fine-tuning batch; none: the victim's")
 
 
 @dataclass

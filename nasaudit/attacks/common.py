@@ -58,24 +58,17 @@ class AttackRecord(Record):
     seconds: float
 
 
-def make_params(params_cls: type[P], params: Any) -> P:
-    """A `params_cls` instance from an instance, a dict of overrides, or None (the defaults).
+def make_params(params_cls: type[P], params: Any = None, *, source: Any = "params") -> P:
+    """A validated `params_cls` instance from an instance, a dict of overrides, or None (the
+    defaults); see `nasaudit.params.make_params`.
 
-    Unknown keys raise InputError naming them (a typo must not silently run the defaults).
+    Unknown keys, values of the wrong type and values outside the constraints declared on the
+    fields raise InputError(source, problem) naming the field (a typo or a negative count must
+    not silently run something else).
     """
-    if params is None:
-        return params_cls()
-    if isinstance(params, params_cls):
-        return params
-    if not isinstance(params, dict):
-        raise InputError("params", f"expected a dict or {params_cls.__name__}, got {type(params).__name__}")
-    names = {f.name for f in dataclasses.fields(params_cls)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise InputError(
-            "--param", f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    return params_cls(**params)
+    from nasaudit.params import make_params as build
+
+    return build(params_cls, params, source=source)
 
 
 def record_fields(

@@ -39,10 +39,13 @@ from nasaudit.attacks.common import (
 )
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
-from nasaudit.errors import InputError
+from nasaudit.params import param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
+
+
+REWARDS = ("all", "cert", "div", "loss")
 
 
 @dataclass
@@ -57,19 +60,21 @@ class Params:
     augment: random crop + flip while training the replica.
     """
 
-    budgets: tuple[int, ...] = (1000, 2000, 4000, 8000, 16000)
-    replica: str = ""
-    replica_kwargs: dict | None = None
-    epochs: int = 50
-    lr: float = 0.01
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    query_batch: int = 64
-    bandit_lr: float = 0.01
-    reward: str = "all"
-    use_probability: bool = True
-    augment: bool = True
+    budgets: tuple[int, ...] = param(
+        (1000, 2000, 4000, 8000, 16000), min=1, doc="query budgets, one replica each"
+    )
+    replica: str = param("", doc="replica architecture; empty: the victim's")
+    replica_kwargs: dict | None = param(None, doc="build_model kwargs of the replica (JSON)")
+    epochs: int = param(50, min=1, doc="replica training epochs")
+    lr: float = param(0.01, gt=0, doc="replica learning rate")
+    batch_size: int = param(64, min=1, doc="replica training batch")
+    momentum: float = param(0.9, min=0, lt=1, doc="SGD momentum")
+    weight_decay: float = param(5e-4, min=0, doc="SGD weight decay")
+    query_batch: int = param(64, min=1, doc="bandit actions (queries) per round")
+    bandit_lr: float = param(0.01, gt=0, doc="online replica step size during sampling")
+    reward: str = param("all", choices=REWARDS, doc="bandit reward")
+    use_probability: bool = param(True, doc="train on probabilities (else argmax labels)")
+    augment: bool = param(True, doc="random crop + flip while training the replica")
 
 
 @dataclass
@@ -263,11 +268,7 @@ def run_knockoff(
 ) -> KnockoffRecord:
     """Steal the victim with adaptive Knockoff Nets at every budget; returns a KnockoffRecord."""
     params = make_params(Params, params)
-    if params.reward not in ("all", "cert", "div", "loss"):
-        raise InputError("--param reward", f"expected all, cert, div or loss, got {params.reward!r}")
-    budgets = sorted({int(b) for b in params.budgets})
-    if not budgets or budgets[0] < 1:
-        raise InputError("--param budgets", f"budgets must be positive integers, got {params.budgets}")
+    budgets = sorted(set(params.budgets))
     name = params.replica or victim.model_name
     kwargs = (params.replica_kwargs if params.replica_kwargs is not None
               else (victim.model_kwargs if not params.replica else {}))

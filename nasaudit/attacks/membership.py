@@ -31,6 +31,7 @@ from nasaudit.attacks.common import (
 from nasaudit.attacks.sampling import candidate_indices
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
+from nasaudit.params import param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -252,17 +253,17 @@ class Params:
     batch_size: inputs attacked at once; eval_batch: images per victim forward pass.
     """
 
-    n_members: int = 1000
-    n_nonmembers: int = 1000
-    members_from: str = "train"
-    norm: str = "l2"
-    max_iter: int = 50
-    max_eval: int = 2500
-    init_eval: int = 100
-    init_size: int = 100
-    fpr: float = 0.01
-    batch_size: int = 100
-    eval_batch: int = 8192
+    n_members: int = param(1000, min=1, doc="member inputs")
+    n_nonmembers: int = param(1000, min=1, doc="non-member (test) inputs")
+    members_from: str = param("train", choices=("train", "test"), doc="test: a null experiment")
+    norm: str = param("l2", choices=("l2", "L2", "2"), doc="boundary distance norm (L2 only)")
+    max_iter: int = param(50, min=1, doc="HopSkipJump iterations")
+    max_eval: int = param(2500, min=1, doc="max queries per gradient estimate")
+    init_eval: int = param(100, min=1, doc="initial queries per estimate")
+    init_size: int = param(100, min=1, doc="random draws to find an adversarial start")
+    fpr: float = param(0.01, gt=0, lt=1, doc="false-positive rate for TPR and advantage")
+    batch_size: int = param(100, min=1, doc="inputs attacked at once")
+    eval_batch: int = param(8192, min=1, doc="images per victim forward pass")
 
 
 @dataclass

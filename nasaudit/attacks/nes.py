@@ -40,6 +40,7 @@ from nasaudit.attacks.sampling import (
     target_classes,
 )
 from nasaudit.device import generator as make_generator
+from nasaudit.params import param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -78,8 +79,10 @@ def nes_gradient(
     Perturbed queries are not clipped to [0, 1]: sigma is tiny and clipping would bias the
     symmetric difference.
     """
+    if n_query < 2 or n_query % 2:
+        raise ValueError(f"n_query must be an even number >= 2, got {n_query}")
     b = x.shape[0]
-    half = max(1, n_query // 2)
+    half = n_query // 2
     u = torch.randn((b, half, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
     xq = torch.cat([x.unsqueeze(1) + sigma * u, x.unsqueeze(1) - sigma * u], dim=1)
     probs = oracle(xq.flatten(0, 1)).view(b, 2 * half, -1)
@@ -122,7 +125,9 @@ def nes_attack(
     success = torch.zeros(b, dtype=torch.bool, device=x.device)
     iterations = torch.full((b,), -1, dtype=torch.long, device=x.device)
     queries = torch.zeros(b, dtype=torch.long, device=x.device)
-    for r in range(max(1, restarts)):
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    for r in range(restarts):
         active = (~success).nonzero().squeeze(1)
         if active.numel() == 0:
             break
@@ -145,7 +150,7 @@ def nes_attack(
             grad = nes_gradient(
                 oracle, cur, target[active], n_query=n_query, sigma=sigma, generator=generator
             )
-            queries[active] += 2 * max(1, n_query // 2)
+            queries[active] += 2 * (n_query // 2)
             cur = _project(cur + step * grad.sign(), x0, eps)
     return x_adv, success, iterations, queries
 
@@ -154,23 +159,27 @@ def nes_attack(
 class Params:
     """NES black box with the PGD budgets of the study (Table 5).
 
-    n_query: oracle calls per gradient estimate (antithetic pairs: n_query / 2);
+    n_inputs: seeded test candidates drawn before keeping the correctly classified ones;
+    n_query: oracle calls per gradient estimate (antithetic pairs: n_query / 2, so even);
     sigma: sampling scale in pixel units (the artifact's 1e-3); batch_size: inputs attacked at
     once (each costs n_query images per step); query_batch: images per victim forward pass.
     """
 
-    n_inputs: int = 1000
-    eps: float = 8 / 255
-    step: float = 2 / 255
-    restarts: int = 5
-    iters_most_likely: int = 3
-    iters_least_likely: int = 7
-    cases: tuple[str, ...] = CASES
-    n_query: int = 400
-    sigma: float = 1e-3
-    random_start: bool = True
-    batch_size: int = 16
-    query_batch: int = 4096
+    n_inputs: int = param(
+        1000, min=1, doc="seeded test candidates, counted before keeping the correctly "
+        "classified ones (only those are attacked)",
+    )
+    eps: float = param(8 / 255, gt=0, max=1, doc="L-inf radius, pixel units")
+    step: float = param(2 / 255, gt=0, max=1, doc="step size, pixel units")
+    restarts: int = param(5, min=1, doc="random restarts per input")
+    iters_most_likely: int = param(3, min=1, doc="max iterations, target = runner-up class c2")
+    iters_least_likely: int = param(7, min=1, doc="max iterations, target = least likely c_m")
+    cases: tuple[str, ...] = param(CASES, choices=CASES, unique=True, doc="target cases to run")
+    n_query: int = param(400, min=2, even=True, doc="oracle queries per gradient estimate (antithetic pairs)")
+    sigma: float = param(1e-3, gt=0, max=1, doc="NES sampling scale, pixel units")
+    random_start: bool = param(True, doc="uniform random start in the eps ball")
+    batch_size: int = param(16, min=1, doc="inputs attacked at once")
+    query_batch: int = param(4096, min=1, doc="images per victim forward pass")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from nasaudit.attacks.sampling import (
 )
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
+from nasaudit.params import param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -162,7 +163,9 @@ def pgd_attack(
     success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     iterations = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     restart_of = torch.full_like(iterations, -1)
-    for r in range(max(1, restarts)):
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    for r in range(restarts):
         # One host sync per restart (not per step) to drop the samples already broken.
         todo = (~success).nonzero().squeeze(1)
         if todo.numel() == 0:
@@ -185,20 +188,25 @@ def pgd_attack(
 class Params:
     """Targeted PGD (the study's Table 5).
 
-    n_inputs: seeded test candidates (kept if correctly classified); eps, step: pixel units;
-    iters_most_likely / iters_least_likely: max iterations for target c2 / c_m;
-    cases: which target cases to run; batch_size: inputs per batch on the device.
+    n_inputs: seeded test candidates drawn *before* keeping the correctly classified ones (only
+    those are attacked, so the record's `indices` may be fewer); eps, step: pixel units in
+    (0, 1]; iters_most_likely / iters_least_likely: max iterations for target c2 / c_m;
+    restarts: random restarts (>= 1); cases: which target cases to run; batch_size: inputs per
+    batch on the device.
     """
 
-    n_inputs: int = 1000
-    eps: float = 8 / 255
-    step: float = 2 / 255
-    restarts: int = 5
-    iters_most_likely: int = 3
-    iters_least_likely: int = 7
-    cases: tuple[str, ...] = CASES
-    random_start: bool = True
-    batch_size: int = 256
+    n_inputs: int = param(
+        1000, min=1, doc="seeded test candidates, counted before keeping the correctly "
+        "classified ones (only those are attacked)",
+    )
+    eps: float = param(8 / 255, gt=0, max=1, doc="L-inf radius, pixel units")
+    step: float = param(2 / 255, gt=0, max=1, doc="step size, pixel units")
+    restarts: int = param(5, min=1, doc="random restarts per input")
+    iters_most_likely: int = param(3, min=1, doc="max iterations, target = runner-up class c2")
+    iters_least_likely: int = param(7, min=1, doc="max iterations, target = least likely c_m")
+    cases: tuple[str, ...] = param(CASES, choices=CASES, unique=True, doc="target cases to run")
+    random_start: bool = param(True, doc="uniform random start in the eps ball")
+    batch_size: int = param(256, min=1, doc="inputs per batch on the device")
 
 
 @dataclass
@@ -296,16 +304,23 @@ def run_pgd(
 class SweepParams:
     """Untargeted PGD over a sweep of eps (the study's Figure 3); step = eps * step_fraction.
 
+    n_inputs: seeded test candidates drawn before keeping the correctly classified ones;
     eps: radii in pixel units; iters: max steps; restarts: random restarts per eps.
     """
 
-    n_inputs: int = 1000
-    eps: tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
-    step_fraction: float = 1 / 3
-    iters: int = 7
-    restarts: int = 1
-    random_start: bool = True
-    batch_size: int = 256
+    n_inputs: int = param(
+        1000, min=1, doc="seeded test candidates, counted before keeping the correctly "
+        "classified ones (only those are attacked)",
+    )
+    eps: tuple[float, ...] = param(
+        (0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255), gt=0, max=1,
+        doc="L-inf radii, pixel units",
+    )
+    step_fraction: float = param(1 / 3, gt=0, max=1, doc="step = eps * step_fraction")
+    iters: int = param(7, min=1, doc="max iterations per restart")
+    restarts: int = param(1, min=1, doc="random restarts per input and eps")
+    random_start: bool = param(True, doc="uniform random start in the eps ball")
+    batch_size: int = param(256, min=1, doc="inputs per batch on the device")
 
 
 @dataclass

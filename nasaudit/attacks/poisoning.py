@@ -27,6 +27,7 @@ from nasaudit.attacks.common import (
 )
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
+from nasaudit.params import param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -58,8 +59,10 @@ class Params:
     come from the victim's TrainConfig (its seed too, so every p starts from the same weights).
     """
 
-    fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
-    epochs: int = 50
+    fractions: tuple[float, ...] = param(
+        (0.0, 0.1, 0.2, 0.3, 0.4), min=0, lt=1, doc="fractions of flipped training labels"
+    )
+    epochs: int = param(50, min=1, doc="retraining epochs per fraction")
 
 
 @dataclass

@@ -32,7 +32,7 @@ Schema (every table but ``[dataset]`` and ``[[models]]`` is optional)::
     [[searches]]                        # run first; audit the result with spec "search:NAME"
     name = "nstep5"
     n_step = 5                          # nasaudit.search.SearchConfig fields
-    hooks = ["skip_penalty(0.5)"]
+    hooks = ["skip_penalty:0.5"]
 
     [attacks.pgd]                       # one table = one parameter set (study defaults if empty)
     n_inputs = 1000

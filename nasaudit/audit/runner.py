@@ -245,9 +245,9 @@ def _model_group(config: AuditConfig, model: ModelSpec, resolved: ResolvedModel 
 
 
 def validate_config(config: AuditConfig) -> None:
-    """Check the training, search, attack and probe settings against the modules' dataclasses,
-    so that a typo fails before any work instead of as a failed unit hours later."""
-    from nasaudit.attacks.common import make_params
+    """Check every model, training, search, attack and probe setting of `config` before any
+    work: a typo or a bad value fails here, naming the config file, not as a failed unit (or a
+    traceback) hours later. Raises InputError(config.source, ...)."""
     from nasaudit.training import TrainConfig
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -261,6 +261,7 @@ def validate_config(config: AuditConfig) -> None:
             TrainConfig(**settings).validate()
         except InputError as exc:
             raise InputError(config.source, f"model {model.label!r}: {exc.problem}") from None
+        _validate_model(config, model)
     for search in config.searches:
         _search_config(config, search.name, search.params, search.seed).validate(config.source)
 
@@ -268,13 +269,64 @@ def validate_config(config: AuditConfig) -> None:
         registry = _registry(task.kind)
         if task.name not in registry:
             raise InputError(config.source, f"{task.kind} {task.name!r} is not available in this install")
-        params_cls = registry[task.name][0]
+        where = f"[{task.kind}s.{task.name}]"
         try:
-            make_params(params_cls, _concrete_params(config, task))
+            _make_task_params(task, _concrete_params(config, task), where)
         except InputError as exc:
-            raise InputError(config.source, f"[{task.kind}s.{task.name}] {exc.problem}") from None
-        except TypeError as exc:
-            raise InputError(config.source, f"[{task.kind}s.{task.name}] {exc}") from None
+            raise InputError(config.source, f"{where} {exc.problem}") from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(config.source, f"{where} {exc}") from None
+
+
+def _make_task_params(task: TaskSpec, params: dict[str, Any], source: str) -> Any:
+    """The module's own Params instance for `params` (its `make_params` checks the values)."""
+    if task.kind == "probe":
+        from nasaudit.probes import make_params as make_probe_params
+
+        return make_probe_params(task.name, params, source=source)
+    from nasaudit.attacks.common import make_params
+
+    return make_params(_registry("attack")[task.name][0], params, source=source)
+
+
+def _validate_model(config: AuditConfig, model: ModelSpec) -> None:
+    """The model's spec names a manual baseline or a genotype, and its kwargs build it.
+
+    The network is built on the "meta" device (shapes only, no memory, no arithmetic), so the
+    check is cheap even at the study's sizes. A searched model ("search:NAME") is checked with
+    a stand-in genotype of the same network family: its kwargs are what can be wrong here.
+    """
+    import torch
+
+    from nasaudit.models.registry import build_model, is_manual_model, list_models
+
+    where = f"model {model.label!r}"
+    spec = model.spec
+    if model.search_name is not None:
+        spec = "darts_v2"
+    elif not is_manual_model(spec):
+        from nasaudit.genotype import resolve_genotype
+
+        try:
+            resolve_genotype(spec)
+        except InputError as exc:
+            if exc.source == spec and "unknown genotype" in exc.problem:
+                raise InputError(
+                    config.source,
+                    f"{where}: {spec!r} is neither a manual baseline ({', '.join(list_models())}) "
+                    f"nor a genotype (a shipped name, see `nasaudit genotypes`, or a file)",
+                ) from None
+            raise InputError(config.source, f"{where}: {exc}") from None
+    if not isinstance(model.kwargs, dict):
+        raise InputError(config.source, f"{where}: kwargs must be a table")
+    try:
+        with torch.device("meta"):
+            build_model(spec, 10, **model.kwargs)
+    except InputError as exc:
+        raise InputError(config.source, f"{where}: {exc.problem}") from None
+    except (TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(config.source, f"{where}: kwargs {model.kwargs} do not fit: {first}") from None
 
 
 def _registry(kind: str) -> dict:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nasaudit.errors import InputError
+
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"
 
@@ -99,23 +101,40 @@ class Store:
             path = path / DB_NAME
         self.path = path
         if must_exist and not path.is_file():
-            from nasaudit.errors import InputError
-
             raise InputError(path.parent, "no audit results here (results.sqlite is missing)")
+        if path.is_dir():
+            raise InputError(path, "is a directory, not an audit results database")
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
         self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._enable_wal()
-        # FULL: a committed unit survives power loss, not just a process kill.
-        self._conn.execute("PRAGMA synchronous=FULL")
-        with self._tx() as conn:
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        try:
+            # Read before anything writes: a file that is not ours (or is damaged) is reported
+            # and left exactly as it is. (Never open() the file directly here: closing another
+            # descriptor of it would drop the POSIX locks SQLite holds on it in this process.)
+            tables = {r[0] for r in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not {"meta", "units"} <= tables:
+                self._conn.close()
+                raise InputError(path, "an SQLite database, but not an audit's results (no "
+                                       "units/meta tables); move it away or choose another --out")
+            self._enable_wal()
+            # FULL: a committed unit survives power loss, not just a process kill.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._tx() as conn:
+                for statement in _SCHEMA.strip().split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                if "locked" in str(exc):
+                    raise
+                raise InputError(path, f"cannot use the results database ({exc})") from None
+            raise InputError(path, f"not an audit results database ({exc})") from None
         self._conn.row_factory = sqlite3.Row
 
     # -- plumbing -------------------------------------------------------------------------

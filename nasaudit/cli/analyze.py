@@ -66,13 +66,18 @@ def run(args: argparse.Namespace) -> int:
     from nasaudit.genotype import resolve_genotypes
     from nasaudit.search_space import load_search_space
 
+    if args.draw:
+        # Checked up front, naming the flag: nothing is analysed or drawn for a bad target.
+        out = Path(args.draw)
+        if out.is_dir():
+            raise InputError("--draw", f"{out} is a directory; give a .png file name, e.g. {out / 'cells.png'}")
+        if out.suffix.lower() not in ("", ".png"):
+            raise InputError("--draw", f"{out} must be a .png file")
     space = load_search_space(args.space)
     found = resolve_genotypes(args.genotype, space)
     records = [analysis_record(name, g) for name, g in found.items()]
     if args.draw:
         out = Path(args.draw)
-        if out.suffix.lower() not in ("", ".png"):
-            raise InputError("--draw", f"{out} must be a .png file")
         for name, g in found.items():
             written = draw_genotype(g, _draw_path(out, name, len(found) > 1), title=name)
             print(f"wrote {written}", file=sys.stderr)

@@ -7,27 +7,43 @@ Examples:
     nasaudit attack membership --checkpoint m.pth --param n_members=200 --param n_nonmembers=200
 
 Every `--param KEY=VALUE` overrides one field of the attack's Params (defaults: the study's
-Table 5). Values are parsed by the field's type: numbers and fractions ("8/255"), comma
-separated lists ("0,0.1,0.2"), true/false, none, or JSON for dicts. Nothing is evaluated.
+Table 5; `nasaudit attack --help` lists them). Values are parsed by the field's type and checked
+against its constraints by `nasaudit.params.make_params` before anything is loaded: numbers and
+fractions ("8/255"), comma separated lists ("0,0.1,0.2"), true/false, none, or JSON for dicts.
+Nothing is evaluated. A bad value is one error line (exit code 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from typing import Any
 
-from nasaudit.cli.options import (
-    add_data_options,
-    add_device_option,
-    add_progress_option,
-    parse_fraction,
-)
+from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
 from nasaudit.errors import InputError
 
 ATTACK_NAMES = ("pgd", "pgd-sweep", "nes", "poison", "backdoor", "knockoff", "membership")
+
+# The epilog lists every attack's parameters; it is built only when --help is shown, because
+# the Params dataclasses live in modules that import torch.
+_PARAMS_EPILOG = "<attack parameters>"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def add_text(self, text: str | None) -> None:
+        super().add_text(_params_epilog() if text == _PARAMS_EPILOG else text)
+
+
+def _params_epilog() -> str:
+    """Every attack's parameters with their defaults, types and constraints."""
+    from nasaudit.attacks import ATTACKS
+    from nasaudit.params import params_help
+
+    lines = ["attack parameters (set with --param KEY=VALUE; defaults: the study's Table 5):"]
+    for name in ATTACK_NAMES:
+        lines.append(f"  {name}:")
+        lines += [f"    {line}" for line in params_help(ATTACKS[name.replace('-', '_')].params_cls)]
+    return "\n".join(lines)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,9 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "attack",
         help="run an attack (pgd, pgd-sweep, nes, poison, backdoor, knockoff, membership)",
-        description="Point one attack at a trained checkpoint and print its metrics (or the "
-        "full JSON record). Defaults are the study's (Table 5); override with --param. The "
-        "checkpoint is only read, never modified.",
+        description="Point one attack at a trained checkpoint and print its metrics (or the\n"
+        "full JSON record). Defaults are the study's (Table 5); override them with --param\n"
+        "(the parameters are listed below). The checkpoint is only read, never modified.",
+        epilog=_PARAMS_EPILOG,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("attack", choices=ATTACK_NAMES, help="which attack")
     parser.add_argument("--checkpoint", required=True, help="the victim's .pth (with its sidecar)")
@@ -45,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_options(parser, dataset_help="data set (default: sidecar)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",
-        help="override an attack parameter (repeatable), e.g. eps=8/255 or budgets=1000,2000",
+        help="override an attack parameter (repeatable), e.g. eps=8/255 or budgets=1000,2000; "
+        "numbers, fractions, comma-separated lists, true/false, none, JSON for dicts",
     )
     parser.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
     add_device_option(parser)
@@ -56,60 +75,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _field_kind(annotation: Any) -> str:
-    """The parse kind of a Params field from its (string) annotation."""
-    text = str(annotation)
-    for kind in ("tuple", "dict", "bool", "int", "float"):
-        if text.startswith(kind) or f"{kind} |" in text or text.startswith(f"{kind}["):
-            return kind
-    return "str"
-
-
-def _scalar(text: str, kind: str, key: str) -> Any:
-    try:
-        if kind == "float":
-            return parse_fraction(text)
-        if kind == "int":
-            value = parse_fraction(text)
-            if value != int(value):
-                raise ValueError
-            return int(value)
-    except (ValueError, argparse.ArgumentTypeError):
-        raise InputError(f"--param {key}", f"expected a {kind}, got {text!r}") from None
-    return text.strip()
-
-
-def parse_param(params_cls: type, item: str) -> tuple[str, Any]:
-    """Parse one "KEY=VALUE" against the fields of `params_cls` -> (key, typed value)."""
+def split_param(item: str) -> tuple[str, str]:
+    """One "KEY=VALUE" -> (key with "-" as "_", value text); the value is typed and checked
+    against the attack's Params by `nasaudit.params.make_params`."""
     key, sep, text = item.partition("=")
     key = key.strip().replace("-", "_")
-    if not sep:
+    if not sep or not key:
         raise InputError("--param", f"expected KEY=VALUE, got {item!r}")
-    fields = {f.name: f for f in dataclasses.fields(params_cls)}
-    if key not in fields:
-        raise InputError("--param", f"unknown parameter {key!r}; known: {', '.join(fields)}")
-    annotation = str(fields[key].type)
-    if text.strip().lower() in ("none", "null") and "None" in annotation:
-        return key, None
-    kind = _field_kind(annotation)
-    if kind == "bool":
-        low = text.strip().lower()
-        if low not in ("true", "false", "1", "0", "yes", "no"):
-            raise InputError(f"--param {key}", f"expected true or false, got {text!r}")
-        return key, low in ("true", "1", "yes")
-    if kind == "dict":
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            raise InputError(f"--param {key}", f"expected a JSON object, got {text!r}") from None
-        if not isinstance(value, dict):
-            raise InputError(f"--param {key}", f"expected a JSON object, got {text!r}")
-        return key, value
-    if kind == "tuple":
-        inner = annotation[annotation.find("[") + 1 :].split(",")[0].strip()
-        parts = [p for p in text.strip().strip("()[]").split(",") if p.strip()]
-        return key, tuple(_scalar(p, _field_kind(inner), key) for p in parts)
-    return key, _scalar(text, kind, key)
+    return key, text
+
+
+def parse_params(params_cls: type, items: list[str]) -> Any:
+    """The validated Params instance from the --param items (later items win)."""
+    from nasaudit.params import make_params
+
+    return make_params(params_cls, dict(split_param(item) for item in items), source="--param")
 
 
 def _summary(record: Any) -> str:
@@ -139,7 +119,11 @@ def _short(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the victim and the data, run the attack, print a summary or the JSON record."""
+    """Check the parameters, load the victim and the data, run the attack, print a summary or
+    the JSON record."""
+    import os
+    from pathlib import Path
+
     from nasaudit.attacks import ATTACKS, Victim, run_attack
     from nasaudit.data import load_dataset
     from nasaudit.device import resolve_device
@@ -147,8 +131,13 @@ def run(args: argparse.Namespace) -> int:
     from nasaudit.training import TrainConfig, load_checkpoint_model
 
     name = args.attack.replace("-", "_")
-    params_cls = ATTACKS[name].params_cls
-    overrides = dict(parse_param(params_cls, item) for item in args.param)
+    # Everything the user typed is checked before the checkpoint and the data are loaded.
+    params = parse_params(ATTACKS[name].params_cls, args.param)
+    output = Path(args.output) if args.output else None
+    if output is not None and (output.is_dir() or args.output.endswith(("/", os.sep))):
+        raise InputError("--output", f"{args.output} is a directory; give the path of a file")
+    if output is not None and output.parent.exists() and not output.parent.is_dir():
+        raise InputError("--output", f"{output.parent} is not a directory")
     device = resolve_device(args.device)
     model, meta = load_checkpoint_model(args.checkpoint, model_name=args.model, device=device)
     config = TrainConfig.from_dict(meta["config"]) if isinstance(meta.get("config"), dict) else None
@@ -164,15 +153,12 @@ def run(args: argparse.Namespace) -> int:
         model=model, model_name=args.model or meta.get("model") or "", train_config=config,
         model_kwargs=dict(meta.get("model_kwargs") or {}),
     )
-    try:
-        record = run_attack(
-            name, victim, data, overrides, device=device, seed=args.seed,
-            progress=not args.no_progress, work_dir=args.work_dir,
-        )
-    except TypeError as exc:  # a Params field given a value of the wrong shape
-        raise InputError("--param", str(exc)) from None
+    record = run_attack(
+        name, victim, data, params, device=device, seed=args.seed,
+        progress=not args.no_progress, work_dir=args.work_dir,
+    )
     text = record.to_json()
-    if args.output:
-        atomic_write_text(args.output, text + "\n")
+    if output is not None:
+        atomic_write_text(output, text + "\n")
     print(text if args.json else _summary(record), file=sys.stdout)
     return 0

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from nasaudit.genotype import genotype_hash, shipped_genotypes
 
     rows = []
-    for name, entry in shipped_genotypes().items():
+    shipped = shipped_genotypes()
+    for name, entry in shipped.items():
         metrics = analyze_genotype(entry["genotype"])
         rows.append(
             {
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
             cell: f"{m['depth']}/{m['width']}c/{m['skip_connects']}"
             for cell, m in row["cells"].items()
         }
-        source = "" if row["alias_of"] else row["source"]
+        source = row["source"]
+        if row["alias_of"]:
+            # An alias shares its target's source; say so rather than leave the column empty.
+            target_source = shipped.get(row["alias_of"], {}).get("source") or row["source"]
+            source = f"= {row['alias_of']}" + (f": {target_source}" if target_source else "")
         print(
             f"{row['name']:<16} {row['alias_of'] or '':<16} {dws['normal']:>12} "
             f"{dws['reduce']:>12}  {source}"

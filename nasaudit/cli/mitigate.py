@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     """Rewire the genotype, write it, and print its analysis next to the original's."""
     from nasaudit.cli.analyze import analysis_record, format_record
     from nasaudit.genotype import resolve_named_genotype, validate_genotype, write_genotype
-    from nasaudit.mitigation import deepen, deskip
+    from nasaudit.mitigation import NOT_REPLACEMENTS, deepen, deskip
     from nasaudit.search_space import load_search_space
 
     space = load_search_space(args.space)
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         rewired = deepen(original, cells=args.cells, inputs_per_node=space.inputs_per_node)
         suffix, how = "deep", f"deepen (cells: {args.cells})"
     else:
-        if args.op == "skip_connect" or not space.has_op(args.op):
-            allowed = ", ".join(op for op in space.ops if op != "skip_connect")
+        if args.op in NOT_REPLACEMENTS or not space.has_op(args.op):
+            allowed = ", ".join(op for op in space.ops if op not in NOT_REPLACEMENTS)
             raise InputError(
                 "--op", f"{args.op!r} is not a replacement op of space {space.name!r} ({allowed})"
             )

@@ -167,6 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             )
         parser.set_defaults(
             func=run_probe_command,
+            command_name=command,
             probe_name=name,
             probe_fields=[o[1] for o in options] + (["clamp"] if name == "contour_input" else []),
         )
@@ -260,6 +261,23 @@ def _summary(record: Any) -> str:
     return "\n".join(parts)
 
 
+def _check_params(args: argparse.Namespace) -> Any:
+    """The probe's validated Params from its flags; a bad value names the flag at fault."""
+    from nasaudit.params import ParamError
+    from nasaudit.probes import make_params
+
+    values = {f: getattr(args, f) for f in args.probe_fields if getattr(args, f) is not None}
+    flags = {dest: flag for command, _, _, options in _PROBE_OPTIONS for flag, dest, *_ in options
+             if command == args.command_name}
+    flags["clamp"] = "--clamp"
+    try:
+        return make_params(args.probe_name, values, source=f"probe {args.probe_name}")
+    except ParamError as exc:
+        if exc.field in flags:
+            raise InputError(flags[exc.field], exc.problem) from None
+        raise
+
+
 def run_probe_command(args: argparse.Namespace) -> int:
     """Run one probe, print its summary (or JSON), write PROBE.json and plots to --out."""
     from pathlib import Path
@@ -270,6 +288,9 @@ def run_probe_command(args: argparse.Namespace) -> int:
     from nasaudit.io import atomic_write_json
     from nasaudit.probes import run_probe
 
+    params = _check_params(args)  # before any data, model or device work
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError("--out", f"{args.out} is not a directory")
     device = resolve_device(args.device)
     # The digits split depends on a seed: use the one the checkpoint was trained with, so that
     # "train" and "test" mean what they meant in training.
@@ -286,7 +307,6 @@ def run_probe_command(args: argparse.Namespace) -> int:
         seed=data_seed,
     )
     model, label, _ = _load_model(args, data, device)
-    params = {f: getattr(args, f) for f in args.probe_fields if getattr(args, f) is not None}
     try:
         record = run_probe(
             args.probe_name,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
+from nasaudit.errors import InputError
 
 # flag dest -> SearchConfig field (every flag defaults to None: "not given, keep the config's")
 _FIELDS = (
@@ -43,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="alpha gradient (default: first_order)")
     p.add_argument("--gamma", type=float, help="skip_connect weight scale in (0, 1] (default: 1)")
     p.add_argument("--hook", action="append", metavar="NAME:ARG",
-                   help="alpha hook, e.g. skip_penalty:0.5 (repeatable; replaces the config's)")
+                   help="alpha hook, e.g. skip_penalty:0.5 (repeatable; replaces the config's; "
+                        "skip_penalty and --gamma != 1 exclude each other)")
     p.add_argument("--partial-channels", type=int, metavar="K",
                    help="PC-DARTS: 1/K of the channels through the mixed ops (default: 1, off)")
     p.add_argument("--C", type=int, help="initial channels (default: 16)")
@@ -69,14 +71,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """SearchConfig from defaults < --config TOML < the flags given."""
+    from nasaudit.search.hooks import parse_hook
     from nasaudit.search.run import SearchConfig
 
     overrides = {k: getattr(args, k) for k in _FIELDS if getattr(args, k, None) is not None}
     if args.hook:
+        for spec in args.hook:
+            parse_hook(spec)  # InputError naming --hook, before the TOML is read
         overrides["hooks"] = list(args.hook)
-    if args.config:
-        return SearchConfig.from_toml(args.config, overrides)
-    return SearchConfig.from_dict(overrides, source="command line")
+    try:
+        if args.config:
+            return SearchConfig.from_toml(args.config, overrides)
+        return SearchConfig.from_dict(overrides, source="command line")
+    except InputError as exc:
+        # "KEY: problem" about a value given as a flag: name the flag, not the TOML file.
+        key, sep, problem = exc.problem.partition(": ")
+        if sep and key in overrides and key != "hooks":
+            raise InputError("--" + key.replace("_", "-"), problem) from None
+        raise
 
 
 def run(args: argparse.Namespace) -> int:

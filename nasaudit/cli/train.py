@@ -114,6 +114,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the checkpoint if there is one"
     )
     train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over when MODEL_DIR already holds a checkpoint of this model "
+        "(without --resume or --overwrite an existing checkpoint is never replaced)",
+    )
+    train.add_argument(
         "--adv-train",
         choices=("pgd",),
         default=None,
@@ -153,13 +159,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _model_kwargs(args: argparse.Namespace) -> dict:
     """build_model kwargs from the command line: --C/--layers/--no-auxiliary for genotype
     networks, --width for manual baselines; a flag given to the wrong kind is an InputError."""
+    from nasaudit.models.base import check_size
     from nasaudit.models.registry import is_manual_model
 
     genotype_kwargs = {}
     if args.C is not None:
-        genotype_kwargs["C"] = args.C
+        genotype_kwargs["C"] = check_size("C", args.C)
     if args.layers is not None:
-        genotype_kwargs["layers"] = args.layers
+        genotype_kwargs["layers"] = check_size("layers", args.layers)
+    if args.width is not None:
+        check_size("width", args.width)
     if args.no_auxiliary:
         genotype_kwargs["auxiliary"] = False
     if not is_manual_model(args.model):
@@ -191,15 +200,25 @@ def run_train(args: argparse.Namespace) -> int:
     """Train, printing the parameter count, one line per epoch and the final accuracies."""
     from nasaudit.device import resolve_device
     from nasaudit.models.base import count_parameters
-    from nasaudit.training import TrainConfig, checkpoint_path, train_on_dataset
+    from nasaudit.training import TrainConfig, checkpoint_path, sidecar_path, train_on_dataset
 
     given = {k: getattr(args, k) for k in _STUDY_DEFAULTS if getattr(args, k) is not None}
     config = TrainConfig(adv_train=args.adv_train, **given)
-    config.validate()
+    config.validate("train options")
+    if args.resume and args.overwrite:
+        raise InputError("--overwrite", "--resume continues the checkpoint, --overwrite replaces it: pick one")
     device = resolve_device(args.device)
     kwargs = _model_kwargs(args)
     data = _load_data(args, seed=config.seed)
     ckpt = checkpoint_path(args.model_dir, data.name, args.model)
+    if not (args.resume or args.overwrite) and (ckpt.exists() or sidecar_path(ckpt).exists()):
+        # train_on_dataset itself starts over silently (the audit relies on that); from the
+        # command line a finished or interrupted run must never be lost by accident.
+        raise InputError(
+            ckpt,
+            "a checkpoint of this model already exists; pass --resume to continue it or "
+            "--overwrite to start over",
+        )
     print(
         f"dataset {data.name}: {data.train_images.shape[0]} train / {data.test_images.shape[0]} test "
         f"images, {data.num_classes} classes; device {device}"
@@ -253,6 +272,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and args.model is None:
         raise InputError("--checkpoint", "give --checkpoint PATH (or --model with --model-dir)")
+    if args.batch_size < 1:
+        raise InputError("--batch-size", f"must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     data = _load_data(args)
     ckpt = args.checkpoint or checkpoint_path(args.model_dir, data.name, args.model)

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from nasaudit.errors import InputError
+
+
+def check_size(key: str, value: Any, *, minimum: int = 1, model: str | None = None) -> int:
+    """`value` as a network size (width, C, layers): an int >= `minimum`, else InputError.
+
+    The error's source is the command-line flag ("--width"); callers building from a config
+    file or a sidecar re-raise it naming their file (the problem text names `key` itself).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        where = f" for {model}" if model else ""
+        raise InputError(f"--{key}", f"{key} must be an integer >= {minimum}{where}, got {value!r}")
+    return value
 
 
 class Normalize(nn.Module):

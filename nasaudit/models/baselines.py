@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nasaudit.models.base import ImageClassifier
+from nasaudit.models.base import ImageClassifier, check_size
 from nasaudit.models.bit import BiTBody
 from nasaudit.models.densenet import DenseNetBody
 from nasaudit.models.dla import DLABody
@@ -42,6 +42,11 @@ __all__ = [
 Floats = Sequence[float]
 
 
+def _width(width: int | None, default: int, model: str = "", minimum: int = 1) -> int:
+    """The stem width: `default` (canonical) when None, else checked (InputError when < minimum)."""
+    return default if width is None else check_size("width", width, minimum=minimum, model=model or None)
+
+
 def _wrap(body: nn.Module, num_classes: int, mean: Floats, std: Floats) -> ImageClassifier:
     return ImageClassifier(body, body.feature_dim, num_classes, mean=mean, std=std)
 
@@ -51,7 +56,7 @@ def resnet18(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
     """ResNet-18 for 32x32 images [B, 3, 32, 32] in [0, 1] -> logits [B, num_classes]; 512-d features."""
-    body = ResNetBody(BasicBlock, (2, 2, 2, 2), width=width or 64, in_channels=len(mean))
+    body = ResNetBody(BasicBlock, (2, 2, 2, 2), width=_width(width, 64), in_channels=len(mean))
     return _wrap(body, num_classes, mean, std)
 
 
@@ -61,7 +66,7 @@ def wide_resnet50_2(
 ) -> ImageClassifier:
     """Wide ResNet-50-2 (bottleneck width doubled) for 32x32 images -> logits; 2048-d features."""
     body = ResNetBody(
-        Bottleneck, (3, 4, 6, 3), width=width or 64, width_per_group=128, in_channels=len(mean)
+        Bottleneck, (3, 4, 6, 3), width=_width(width, 64), width_per_group=128, in_channels=len(mean)
     )
     return _wrap(body, num_classes, mean, std)
 
@@ -74,7 +79,7 @@ def resnext50_32x4d(
     body = ResNetBody(
         Bottleneck,
         (3, 4, 6, 3),
-        width=width or 64,
+        width=_width(width, 64, "resnext50_32x4d", minimum=16),
         groups=32,
         width_per_group=4,
         in_channels=len(mean),
@@ -87,7 +92,7 @@ def densenet121(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
     """DenseNet-121 (growth 32, blocks 6-12-24-16) for 32x32 images -> logits; 1024-d features."""
-    body = DenseNetBody((6, 12, 24, 16), width=width or 64, in_channels=len(mean))
+    body = DenseNetBody((6, 12, 24, 16), width=_width(width, 64), in_channels=len(mean))
     model = _wrap(body, num_classes, mean, std)
     nn.init.zeros_(model.classifier.bias)  # as torchvision's DenseNet
     return model
@@ -98,7 +103,7 @@ def vgg13_bn(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
     """VGG-13 with BatchNorm for 32x32 images -> logits, one Linear(512, K) head; 512-d features."""
-    body = VGGBody(width=width or 64, in_channels=len(mean))
+    body = VGGBody(width=_width(width, 64), in_channels=len(mean))
     model = _wrap(body, num_classes, mean, std)
     # torchvision's VGG initialisation for Linear layers.
     nn.init.normal_(model.classifier.weight, 0.0, 0.01)
@@ -111,7 +116,7 @@ def dla34(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
     """DLA-34 for 32x32 images -> logits; 512-d features (width is the base channel count, 16)."""
-    body = DLABody(width=width or 16, in_channels=len(mean))
+    body = DLABody(width=_width(width, 16), in_channels=len(mean))
     return _wrap(body, num_classes, mean, std)
 
 
@@ -123,7 +128,7 @@ def bit_m_r50x1(
 
     The architecture only: BiT-M's ImageNet-21k pretrained weights are not loaded.
     """
-    body = BiTBody((3, 4, 6, 3), width=width or 64, in_channels=len(mean))
+    body = BiTBody((3, 4, 6, 3), width=_width(width, 64), in_channels=len(mean))
     return _wrap(body, num_classes, mean, std)
 
 
@@ -162,4 +167,4 @@ def tiny_cnn(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
     """A small fast plain CNN (not from the study) for tests and the demo; 4 * width features (64)."""
-    return _wrap(TinyCNNBody(width=width or 16, in_channels=len(mean)), num_classes, mean, std)
+    return _wrap(TinyCNNBody(width=_width(width, 16), in_channels=len(mean)), num_classes, mean, std)

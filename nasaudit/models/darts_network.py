@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasaudit.errors import InputError
-from nasaudit.models.base import ImageClassifier
+from nasaudit.models.base import ImageClassifier, check_size
 from nasaudit.ops import OPS, FactorizedReduce, Identity, ReLUConvBN, drop_path
 
 __all__ = ["AuxiliaryHeadCIFAR", "Cell", "NetworkCIFAR", "build_genotype_network"]
@@ -228,9 +228,17 @@ def build_genotype_network(
     head (its logits come from `forward_train` in training mode); drop_path_prob: per-op drop
     probability in training. space: optional search space (name or SearchSpace) whose op set
     the genotype must use. Defaults give DARTS's CIFAR setting (darts_v2: 3.3M parameters
-    without the auxiliary head). Raises InputError for an unknown op.
+    without the auxiliary head). Raises InputError for an unknown op or a bad size.
     """
     _check_ops(genotype, space)
+    C = check_size("C", C)
+    layers = check_size("layers", layers)
+    if isinstance(drop_path_prob, bool) or not isinstance(drop_path_prob, (int, float)) or not (
+        0 <= drop_path_prob < 1
+    ):
+        raise InputError("drop_path_prob", f"drop_path_prob must be a number in [0, 1), got {drop_path_prob!r}")
+    if not isinstance(auxiliary, bool):
+        raise InputError("auxiliary", f"auxiliary must be true or false, got {auxiliary!r}")
     body = NetworkCIFAR(
         genotype,
         num_classes,

@@ -14,12 +14,12 @@ Every run function has the signature
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from nasaudit.errors import InputError
+from nasaudit.params import make_params as build_params
 from nasaudit.probes.contour import (
     ContourInputParams,
     ContourParamParams,
@@ -52,21 +52,12 @@ PROBES: dict[str, ProbeSpec] = {
 }
 
 
-def make_params(name: str, params: Mapping[str, Any] | Any | None) -> Any:
-    """The probe's Params instance from a dict (e.g. an audit TOML table), an instance, or None
-    (defaults). Unknown keys raise InputError naming the probe."""
+def make_params(name: str, params: Mapping[str, Any] | Any | None, *, source: Any = None) -> Any:
+    """The probe's validated Params instance from a dict (e.g. an audit TOML table), an instance,
+    or None (defaults); see `nasaudit.params.make_params`. Unknown keys and bad values raise
+    InputError(source, problem), source defaulting to "probe NAME"."""
     spec = _spec(name)
-    if params is None:
-        return spec.params_cls()
-    if isinstance(params, spec.params_cls):
-        return params
-    if not isinstance(params, Mapping):
-        raise InputError(f"probe {name}", f"params must be a table, not {type(params).__name__}")
-    fields = {f.name for f in dataclasses.fields(spec.params_cls)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        raise InputError(f"probe {name}", f"unknown setting(s) {unknown}; known: {sorted(fields)}")
-    return spec.params_cls(**params)
+    return build_params(spec.params_cls, params, source=source or f"probe {name}")
 
 
 def _spec(name: str) -> ProbeSpec:

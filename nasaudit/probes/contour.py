@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nasaudit.params import make_params, param
 from nasaudit.probes.gradvar import as_float_images, eval_mode, sample_indices
 from nasaudit.records import Record
 
@@ -320,22 +321,26 @@ def plot_contour(
 class ContourParamParams:
     """Settings of the parameter-space contour probe (Eq. 12)."""
 
-    radius: float = 0.5  # grid over [-radius, radius]^2
-    points: int = 41  # grid points per axis (odd, so (0, 0) is on the grid)
-    n_samples: int = 256  # fixed seeded training batch the loss is measured on
-    # Images per vmap call (grid points per call = this // n_samples); None: by device.
-    max_images_per_call: int | None = None
+    radius: float = param(0.5, gt=0, doc="grid over [-radius, radius]^2")
+    points: int = param(41, min=3, odd=True, doc="grid points per axis (odd: (0, 0) is on it)")
+    n_samples: int = param(256, min=1, doc="fixed seeded training batch the loss is taken on")
+    max_images_per_call: int | None = param(
+        None, min=1, doc="images per vmap call (grid points per call = this // n_samples); "
+        "none: by device",
+    )
 
 
 @dataclasses.dataclass
 class ContourInputParams:
     """Settings of the input-space contour probe (Eq. 13)."""
 
-    radius: float = 0.2  # pixel units
-    points: int = 41
-    n_samples: int = 16  # seeded test inputs, each with its own direction pair
-    batch_size: int | None = None  # perturbed images per forward pass; None: by device
-    clamp: bool = False  # clip perturbed images to [0, 1]
+    radius: float = param(0.2, gt=0, doc="grid half-width, pixel units")
+    points: int = param(41, min=3, odd=True, doc="grid points per axis (odd: (0, 0) is on it)")
+    n_samples: int = param(16, min=1, doc="seeded test inputs, each with its own directions")
+    batch_size: int | None = param(
+        None, min=1, doc="perturbed images per forward pass; none: by device"
+    )
+    clamp: bool = param(False, doc="clip perturbed images to [0, 1]")
 
 
 @dataclasses.dataclass
@@ -391,7 +396,7 @@ def _contour_record(
 def run_contour_param(
     model: nn.Module,
     data: Any,
-    params: ContourParamParams,
+    params: ContourParamParams | dict | None,
     *,
     device: torch.device,
     seed: int,
@@ -400,6 +405,8 @@ def run_contour_param(
 ) -> ContourRecord:
     """Eq. 12 contour on a seeded training batch; writes contour_param.npz/.png into out_dir."""
     from nasaudit.device import generator
+
+    params = make_params(ContourParamParams, params, source="probe contour_param")
 
     model = model.to(device)
     x, y = _seeded_subset(data.train_images, data.train_labels, params.n_samples, seed)
@@ -444,7 +451,7 @@ def run_contour_param(
 def run_contour_input(
     model: nn.Module,
     data: Any,
-    params: ContourInputParams,
+    params: ContourInputParams | dict | None,
     *,
     device: torch.device,
     seed: int,
@@ -453,6 +460,8 @@ def run_contour_input(
 ) -> ContourRecord:
     """Eq. 13 contours around seeded test inputs; writes contour_input.npz/.png into out_dir."""
     from nasaudit.device import generator
+
+    params = make_params(ContourInputParams, params, source="probe contour_input")
 
     model = model.to(device)
     x, y = _seeded_subset(data.test_images, data.test_labels, params.n_samples, seed)

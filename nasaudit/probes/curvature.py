@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nasaudit.params import make_params, param
 from nasaudit.probes.gradvar import as_float_images, eval_mode, sample_indices
 from nasaudit.records import Record
 
@@ -202,11 +203,14 @@ def input_top_eigenvalues(
 class CurvatureParams:
     """Settings of the curvature probe."""
 
-    n_samples: int = 256  # seeded training batch for the parameter Hessian
-    n_inputs: int = 64  # of which the first n_inputs get an input-space eigenvalue
-    iters: int = 50  # maximum power iterations (HVPs)
-    tol: float = 1e-4  # relative change of the Rayleigh quotient to stop at
-    which: str = "both"  # "param" | "input" | "both"
+    n_samples: int = param(256, min=1, doc="seeded training batch for the parameter Hessian")
+    n_inputs: int = param(
+        64, min=1, le_field="n_samples",
+        doc="the first n_inputs of the batch get an input-space eigenvalue",
+    )
+    iters: int = param(50, min=1, doc="maximum power iterations (HVPs)")
+    tol: float = param(1e-4, min=0, doc="relative change of the eigenvalue to stop at")
+    which: str = param("both", choices=("param", "input", "both"), doc="which Hessians")
 
 
 @dataclasses.dataclass
@@ -236,7 +240,7 @@ class CurvatureRecord(Record):
 def run_curvature(
     model: nn.Module,
     data: Any,
-    params: CurvatureParams,
+    params: CurvatureParams | dict | None,
     *,
     device: torch.device,
     seed: int,
@@ -246,8 +250,8 @@ def run_curvature(
     """Top Hessian eigenvalues on a seeded training batch; writes curvature.npz/.png to out_dir."""
     from nasaudit.device import generator
 
-    if params.which not in ("param", "input", "both"):
-        raise ValueError(f"which must be param, input or both, not {params.which!r}")
+    params = make_params(CurvatureParams, params, source="probe curvature")
+
     model = model.to(device)
     idx = sample_indices(data.train_images.shape[0], params.n_samples, seed)
     x, y = data.train_images[idx], data.train_labels[idx]

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nasaudit.params import make_params, param
 from nasaudit.records import Record
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -305,11 +306,13 @@ def _clip_scale(norm: Tensor, max_norm: float) -> Tensor:
 class GradVarParams:
     """Settings of the gradient-variance probe (defaults = the study's artifact)."""
 
-    n_samples: int = 512  # training samples drawn with the seed
-    chunk_size: int = 64  # samples per vmap call
-    clip_norm: float | None = None  # optional clip before Eq. 14 (the paper does not clip)
-    artifact_clip: float = 5.0  # clip before the artifact's sum of stds
-    split: str = "train"  # "train" | "test"
+    n_samples: int = param(512, min=2, doc="samples drawn with the seed (a variance needs 2)")
+    chunk_size: int = param(64, min=1, doc="samples per vmap call")
+    clip_norm: float | None = param(
+        None, gt=0, doc="optional clip before Eq. 14 (the paper does not clip)"
+    )
+    artifact_clip: float = param(5.0, gt=0, doc="clip before the artifact's sum of stds")
+    split: str = param("train", choices=("train", "test"), doc="which images are sampled")
 
 
 @dataclasses.dataclass
@@ -345,7 +348,7 @@ def sample_indices(n_total: int, n: int, seed: int) -> Tensor:
 def run_gradvar(
     model: nn.Module,
     data: Any,
-    params: GradVarParams,
+    params: GradVarParams | dict | None,
     *,
     device: torch.device,
     seed: int,
@@ -354,8 +357,7 @@ def run_gradvar(
 ) -> GradVarRecord:
     """Eq. 14 gradient variance of `model` over `params.n_samples` seeded samples of `data`
     (an ImageDataset). Writes gradvar.png (per-tensor variances) into out_dir when given."""
-    if params.split not in ("train", "test"):
-        raise ValueError(f"split must be train or test, not {params.split!r}")
+    params = make_params(GradVarParams, params, source="probe gradvar")
     images = data.train_images if params.split == "train" else data.test_images
     labels = data.train_labels if params.split == "train" else data.test_labels
     idx = sample_indices(images.shape[0], params.n_samples, seed)

@@ -21,6 +21,7 @@ with the effective weights the penalty really changes the selection (the study's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -67,9 +68,12 @@ def _skip_penalty_factory(arg: str | None) -> AlphaHook:
     if arg is None:
         raise InputError("--hook", "skip_penalty needs gamma, e.g. skip_penalty:0.5")
     try:
-        return skip_penalty(float(arg))
+        gamma = float(arg)
     except ValueError:
-        raise InputError("--hook", f"skip_penalty gamma must be a number, got {arg!r}") from None
+        gamma = math.nan
+    if not 0.0 < gamma <= 1.0:  # NaN fails too
+        raise InputError("--hook", f"skip_penalty gamma must be a number in (0, 1], got {arg!r}")
+    return skip_penalty(gamma)
 
 
 register_hook_factory("skip_penalty", _skip_penalty_factory)

@@ -114,22 +114,44 @@ class SearchConfig:
             (self.mode != "finite_difference" or self.n_step == 1, "mode",
              "finite_difference is the n_step = 1 approximation; use unrolled for n_step > 1"),
             (0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1]"),
-            (self.C >= 2 and self.layers >= 1 and self.nodes >= 1, "C/layers/nodes", "must be positive"),
-            (self.partial_channels >= 1 and self.C % (2 * self.partial_channels) == 0,
+            (self.C >= 2, "C", f"must be >= 2, got {self.C}"),
+            (self.layers >= 1, "layers", f"must be >= 1, got {self.layers}"),
+            (self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}"),
+            (self.partial_channels >= 1, "partial_channels", f"must be >= 1, got {self.partial_channels}"),
+            (self.C % (2 * max(self.partial_channels, 1)) == 0,
              "partial_channels", f"C={self.C} must be a multiple of 2 * partial_channels"),
-            (self.batch_size >= 1 and self.epochs >= 1, "batch_size/epochs", "must be >= 1"),
+            (self.lr > 0, "lr", f"must be > 0, got {self.lr}"),
+            (self.arch_lr > 0, "arch_lr", f"must be > 0, got {self.arch_lr}"),
+            (self.lr_min >= 0, "lr_min", f"must be >= 0, got {self.lr_min}"),
+            (min(self.momentum, self.weight_decay, self.grad_clip, self.arch_weight_decay) >= 0,
+             "momentum/weight_decay/grad_clip/arch_weight_decay", "must be >= 0"),
+            (len(self.arch_betas) == 2 and all(0 <= b < 1 for b in self.arch_betas),
+             "arch_betas", "must be two numbers in [0, 1)"),
+            (self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}"),
+            (self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}"),
             (0.0 < self.train_portion < 1.0, "train_portion", "must be in (0, 1)"),
             (self.train_subset is None or self.train_subset >= 2, "train_subset", "must be >= 2"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1"),
             (min(self.log_every, self.checkpoint_every, self.probe_samples) >= 0,
              "log_every/checkpoint_every/probe_samples", "must be >= 0"),
-            (len(self.arch_betas) == 2, "arch_betas", "must be two numbers"),
         ]
         for ok, key, problem in checks:
             if not ok:
                 raise InputError(source, f"{key}: {problem}")
-        for spec in self.hook_specs():
-            parse_hook(spec)  # raises InputError for unknown names or bad arguments
+        for spec in self.hooks:
+            if not isinstance(spec, str):
+                raise InputError(source, f"hooks: {spec!r} is not a hook name like \"skip_penalty:0.5\"")
+            try:
+                parse_hook(spec)  # InputError for unknown names or bad arguments
+            except InputError as exc:
+                raise InputError(source, f"hooks: {exc.problem}") from None
+        penalties = [h for h in self.hooks if h.partition(":")[0].strip() == "skip_penalty"]
+        if self.gamma != 1.0 and penalties:
+            raise InputError(source, f"gamma = {self.gamma:g} and hook {penalties[0]!r} would both "
+                                     "penalise skip_connect (applied twice): use one of them")
+        if len(penalties) > 1:
+            raise InputError(source, f"hooks: skip_penalty given {len(penalties)} times (applied "
+                                     "each time): give it once")
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
@@ -151,10 +173,19 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
+    if key == "hooks":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise InputError(source, f"hooks must be a list of strings like \"skip_penalty:0.5\", "
+                                     f"got {value!r}")
+        return list(value)
     if isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)):
             raise bad
-        return tuple(float(v) for v in value) if key == "arch_betas" else [str(v) for v in value]
+        if key == "arch_betas":
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise bad
+            return tuple(float(v) for v in value)
+        return [str(v) for v in value]
     if not isinstance(value, str):
         raise bad
     return value
