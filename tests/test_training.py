@@ -525,3 +525,14 @@ def test_cli_eval_rejects_a_corrupt_checkpoint(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(bad), "--model", "tiny_cnn", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "bad.pth" in err and err.count("\n") == 1
+
+
+def test_cli_eval_defaults_to_the_checkpoints_own_dataset(trained_model, cifar_subset_dir, capsys):
+    """Without --dataset, eval scores the checkpoint on the data set its sidecar names."""
+    code = main(["eval", "--checkpoint", str(trained_model.checkpoint),
+                 "--data-dir", str(cifar_subset_dir), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "on cifar10 test (1017 images)" in out
+    accuracy = float(out.strip().split("accuracy")[-1])
+    assert accuracy == pytest.approx(trained_model.test_acc, abs=1e-4)

@@ -37,11 +37,15 @@ _STUDY_DEFAULTS = {
 }
 
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
+def _add_data_args(
+    parser: argparse.ArgumentParser,
+    dataset_default: str | None = "digits",
+    dataset_help: str = "data set (default: digits, embedded)",
+) -> None:
     add_data_options(
         parser,
-        dataset_default="digits",
-        dataset_help="data set (default: digits, embedded)",
+        dataset_default=dataset_default,
+        dataset_help=dataset_help,
         data_dir_help="folder with the data set files (CIFAR, ImageNet32)",
         download_help="download CIFAR into --data-dir if missing",
         num_classes_help="use a class subset (ImageNet32: the study used 60)",
@@ -145,7 +149,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--model-dir", default="models", help="checkpoint root when --checkpoint is not given"
     )
-    _add_data_args(evaluate)
+    _add_data_args(
+        evaluate,
+        dataset_default=None,
+        dataset_help="data set (default: the one the checkpoint was trained on, from its "
+        "sidecar; digits without one)",
+    )
     evaluate.add_argument(
         "--split",
         choices=("test", "val", "train"),
@@ -275,6 +284,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError("--batch-size", f"must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
+    if args.dataset is None:
+        # Score a checkpoint on what it was trained on unless told otherwise.
+        from nasaudit.checkpoint import read_sidecar
+
+        meta = read_sidecar(args.checkpoint) if args.checkpoint else None
+        args.dataset = (meta or {}).get("dataset") or "digits"
     data = _load_data(args)
     ckpt = args.checkpoint or checkpoint_path(args.model_dir, data.name, args.model)
     model, meta = load_checkpoint_model(ckpt, model_name=args.model, device=device)
