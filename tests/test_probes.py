@@ -473,3 +473,15 @@ def test_cli_gradvar_at_kaiming_init_and_errors(capsys):
     assert "kaiming init" in text and "gradient variance (Eq. 14)" in text
     assert main(["probe", "gradvar", "--dataset", "digits", "--device", "cpu"]) == 2
     assert "give --model" in capsys.readouterr().err
+
+
+def test_cli_probe_defaults_to_the_checkpoints_own_dataset(trained_model, cifar_subset_dir, capsys):
+    """Without --dataset, a checkpoint is probed on the data set its sidecar names."""
+    from nasaudit.cli import main
+
+    code = main(["probe", "gradvar", "--checkpoint", str(trained_model.checkpoint),
+                 "--data-dir", str(cifar_subset_dir), "--n-samples", "8", "--device", "cpu",
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "on cifar10" in out and "digits" not in out

@@ -105,8 +105,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     add_data_options(
         parser,
-        dataset_default="digits",
-        dataset_help="data set (default: digits, embedded)",
+        dataset_default=None,
+        dataset_help="data set (default: the checkpoint's, from its sidecar; digits for a "
+        "fresh model)",
         download_help="download CIFAR if missing",
         num_classes_help="use a class subset",
     )
@@ -295,12 +296,14 @@ def run_probe_command(args: argparse.Namespace) -> int:
     # The digits split depends on a seed: use the one the checkpoint was trained with, so that
     # "train" and "test" mean what they meant in training.
     data_seed = 0
-    if args.checkpoint is not None:
-        config = (read_sidecar(args.checkpoint) or {}).get("config")
-        if isinstance(config, dict) and isinstance(config.get("seed"), int):
-            data_seed = config["seed"]
+    meta = (read_sidecar(args.checkpoint) or {}) if args.checkpoint is not None else {}
+    config = meta.get("config")
+    if isinstance(config, dict) and isinstance(config.get("seed"), int):
+        data_seed = config["seed"]
+    # Probe a checkpoint on the data it was trained on unless told otherwise.
+    dataset = args.dataset or meta.get("dataset") or "digits"
     data = load_dataset(
-        args.dataset,
+        dataset,
         args.data_dir,
         download=args.download,
         num_classes=args.num_classes,
