@@ -693,9 +693,13 @@ class Augment:
             raise InputError("augment", f"crop_padding and cutout must be >= 0, got {self}")
 
 
-def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1] (same shape and device)."""
-    return x_uint8.to(torch.float32).div_(255.0)
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1] (same shape and device). Floating-point input is taken
+    to be pixels in [0, 1] already and returned unchanged (float64 stays float64 for exact
+    numerical checks)."""
+    if images.is_floating_point():
+        return images
+    return images.to(torch.float32).div_(255.0)
 
 
 def augment_batch(x_uint8: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:

@@ -38,6 +38,7 @@ from nasaudit.checkpoint import (
     versions,
     write_sidecar,
 )
+from nasaudit.data import to_float
 from nasaudit.device import autocast, generator, prepare_model, resolve_device, seeded, to_device
 from nasaudit.errors import InputError
 from nasaudit.models.base import ImageClassifier, count_parameters
@@ -198,11 +199,6 @@ def epoch_seed(seed: int, epoch: int, purpose: str = "") -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _as_float_images(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, C, H, W] -> float32 in [0, 1]; float input is passed through unchanged."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
-
-
 def _channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     # Inputs must match the model's channels_last layout on CUDA to get the fast kernels.
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
@@ -214,7 +210,7 @@ def _batched_logits(model: nn.Module, images: torch.Tensor, device: torch.device
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("--batch-size", f"batch size must be an integer >= 1, got {batch_size!r}")
     for start in range(0, images.shape[0], batch_size):
-        x = _as_float_images(to_device(images[start : start + batch_size], device))
+        x = to_float(to_device(images[start : start + batch_size], device))
         with autocast(device):
             logits = model(_channels_last(x, device))
         yield start, logits.float()
@@ -505,7 +501,7 @@ def train_model(
             # Drop path draws from torch's global RNG: seed it per epoch, inside this epoch only.
             with seeded(epoch_seed(config.seed, epoch, "torch"), device):
                 for x, y in loader.epoch(epoch):
-                    x = _channels_last(_as_float_images(x), device)
+                    x = _channels_last(to_float(x), device)
                     if config.adv_train:
                         x = _adversarial_batch(model, x, y, config, adv_gen, device)
                     optimizer.zero_grad(set_to_none=True)

@@ -31,9 +31,9 @@ from nasaudit.attacks.common import (
     make_params,
     record_fields,
     timed,
-    to_unit,
     victim_train_config,
 )
+from nasaudit.data import to_float
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
@@ -198,7 +198,7 @@ def attack_success_rate(model: nn.Module, images: torch.Tensor, labels: torch.Te
     imgs = images[keep]
     hits = torch.zeros((), device=device)
     for s in range(0, imgs.shape[0], batch_size):
-        x = trigger.apply(to_unit(imgs[s : s + batch_size].to(device)))
+        x = trigger.apply(to_float(imgs[s : s + batch_size].to(device)))
         hits += (batched_logits(model, x, device=device, batch_size=batch_size).argmax(1) == target).sum()
     return float(hits) / max(1, imgs.shape[0])
 
@@ -294,7 +294,7 @@ def run_backdoor(
         if trojan:
             neurons = select_neurons(victim_model, params.n_neuron)
             pick = torch.randperm(data.train_images.shape[0], generator=make_generator(seed))[: params.n_trigger_images]
-            x = to_unit(data.train_images[pick].to(device))
+            x = to_float(data.train_images[pick].to(device))
             trigger, before, after = optimise_trigger(
                 victim_model, x, neurons, mask, 1.0 - transparency, lr=params.trigger_lr,
                 iters=params.trigger_iters, generator=gen,

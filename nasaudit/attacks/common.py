@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
+from nasaudit.data import to_float
 from nasaudit.device import autocast
 from nasaudit.errors import InputError
 from nasaudit.records import Record
@@ -102,11 +103,6 @@ def timed() -> Iterator[Callable[[], float]]:
     yield lambda: time.perf_counter() - start
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images [N, C, H, W] -> float32 in [0, 1] (same device)."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-
-
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1] -> uint8 [N, C, H, W], rounding to the nearest level."""
     return x.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
@@ -154,7 +150,7 @@ def batched_logits(
     outputs = []
     batch_size = forward_chunk(torch.device(device), batch_size)
     for start in range(0, x.shape[0], batch_size):
-        chunk = to_unit(x[start : start + batch_size].to(device, non_blocking=True))
+        chunk = to_float(x[start : start + batch_size].to(device, non_blocking=True))
         with autocast(device):
             outputs.append(model(chunk).float())
     if not outputs:

@@ -35,8 +35,8 @@ from nasaudit.attacks.common import (
     record_fields,
     soft_cross_entropy,
     timed,
-    to_unit,
 )
+from nasaudit.data import to_float
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
 from nasaudit.params import param
@@ -180,7 +180,7 @@ def adaptive_queries(
         act = torch.multinomial(probs, nb, replacement=True, generator=gen)
         pick = (torch.rand(nb, generator=gen, device=device) * sizes[act]).long()
         idx = flat[offsets[act] + pick]
-        x = to_unit(pool[idx].to(device))
+        x = to_float(pool[idx].to(device))
         with torch.no_grad():
             y_v = torch.softmax(batched_logits(victim, x, device=device), 1)
         target = y_v if params.use_probability else nn.functional.one_hot(y_v.argmax(1), num_classes).float()
@@ -246,7 +246,7 @@ def train_replica(
         order = torch.randperm(m, generator=gen_cpu).to(device)
         for b in range(n_batches):
             sel = order[b * params.batch_size : (b + 1) * params.batch_size]
-            x = to_unit(x_all[sel])
+            x = to_float(x_all[sel])
             if params.augment:
                 x = _augment(x, gen_dev)
             _train_step(replica, opt, x, t_all[sel], device)

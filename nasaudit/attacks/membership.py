@@ -26,9 +26,9 @@ from nasaudit.attacks.common import (
     make_params,
     record_fields,
     timed,
-    to_unit,
 )
 from nasaudit.attacks.sampling import candidate_indices
+from nasaudit.data import to_float
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
 from nasaudit.params import param
@@ -231,7 +231,7 @@ def boundary_distances(
     dists, corrects, queries = [], [], []
     starts = range(0, images.shape[0], batch_size)
     for s in tqdm(starts, desc=desc, disable=not progress):
-        x = to_unit(images[s : s + batch_size].to(device))
+        x = to_float(images[s : s + batch_size].to(device))
         y = labels[s : s + batch_size].to(device)
         pred = oracle(x)
         correct = pred == y

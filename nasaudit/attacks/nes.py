@@ -28,7 +28,6 @@ from nasaudit.attacks.common import (
     make_params,
     record_fields,
     timed,
-    to_unit,
 )
 from nasaudit.attacks.pgd import _project, _random_start
 from nasaudit.attacks.sampling import (
@@ -39,6 +38,7 @@ from nasaudit.attacks.sampling import (
     selection_fields,
     target_classes,
 )
+from nasaudit.data import to_float
 from nasaudit.device import generator as make_generator
 from nasaudit.params import param
 
@@ -232,7 +232,7 @@ def run_nes(
             parts = []
             for sl in chunks:
                 _, ok, it, q = nes_attack(
-                    oracle, to_unit(x_all[sl].to(device)), targets[sl], eps=params.eps,
+                    oracle, to_float(x_all[sl].to(device)), targets[sl], eps=params.eps,
                     step=params.step, iters=iters[case], restarts=params.restarts,
                     n_query=params.n_query, sigma=params.sigma,
                     random_start=params.random_start, generator=gen,

@@ -22,7 +22,6 @@ from nasaudit.attacks.common import (
     make_params,
     record_fields,
     timed,
-    to_unit,
 )
 from nasaudit.attacks.sampling import (
     CASES,
@@ -32,6 +31,7 @@ from nasaudit.attacks.sampling import (
     selection_fields,
     target_classes,
 )
+from nasaudit.data import to_float
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
 from nasaudit.params import param
@@ -246,7 +246,7 @@ def _pgd_batches(
     """
     parts = []
     for sl in batch_slices(images.shape[0], batch_size):
-        x = to_unit(images[sl].to(device))
+        x = to_float(images[sl].to(device))
         with autocast(device):
             _, ok, it, rs = pgd_attack(model, x, labels[sl], **attack_kwargs)
         parts.append((ok, it, rs))

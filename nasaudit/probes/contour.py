@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nasaudit.data import to_float
 from nasaudit.params import make_params, param
-from nasaudit.probes.gradvar import as_float_images, eval_mode, sample_indices
+from nasaudit.probes.gradvar import eval_mode, sample_indices
 from nasaudit.records import Record
 
 # The batched grid must agree with the plain forward at the centre up to float rounding;
@@ -178,7 +179,7 @@ def param_loss_grid(
     alphas = centred_grid(radius, points).to(w0.device)
     a_flat = alphas.repeat_interleave(points)  # row-major (a, b) pairs
     b_flat = alphas.repeat(points)
-    x = as_float_images(x.to(w0.device))
+    x = to_float(x.to(w0.device))
     y = y.to(w0.device)
     if max_images_per_call is None:
         max_images_per_call = 256 if w0.device.type == "cpu" else 8192
@@ -253,7 +254,7 @@ def input_loss_grid(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    x = as_float_images(x.to(device))
+    x = to_float(x.to(device))
     y = y.to(device)
     n = x.shape[0]
     d1, d2 = orthogonal_sign_directions(x.shape[1:], generator, count=n)

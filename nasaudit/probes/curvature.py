@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nasaudit.data import to_float
 from nasaudit.params import make_params, param
-from nasaudit.probes.gradvar import as_float_images, eval_mode, sample_indices
+from nasaudit.probes.gradvar import eval_mode, sample_indices
 from nasaudit.records import Record
 
 
@@ -119,7 +120,7 @@ def param_top_eigenvalue(
         raise ValueError(f"no such parameters: {unknown[:5]}" if unknown else "no parameters")
     tensors = [named[k] for k in names]
     device = tensors[0].device
-    x = as_float_images(x.to(device))
+    x = to_float(x.to(device))
     y = y.to(device)
     with eval_mode(model), torch.enable_grad():
         all_tensors = list(tensors)
@@ -177,7 +178,7 @@ def input_top_eigenvalues(
     Returns power_iteration's dict ("eigenvalues" [N], nats per pixel-unit^2).
     """
     device = next(model.parameters()).device
-    x = as_float_images(x.to(device)).detach().clone()
+    x = to_float(x.to(device)).detach().clone()
     y = y.to(device)
     n = x.shape[0]
     with eval_mode(model), torch.enable_grad():

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nasaudit.data import to_float
 from nasaudit.params import make_params, param
 from nasaudit.records import Record
 
@@ -76,12 +77,6 @@ def split_parameters(
 
 def _default_loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y)
-
-
-def as_float_images(x: Tensor) -> Tensor:
-    """uint8 images [N, C, H, W] -> float32 in [0, 1]; float input is returned unchanged."""
-    # Stored images are uint8; models take float pixels in [0, 1] (DESIGN.md conventions).
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 class _Moments:
@@ -157,7 +152,7 @@ def _drop_unused(
 
     leaves = {k: t.detach().requires_grad_(True) for k, t in diff.items()}
     with torch.enable_grad():
-        logits = functional_call(model, (leaves, fixed), (as_float_images(x1.to(device)),))
+        logits = functional_call(model, (leaves, fixed), (to_float(x1.to(device)),))
         loss = loss_fn(logits, y1.to(device))
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     unused = {k for k, g in zip(leaves, grads, strict=True) if g is None}
@@ -242,7 +237,7 @@ def per_sample_grad_variance(
         batched = vmap(_per_sample_grad_fn(model, fixed, loss_fn), in_dims=(None, 0, 0))
         vectorized = True
         for start in tqdm(range(0, n, chunk), desc="gradvar", disable=not progress, leave=False):
-            xb = as_float_images(x[start : start + chunk].to(device))
+            xb = to_float(x[start : start + chunk].to(device))
             yb = y[start : start + chunk].to(device)
             grads = None
             if vectorized:
