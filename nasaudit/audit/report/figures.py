@@ -1,0 +1,78 @@
+"""Report figures: matplotlib (Agg) figures saved under report_files/figures/, and shared plot shapes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from nasaudit.audit.report.data import AuditData
+from nasaudit.audit.report.document import FILES_DIR, Figure
+from nasaudit.audit.report.metrics import MANUAL, NAS, Metric
+from nasaudit.io import atomic_write_bytes
+
+GROUP_COLORS = {NAS: "tab:red", MANUAL: "tab:blue", "mitigation": "tab:green"}
+
+
+class Figures:
+    """Saves matplotlib figures (Agg) under report_files/figures/ and returns Figure blocks."""
+
+    def __init__(self, out_dir: Path):
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        self.out_dir = out_dir
+        self.dir = out_dir / FILES_DIR / "figures"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def new(self, w: float = 6.0, h: float = 3.6, nrows: int = 1, ncols: int = 1):
+        """A new (figure, axes) pair; axes is an array when nrows * ncols > 1."""
+        import matplotlib.pyplot as plt
+
+        return plt.subplots(nrows, ncols, figsize=(w, h), dpi=110)
+
+    def save(self, fig, stem: str, caption: str) -> Figure:
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        path = self.dir / f"{stem}.png"
+        atomic_write_bytes(path, buf.getvalue())
+        return Figure(f"{FILES_DIR}/figures/{stem}.png", caption)
+
+
+def group_color(group: str) -> str:
+    return GROUP_COLORS.get(group, "tab:gray")
+
+
+def group_points(figs: Figures, data: AuditData, metrics: list[Metric], stem: str, caption: str,
+                  ylabel: str) -> Figure | None:
+    """Per-model points (mean over seeds) with group box plots, one panel per metric."""
+    panels = [(m, data.model_means(m)) for m in metrics]
+    panels = [(m, v) for m, v in panels if v]
+    if not panels:
+        return None
+    fig, axes = figs.new(3.0 * len(panels) + 0.5, 3.6, 1, len(panels))
+    axes = np.atleast_1d(axes)
+    groups = [g for g in (NAS, MANUAL) if any(data.group.get(k) == g for _, v in panels for k in v)]
+    groups += sorted({data.group.get(k, "?") for _, v in panels for k in v} - set(groups))
+    for ax, (metric, values) in zip(axes, panels, strict=False):
+        for gi, g in enumerate(groups):
+            ys = [(k, v) for k, v in values.items() if data.group.get(k) == g]
+            if not ys:
+                continue
+            vals = [v for _, v in ys]
+            ax.boxplot(vals, positions=[gi], widths=0.5, showfliers=False)
+            jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else [0.0]
+            ax.scatter(gi + np.asarray(jitter), vals, color=group_color(g), zorder=3, s=18)
+            for (k, v), j in zip(ys, jitter, strict=False):
+                ax.annotate(k, (gi + j, v), fontsize=6, xytext=(3, 0), textcoords="offset points")
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_title(metric.title, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+    return figs.save(fig, stem, caption)
+
+

@@ -1,0 +1,116 @@
+"""How to read one number per (model, seed) out of a stored record: the report's metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+NAS, MANUAL = "nas", "manual"
+
+
+def num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def at_path(record: dict, *keys: str) -> Any:
+    cur: Any = record
+    for key in keys:
+        if not isinstance(cur, dict) or key not in cur:
+            return None
+        cur = cur[key]
+    return cur
+
+
+def first_num(record: dict, *paths: tuple[str, ...]) -> float | None:
+    """The first numeric value found along any of the key paths."""
+    for p in paths:
+        value = num(at_path(record, *p))
+        if value is not None:
+            return value
+    return None
+
+
+def last_num(record: dict, key: str) -> float | None:
+    values = record.get(key)
+    return num(values[-1]) if isinstance(values, list) and values else None
+
+
+def sweep_mean(record: dict) -> float | None:
+    values = [num(v) for v in record.get("asr") or []]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def log10_or_none(value: float | None) -> float | None:
+    return math.log10(value) if value is not None and value > 0 else None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number per (model, seed) read from one stage/unit name's record.
+
+    direction: what the study reported for NAS relative to manual models ("higher"/"lower"),
+    None where it reported no direction. vulnerability: a security metric (a row of the
+    correlation table) rather than an explanatory property (a column).
+    """
+
+    key: str
+    title: str
+    stage: str  # "clean" | "probe" | "probe_init" | "attack"
+    name: str  # unit name ("pgd", "gradvar", ...)
+    read: Callable[[dict], float | None]
+    direction: str | None = None
+    vulnerability: bool = False
+    note: str = ""
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("clean_acc", "clean test accuracy", "clean", "clean_accuracy",
+           lambda r: num(r.get("test_acc")), None, False, "comparable (95-97% on CIFAR-10)"),
+    Metric("pgd_asr_ml", "PGD ASR, most-likely target", "attack", "pgd",
+           lambda r: first_num(r, ("asr", "most_likely")), "higher", True),
+    Metric("pgd_asr_ll", "PGD ASR, least-likely target", "attack", "pgd",
+           lambda r: first_num(r, ("asr", "least_likely")), "higher", True),
+    Metric("nes_asr_ml", "NES ASR, most-likely target", "attack", "nes",
+           lambda r: first_num(r, ("asr", "most_likely")), "higher", True),
+    Metric("nes_asr_ll", "NES ASR, least-likely target", "attack", "nes",
+           lambda r: first_num(r, ("asr", "least_likely")), "higher", True),
+    Metric("pgd_sweep_asr", "untargeted PGD ASR, mean over the eps sweep", "attack", "pgd_sweep",
+           sweep_mean, "higher", True),
+    Metric("poison_cad", "poisoning CAD at the largest p", "attack", "poison",
+           lambda r: last_num(r, "cad"), "higher", True),
+    Metric("backdoor_asr", "backdoor ASR (first configured method)", "attack", "backdoor",
+           lambda r: num(r.get("asr")), "higher", True),
+    Metric("backdoor_cad", "backdoor CAD (first configured method)", "attack", "backdoor",
+           lambda r: num(r.get("cad")), "lower", True),
+    Metric("knockoff_ace", "Knockoff ACE at the largest budget (own architecture)", "attack", "knockoff",
+           lambda r: last_num(r, "ace"), "lower", True),
+    Metric("knockoff_kl", "Knockoff KL (ACE - victim entropy) at the largest budget", "attack", "knockoff",
+           lambda r: last_num(r, "kl"), "lower", True),
+    Metric("membership_auc", "membership inference AUC", "attack", "membership",
+           lambda r: num(r.get("auc")), "higher", True),
+    Metric("gradvar_init", "log10 gradient variance at initialisation", "probe_init", "gradvar",
+           lambda r: num(r.get("log10_variance")), "lower", False, "NAS > 100x lower at init"),
+    Metric("gradvar_trained", "log10 gradient variance after training", "probe", "gradvar",
+           lambda r: num(r.get("log10_variance")), None, False),
+    Metric("curvature_param", "top Hessian eigenvalue, parameters", "probe", "curvature",
+           lambda r: num(r.get("param_top_eigenvalue")), None, False),
+    Metric("curvature_input", "top Hessian eigenvalue, input (mean)", "probe", "curvature",
+           lambda r: num(r.get("input_top_eigenvalue_mean")), None, False),
+    Metric("contour_param", "parameter-space contour: mean loss increase", "probe", "contour_param",
+           lambda r: num(r.get("mean_increase")), None, False),
+    Metric("contour_input", "input-space contour: mean loss increase", "probe", "contour_input",
+           lambda r: num(r.get("mean_increase")), None, False),
+)
+METRIC_BY_KEY = {m.key: m for m in METRICS}
+CELL_METRICS = ("depth", "width", "skip_connects")

@@ -1,0 +1,55 @@
+"""Correlations of vulnerability with cell metrics and probes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nasaudit.audit.report.builder import Builder
+from nasaudit.audit.report.document import Section, Table
+from nasaudit.audit.report.metrics import CELL_METRICS, METRICS, at_path, num
+from nasaudit.audit.report.stats import spearman
+
+
+def correlations(report: Builder) -> Section:
+    """Spearman correlations across models of vulnerability with cell metrics and probes."""
+    s = Section("Correlations: vulnerability against cell metrics and probes")
+    explain: dict[str, dict[str, float]] = {}
+    for key in CELL_METRICS:
+        vals = {}
+        for label, info in report.data.info.items():
+            v = num(at_path(info, "cells", "normal", key))
+            if v is not None:
+                vals[label] = v
+        if vals:
+            explain[f"normal-cell {key}"] = vals
+    for m in METRICS:
+        if not m.vulnerability and m.stage.startswith("probe"):
+            vals = report.data.model_means(m)
+            if vals:
+                explain[m.title] = vals
+    vuln = {m.title: report.data.model_means(m) for m in METRICS if m.vulnerability}
+    vuln = {k: v for k, v in vuln.items() if v}
+    if not explain or not vuln:
+        return s.missing("needs at least one vulnerability metric and one cell metric or probe per model.")
+    rows, matrix = [], np.full((len(vuln), len(explain)), np.nan)
+    for i, (vk, vv) in enumerate(vuln.items()):
+        for j, (ek, ev) in enumerate(explain.items()):
+            common = [k for k in vv if k in ev]
+            rho, p = spearman([vv[k] for k in common], [ev[k] for k in common])
+            rows.append([vk, ek, len(common), rho, p])
+            if rho is not None:
+                matrix[i, j] = rho
+    report.table(s, Table("correlations", ["vulnerability metric", "property", "models", "Spearman rho", "p"],
+                        rows, "Spearman correlation across models"))
+    if np.isfinite(matrix).any():
+        fig, ax = report.figs.new(1.1 * len(explain) + 3.5, 0.45 * len(vuln) + 2)
+        im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")
+        ax.set_xticks(range(len(explain)), list(explain), rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(len(vuln)), list(vuln), fontsize=7)
+        fig.colorbar(im, ax=ax, label="Spearman rho")
+        s.blocks.append(report.figs.save(fig, "correlations", "Spearman rho across models (blank: undefined)"))
+    else:
+        s.text("Every correlation is undefined: fewer than 3 models share both values, or one is constant.")
+    s.text("Cell metrics exist for genotype models only, so those correlations run across genotypes; probe "
+           "correlations run across all models.")
+    return s

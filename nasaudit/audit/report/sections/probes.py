@@ -1,0 +1,78 @@
+"""Probes: gradient variance (Figure 12), loss contours and curvature."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nasaudit.audit.report.builder import Builder
+from nasaudit.audit.report.data import locate_file
+from nasaudit.audit.report.document import Figure, Section
+from nasaudit.audit.report.figures import group_color
+from nasaudit.audit.report.metrics import METRIC_BY_KEY, at_path
+
+
+def gradvar(report: Builder) -> Section:
+    """log10 per-sample gradient variance (Eq. 14) at initialisation and after training."""
+    s = Section("Gradient variance at initialisation and after training (Figure 12)")
+    init, trained = METRIC_BY_KEY["gradvar_init"], METRIC_BY_KEY["gradvar_trained"]
+    vi, vt = report.data.model_means(init), report.data.model_means(trained)
+    if not vi and not vt:
+        return s.missing(report.why_missing("probe", "gradvar"))
+    report.per_model_table(s, "gradvar", "log10 gradient variance (Eq. 14)", [init, trained])
+    labels = [k for k in report.data.order if k in vi or k in vt]
+    fig, ax = report.figs.new(max(5.0, 0.5 * len(labels) + 2), 3.8)
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, [vi.get(k, np.nan) for k in labels], 0.4, label="init", color="tab:gray")
+    ax.bar(x + 0.2, [vt.get(k, np.nan) for k in labels], 0.4, label="trained",
+           color=[group_color(report.data.group.get(k, "")) for k in labels])
+    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("log10 Var(g)")
+    ax.legend(fontsize=7)
+    s.blocks.append(report.figs.save(fig, "gradvar", "Gradient variance at initialisation (grey) and after training"))
+    if not vi:
+        s.text("At initialisation: " + report.why_missing("probe", "gradvar", "probe_init"))
+    return s
+
+
+def contours(report: Builder) -> Section:
+    """Flatness of the parameter- and input-space loss contours, top Hessian eigenvalues, thumbnails."""
+    s = Section("Loss contours and curvature")
+    metrics = [METRIC_BY_KEY[k] for k in ("contour_param", "contour_input", "curvature_param", "curvature_input")]
+    have = [m for m in metrics if report.data.values(m)]
+    if not have:
+        return s.missing(report.why_missing("probe", "contour_param") + " "
+                         + report.why_missing("probe", "curvature"))
+    report.per_model_table(s, "flatness", "Flatness (mean loss increase over the grid) and top Hessian eigenvalues",
+                         have)
+    thumbs = _thumbnails(report)
+    if thumbs:
+        s.blocks.append(thumbs)
+    else:
+        s.text("Thumbnails: no contour plot files were recorded (the probes ran without an output directory).")
+    return s
+
+
+def _thumbnails(report: Builder) -> Figure | None:
+    """A grid of the contour PNGs the probes wrote, one row per model."""
+    import matplotlib.image as mpimg
+
+    rows = []
+    for label in report.data.order:
+        pics = []
+        for name in ("contour_param", "contour_input"):
+            recs = [r for r in report.data.primary("probe", name) if r.model == label]
+            path = at_path(recs[0].result, "files", "plot") if recs else None
+            pics.append(locate_file(path, report.out_dir))
+        if any(pics):
+            rows.append((label, pics))
+    if not rows:
+        return None
+    fig, axes = report.figs.new(6, 2.6 * len(rows), len(rows), 2)
+    axes = np.asarray(axes).reshape(len(rows), 2)
+    for (label, pics), ax_row in zip(rows, axes, strict=True):
+        for ax, pic, title in zip(ax_row, pics, ("parameter space", "input space"), strict=True):
+            ax.axis("off")
+            if pic is not None:
+                ax.imshow(mpimg.imread(pic))
+            ax.set_title(f"{label}: {title}", fontsize=7)
+    return report.figs.save(fig, "contour_thumbnails", "Loss-contour thumbnails (parameter and input space)")
