@@ -14,7 +14,7 @@ width >= 16 so that its 32 groups have at least one channel each).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,6 @@ from nasaudit.models.base import ImageClassifier, check_size
 from nasaudit.models.bit import BiTBody
 from nasaudit.models.densenet import DenseNetBody
 from nasaudit.models.dla import DLABody
-from nasaudit.models.registry import register_model
 from nasaudit.models.resnet import BasicBlock, Bottleneck, ResNetBody
 from nasaudit.models.vgg import VGGBody
 
@@ -41,6 +40,20 @@ __all__ = [
 
 Floats = Sequence[float]
 
+# name -> factory; nasaudit.models.registry reads this table (this module imports no registry,
+# so the dependency runs one way: registry -> baselines).
+BASELINES: dict[str, Callable[..., ImageClassifier]] = {}
+
+
+def _baseline(name: str) -> Callable[[Callable[..., ImageClassifier]], Callable[..., ImageClassifier]]:
+    """Decorator: list `factory` in BASELINES under `name`."""
+
+    def decorate(factory: Callable[..., ImageClassifier]) -> Callable[..., ImageClassifier]:
+        BASELINES[name] = factory
+        return factory
+
+    return decorate
+
 
 def _width(width: int | None, default: int, model: str = "", minimum: int = 1) -> int:
     """The stem width: `default` (canonical) when None, else checked (InputError when < minimum)."""
@@ -51,7 +64,7 @@ def _wrap(body: nn.Module, num_classes: int, mean: Floats, std: Floats) -> Image
     return ImageClassifier(body, body.feature_dim, num_classes, mean=mean, std=std)
 
 
-@register_model("resnet18")
+@_baseline("resnet18")
 def resnet18(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
@@ -60,7 +73,7 @@ def resnet18(
     return _wrap(body, num_classes, mean, std)
 
 
-@register_model("wide_resnet50_2")
+@_baseline("wide_resnet50_2")
 def wide_resnet50_2(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
@@ -71,7 +84,7 @@ def wide_resnet50_2(
     return _wrap(body, num_classes, mean, std)
 
 
-@register_model("resnext50_32x4d")
+@_baseline("resnext50_32x4d")
 def resnext50_32x4d(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
@@ -87,7 +100,7 @@ def resnext50_32x4d(
     return _wrap(body, num_classes, mean, std)
 
 
-@register_model("densenet121")
+@_baseline("densenet121")
 def densenet121(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
@@ -98,7 +111,7 @@ def densenet121(
     return model
 
 
-@register_model("vgg13_bn")
+@_baseline("vgg13_bn")
 def vgg13_bn(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
@@ -111,7 +124,7 @@ def vgg13_bn(
     return model
 
 
-@register_model("dla34")
+@_baseline("dla34")
 def dla34(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
@@ -120,7 +133,7 @@ def dla34(
     return _wrap(body, num_classes, mean, std)
 
 
-@register_model("bit_m_r50x1")
+@_baseline("bit_m_r50x1")
 def bit_m_r50x1(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:
@@ -162,7 +175,7 @@ class TinyCNNBody(nn.Module):
         return self.features(x)
 
 
-@register_model("tiny_cnn")
+@_baseline("tiny_cnn")
 def tiny_cnn(
     num_classes: int, mean: Floats, std: Floats, *, width: int | None = None
 ) -> ImageClassifier:

@@ -11,9 +11,10 @@ from typing import Any
 
 from nasaudit.errors import InputError
 from nasaudit.models.base import ImageClassifier
+from nasaudit.models.baselines import BASELINES
 
 ModelFactory = Callable[..., ImageClassifier]
-_FACTORIES: dict[str, ModelFactory] = {}
+_FACTORIES: dict[str, ModelFactory] = dict(BASELINES)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -28,20 +29,13 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return decorate
 
 
-def _load_builtin_models() -> None:
-    # Importing the model modules runs their @register_model decorators.
-    from nasaudit.models import baselines  # noqa: F401
-
-
 def list_models() -> list[str]:
     """Names of the registered manual (non-genotype) models."""
-    _load_builtin_models()
     return sorted(_FACTORIES)
 
 
 def is_manual_model(name: str) -> bool:
     """True when `name` is a registered manual baseline rather than a genotype."""
-    _load_builtin_models()
     return name in _FACTORIES
 
 
@@ -58,7 +52,6 @@ def build_model(
     Extra keyword arguments go to the factory (for genotype networks: C, layers, auxiliary,
     drop_path_prob, space). Raises InputError for an unknown name or a bad genotype file.
     """
-    _load_builtin_models()
     if name in _FACTORIES:
         return _FACTORIES[name](num_classes=num_classes, mean=mean, std=std, **kwargs)
     from nasaudit.genotype import resolve_genotype
