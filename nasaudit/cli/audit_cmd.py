@@ -22,8 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(finished units are always skipped)")
     p.add_argument("--only", metavar="MODEL,...", help="audit only these model labels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes, one per GPU (cuda:0..N-1); 1 on CPU (default: 1)")
+    p.add_argument("--engine", choices=("local", "ray"), default=None,
+                   help="local: units one by one in this process; ray: units as Ray tasks on a "
+                        "cluster (default: the config's [run] engine, else local)")
+    p.add_argument("--address", metavar="auto|HOST:PORT", default=None,
+                   help="join this Ray cluster (with --engine ray; default: [run] address, else "
+                        "start a local one)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="shorthand for --engine ray on a local Ray cluster with N GPUs (N CPU "
+                        "slots on a machine without GPUs)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (every unit, its status in the store, its resources, what "
+                        "it waits on) and exit without running or writing anything")
     p.add_argument("--out", metavar="DIR", help="output directory (overrides the config's out_dir)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -35,36 +45,81 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Rebuild the report (markdown, HTML, PNG figures, CSV tables) from OUTDIR/results.sqlite.",
     )
     r.add_argument("out_dir", metavar="OUTDIR", help="the audit's output directory")
+    r.add_argument("--single-file", action="store_true",
+                   help="make report.html self-contained (figures embedded, CSVs as data links) to send on its own")
     r.set_defaults(func=run_report_command)
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
     """Entry point of `nasaudit audit`."""
     from nasaudit.audit.config import load_config
-    from nasaudit.audit.runner import run_audit
+    from nasaudit.audit.runner import choose_engine, run_audit
     from nasaudit.errors import InputError
 
     config = load_config(args.config)
-    if args.only:
-        config = config.only([s.strip() for s in args.only.split(",") if s.strip()])
+    if args.only is not None:
+        labels = [s.strip() for s in args.only.split(",") if s.strip()]
+        if not labels:
+            raise InputError("--only", f"names no model label ({args.only!r}); e.g. --only resnet18,darts_v2")
+        config = config.only(labels)
     if args.out:
         config = config.with_out_dir(args.out)
-    if args.workers < 1:
-        raise InputError("--workers", "must be >= 1")
+    if args.dry_run:
+        from nasaudit.audit.runner import dry_run
+
+        print(dry_run(config))
+        return 0
+    choose_engine(config, args.engine, args.address, args.workers)  # a bad flag writes nothing
+    if (args.engine or config.run.engine) == "ray" or (args.workers or 1) > 1:
+        from nasaudit.audit.engines.ray_engine import import_ray
+
+        import_ray()  # one line with the install command when Ray is missing
+    claim_audit_dir(config, source="--out" if args.out else f"{config.source}: out_dir")
     summary = run_audit(config, device=args.device, resume=args.resume, workers=args.workers,
+                        engine=args.engine, address=args.address,
                         progress=not args.no_progress, report=not args.no_report)
     print(f"audit {config.name}: {summary.total} units, {summary.skipped} already done, "
-          f"{summary.ran} run now, {summary.failed} failed, {summary.seconds:.1f} s")
+          f"{summary.ran} run now, {summary.failed} failed, {summary.seconds:.1f} s "
+          f"({summary.engine} engine)")
+    if summary.blocked:
+        print(f"{summary.blocked} units waited on a failed unit and did not run (a rerun tries them)")
     print(f"results: {config.out_dir / 'results.sqlite'}")
     if summary.report is not None:
         print(f"report:  {summary.report} (and report.html)")
     return 1 if summary.failed else 0
 
 
+def claim_audit_dir(config, *, source: str) -> None:
+    """Claim config.out_dir for the audit (`nasaudit.outdir`) once the config is known to be
+    good, so that a bad config writes nothing and a directory that is not the audit's own is
+    refused before anything is written into it."""
+    try:  # the runner is being split; the plan module owns validation once it exists
+        from nasaudit.audit.plan import validate_config
+    except ImportError:
+        from nasaudit.audit.runner import validate_config
+    from nasaudit.audit.store import Store
+    from nasaudit.outdir import check_output_dir, claim_output_dir, read_marker
+
+    target = check_output_dir(config.out_dir, "audit", source=source)
+    validate_config(config)
+    if target.is_dir() and read_marker(target) is None and any(target.iterdir()):
+        # An audit directory from before the ownership marker: its database must be an
+        # audit's (Store refuses a foreign or corrupt one, writing nothing) before it is marked.
+        Store(target, must_exist=True).close()
+    claim_output_dir(target, "audit", source=source)
+
+
 def run_report_command(args: argparse.Namespace) -> int:
     """Entry point of `nasaudit report`."""
-    from nasaudit.audit.report import write_report
+    from pathlib import Path
 
-    path = write_report(args.out_dir)
-    print(f"report: {path} (and report.html)")
+    from nasaudit.audit.report import write_report
+    from nasaudit.outdir import check_output_dir
+
+    if (Path(args.out_dir) / "results.sqlite").exists():
+        # Without a database write_report says so; with one, the directory must be an audit's.
+        check_output_dir(args.out_dir, "report", source=args.out_dir)
+    path = write_report(args.out_dir, single_file=args.single_file)
+    kind = "self-contained report.html" if args.single_file else "report.html"
+    print(f"report: {path} (and {kind})")
     return 0

@@ -6,6 +6,7 @@ import csv
 import html
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,7 @@ def render_markdown(title: str, sections: list[Section]) -> str:
         for b in s.blocks:
             if isinstance(b, Table):
                 if b.caption:
-                    out += [f"**{b.caption}** ([csv]({FILES_DIR}/tables/{b.name}.csv))", ""]
+                    out += [f"**{b.caption}** ([csv]({table_csv_path(b)}))", ""]
                 out += [_md_table(b), ""]
             elif isinstance(b, Figure):
                 out += [f"![{b.caption}]({b.path})", "", f"*{b.caption}*", ""]
@@ -82,7 +83,16 @@ def _inline_html(text: str) -> str:
     return text
 
 
-def render_html(title: str, sections: list[Section]) -> str:
+def table_csv_path(t: Table) -> str:
+    """Where a table's CSV lives, relative to the output directory."""
+    return f"{FILES_DIR}/tables/{t.name}.csv"
+
+
+def render_html(title: str, sections: list[Section], *, link: Callable[[str], str] | None = None) -> str:
+    """The report as one HTML page. `link` maps a file path relative to the output directory
+    (a figure or a table's CSV) to the URL the page uses: the path itself by default, a data URI
+    for a self-contained page."""
+    link = link or (lambda path: path)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>",
@@ -99,14 +109,15 @@ def render_html(title: str, sections: list[Section]) -> str:
         parts.append(f"<h2 id='s{i}'>{html.escape(s.title)}</h2>")
         for b in s.blocks:
             if isinstance(b, Table):
-                cap = (f"<caption>{_inline_html(b.caption)} (<a href='{FILES_DIR}/tables/{b.name}.csv'>csv</a>)"
-                       "</caption>") if b.caption else ""
+                csv_link = (f"<a href='{html.escape(link(table_csv_path(b)))}' "
+                            f"download='{html.escape(b.name)}.csv'>csv</a>")
+                cap = f"<caption>{_inline_html(b.caption)} ({csv_link})</caption>" if b.caption else ""
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
                 body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>"
                                for row in b.rows)
                 parts.append(f"<table>{cap}<tr>{head}</tr>{body}</table>")
             elif isinstance(b, Figure):
-                parts.append(f"<figure><img src='{html.escape(b.path)}' alt='{html.escape(b.caption)}'>"
+                parts.append(f"<figure><img src='{html.escape(link(b.path))}' alt='{html.escape(b.caption)}'>"
                              f"<figcaption>{_inline_html(b.caption)}</figcaption></figure>")
             else:
                 parts.append(f"<p>{_inline_html(b)}</p>")

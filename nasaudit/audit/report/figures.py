@@ -36,7 +36,8 @@ class Figures:
         import matplotlib.pyplot as plt
 
         buf = io.BytesIO()
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
         fig.savefig(buf, format="png")
         plt.close(fig)
         path = self.dir / f"{stem}.png"
@@ -76,3 +77,51 @@ def group_points(figs: Figures, data: AuditData, metrics: list[Metric], stem: st
     return figs.save(fig, stem, caption)
 
 
+
+
+VERDICT_COLORS = {"agrees": "tab:green", "disagrees": "tab:red", "inconclusive": "tab:gray",
+                  "no direction": "tab:blue"}
+
+
+def forest_plot(figs: Figures, rows: list, stem: str, caption: str, *, xlabel: str) -> Figure | None:
+    """A forest plot: one row per Comparison (nasaudit.audit.report.comparison), the difference
+    as a point with its 95% CI as a bar, the study's direction as a marker at the row's end,
+    coloured by verdict. Rows are grouped by the metric's family, one panel per family with its
+    own x-axis (families have different units). Returns None when `rows` is empty."""
+    import matplotlib.patches as mpatches
+
+    if not rows:
+        return None
+    families: dict[str, list] = {}
+    for c in rows:
+        families.setdefault(c.metric.family, []).append(c)
+    heights = [len(v) + 0.8 for v in families.values()]
+    fig, axes = figs.new(8.0, 0.32 * sum(heights) + 1.4, len(families), 1)
+    axes = np.atleast_1d(axes)
+    fig.set_layout_engine("constrained")
+    for ax, (family, comps) in zip(axes, families.items(), strict=True):
+        ys = np.arange(len(comps))[::-1]
+        for y, c in zip(ys, comps, strict=True):
+            color = VERDICT_COLORS[c.verdict_class]
+            if c.low is not None and c.high is not None:
+                ax.plot([c.low, c.high], [y, y], color=color, lw=3, alpha=0.6, solid_capstyle="butt")
+            ax.plot([c.point], [y], "o", color=color, ms=5, zorder=3)
+        ax.axvline(0.0, color="black", lw=0.8)
+        lo, hi = ax.get_xlim()
+        span = max(hi - lo, 1e-12)
+        ax.set_xlim(lo - 0.08 * span, hi + 0.08 * span)
+        for y, c in zip(ys, comps, strict=True):
+            if c.direction in ("higher", "lower"):
+                # The study's direction: a triangle at the side of the axis it points to.
+                right = c.direction == "higher"
+                ax.plot([hi + 0.04 * span if right else lo - 0.04 * span], [y], ">" if right else "<",
+                        color="black", ms=6, zorder=4)
+        ax.set_yticks(ys, [c.metric.label for c in comps], fontsize=7)
+        ax.set_ylim(-0.7, len(comps) - 0.3)
+        ax.set_title(family, fontsize=8, loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+    axes[-1].set_xlabel(xlabel, fontsize=8)
+    handles = [mpatches.Patch(color=v, label=k) for k, v in VERDICT_COLORS.items()]
+    handles.append(axes[0].plot([], [], ">", color="black", label="study's direction")[0])
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=7, frameon=False)
+    return figs.save(fig, stem, caption)

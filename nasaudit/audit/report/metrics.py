@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,37 @@ class Metric:
     direction: str | None = None
     vulnerability: bool = False
     note: str = ""
+    unit: str = ""  # shown in plot labels: "fraction", "nats", "log10", ...
+
+    @property
+    def family(self) -> str:
+        """The attack or probe family the metric belongs to (groups rows of the forest plot)."""
+        return FAMILIES.get(self.name, self.name.replace("_", " "))
+
+    @property
+    def label(self) -> str:
+        """The title with its unit, for plot axes and rows."""
+        return f"{self.title} [{self.unit}]" if self.unit else self.title
+
+
+# unit name -> family, in the order the forest plot shows families.
+FAMILIES = {
+    "clean_accuracy": "accuracy",
+    "pgd": "evasion", "nes": "evasion", "pgd_sweep": "evasion",
+    "poison": "poisoning", "backdoor": "backdoor",
+    "knockoff": "stealing", "membership": "membership",
+    "model_reuse": "model reuse", "trace_leak": "architecture leak",
+    "gradvar": "probes", "curvature": "probes", "contour_param": "probes", "contour_input": "probes",
+}
+UNITS = {"asr": "fraction", "cad": "fraction", "acc": "fraction", "ace": "nats", "kl": "nats", "auc": "AUC",
+         "gradvar": "log10", "curvature": "eigenvalue", "contour": "loss"}
+
+
+def _unit_of(key: str) -> str:
+    for token, unit in UNITS.items():
+        if token in key:
+            return unit
+    return ""
 
 
 METRICS: tuple[Metric, ...] = (
@@ -112,5 +144,6 @@ METRICS: tuple[Metric, ...] = (
     Metric("contour_input", "input-space contour: mean loss increase", "probe", "contour_input",
            lambda r: num(r.get("mean_increase")), None, False),
 )
+METRICS = tuple(m if m.unit else dataclasses.replace(m, unit=_unit_of(m.key)) for m in METRICS)
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 CELL_METRICS = ("depth", "width", "skip_connects")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from nasaudit.audit.report.builder import Builder
-from nasaudit.audit.report.data import mean_of
+from nasaudit.audit.report.comparison import nas_vs_manual
 from nasaudit.audit.report.document import Section, Table
-from nasaudit.audit.report.metrics import MANUAL, METRICS, NAS
-from nasaudit.audit.report.stats import BOOTSTRAP_SAMPLES, bootstrap_diff, verdict
+from nasaudit.audit.report.figures import forest_plot
+from nasaudit.audit.report.metrics import MANUAL, NAS
+from nasaudit.audit.report.stats import BOOTSTRAP_SAMPLES
 
 
 def headline(report: Builder) -> Section:
@@ -16,25 +15,19 @@ def headline(report: Builder) -> Section:
     s = Section("Headline: NAS minus manual")
     if not report.data.labels(NAS) or not report.data.labels(MANUAL):
         return s.missing("the comparison needs at least one NAS and one manual model with results.")
-    rows = []
-    agree = disagree = 0
-    for m in METRICS:
-        values = report.data.values(m)
-        a = {k: list(v.values()) for k, v in values.items() if report.data.group.get(k) == NAS}
-        b = {k: list(v.values()) for k, v in values.items() if report.data.group.get(k) == MANUAL}
-        if not a or not b:
-            continue
-        point, low, high = bootstrap_diff(a, b)
-        if len(a) < 2 or len(b) < 2:
-            # Resampling one model only varies its seeds: not a NAS-vs-manual interval.
-            low = high = None
-        text = verdict(m.direction, point, low, high)
-        agree += text == "agrees"
-        disagree += text == "disagrees"
-        rows.append([m.title, mean_of([np.mean(v) for v in a.values()]), mean_of([np.mean(v) for v in b.values()]),
-                     point, low, high, m.direction or "-", text, f"{len(a)}/{len(b)}"])
+    comparisons = nas_vs_manual(report.data)
+    agree = sum(c.verdict == "agrees" for c in comparisons)
+    disagree = sum(c.verdict == "disagrees" for c in comparisons)
+    rows = [[c.metric.title, c.a_mean, c.b_mean, c.point, c.low, c.high, c.direction or "-", c.verdict,
+             f"{c.n_a}/{c.n_b}"] for c in comparisons]
     if not rows:
         return s.missing("no metric has values for both groups yet.")
+    forest = forest_plot(report.figs, comparisons, "headline_forest",
+                         "NAS minus manual per metric: point estimate, bootstrap 95% CI (bar; none when a group "
+                         "has one model), the study's direction (triangle) and this run's verdict (colour)",
+                         xlabel="NAS - manual (in each metric's unit)")
+    if forest is not None:
+        s.blocks.append(forest)
     report.table(s, Table("headline", ["metric", "NAS mean", "manual mean", "NAS - manual", "CI 2.5%", "CI 97.5%",
                                      "study: NAS is", "this run", "models NAS/manual"], rows,
                         f"Group differences with bootstrap 95% CI over models and seeds ({BOOTSTRAP_SAMPLES} resamples)"))

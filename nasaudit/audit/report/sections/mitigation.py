@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from nasaudit.audit.report.builder import Builder
+from nasaudit.audit.report.comparison import variant_vs_base
 from nasaudit.audit.report.document import Section, Table
+from nasaudit.audit.report.figures import forest_plot
 from nasaudit.audit.report.metrics import METRICS
 
 
@@ -16,19 +18,25 @@ def mitigation(report: Builder) -> Section:
     metrics = [m for m in METRICS if m.vulnerability and report.data.values(m)]
     if not metrics:
         return s.missing("no attack has finished for the mitigated models yet.")
-    means = {m.key: report.data.model_means(m) for m in metrics}
     rows = []
     for variant, base in pairs:
-        for m in metrics:
-            b, v = means[m.key].get(base), means[m.key].get(variant)
-            delta = None if b is None or v is None else v - b
+        comparisons = variant_vs_base(report.data, variant, base, tuple(metrics))
+        for c in comparisons:
             better = None
-            if delta is not None and m.direction:
+            if c.metric.direction:
                 # For metrics where NAS is worse when higher, a mitigation helps by lowering.
-                better = "better" if (delta < 0) == (m.direction == "higher") else "worse"
-            rows.append([variant, base, m.title, b, v, delta, better])
+                better = "better" if (c.point < 0) == (c.metric.direction == "higher") else "worse"
+            rows.append([variant, base, c.metric.title, c.b_mean, c.a_mean, c.point, c.low, c.high, better,
+                         c.direction or "-", c.verdict])
+        forest = forest_plot(report.figs, comparisons, f"mitigation_forest_{len(s.blocks)}",
+                             f"{variant} minus {base} per metric: point, 95% CI over seeds (bar; needs two seeds "
+                             "per side), the study's Table 4 direction (triangle), verdict (colour)",
+                             xlabel=f"{variant} - {base}")
+        if forest is not None:
+            s.blocks.append(forest)
     report.table(s, Table("mitigation", ["variant", "base", "metric", "base value", "variant value", "delta",
-                                       "security"], rows, "Mitigated variants against their base genotype"))
+                                         "CI 2.5%", "CI 97.5%", "security", "study: variant is", "this run"],
+                          rows, "Mitigated variants against their base genotype"))
     depth_rows = []
     for variant, base in pairs:
         for label in (base, variant):
