@@ -1,6 +1,8 @@
 """Throughput of nasaudit's torch attacks against ART's implementations, on the current device.
 
     python benchmarks/attacks.py [--device auto] [--model tiny_cnn] [--n 256] [--hsj-n 16]
+    python benchmarks/attacks.py --cifar [--bf16]   # darts_v2 (C=16, 8 cells) and resnet18
+    python benchmarks/attacks.py --tiny --cifar --bf16   # seconds: proves the script runs
 
 Prints, for the same model and inputs:
   * PGD (L-inf, eps 8/255, step 2/255, random start): input-iterations per second of
@@ -9,19 +11,26 @@ Prints, for the same model and inputs:
     `nasaudit.attacks.membership.boundary_distances` vs ART's HopSkipJump as
     LabelOnlyDecisionBoundary runs it (one input at a time, numpy in and out);
 and the ratios. The victim is --model trained briefly on the embedded digits data unless --checkpoint is
-given; inputs are its correctly classified test images.
+given; with --cifar, two CIFAR-size victims instead, darts_v2 (C=16, 8 cells) and resnet18 (full
+width), each trained briefly on the CIFAR-10 subset (--data-dir). Inputs are the victim's
+correctly classified test images. --bf16 adds the agreement of the study's targeted PGD run in
+bf16 autocast against float32 on the same inputs and seeds (per-input success). --json writes
+every figure to a file (benchmarks/gpu_check.sh collects them).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 
-def _victim(args: argparse.Namespace, device: torch.device):
+def _victim(args: argparse.Namespace, device: torch.device, model_name: str | None = None,
+            model_kwargs: dict | None = None):
     """(model in eval mode, real test images float [N, 3, 32, 32] it classifies correctly, labels).
 
     Default: `--model` trained for a few epochs on the embedded digits data (no files needed),
@@ -34,6 +43,16 @@ def _victim(args: argparse.Namespace, device: torch.device):
     if args.checkpoint:
         model, meta = load_checkpoint_model(args.checkpoint, device=device)
         data = load_dataset(meta.get("dataset", "digits"), args.data_dir)
+    elif model_name is not None:  # a CIFAR-size victim on the CIFAR-10 subset
+        data = load_dataset("cifar10", args.data_dir)
+        train_images, train_labels = data.train_images, data.train_labels
+        if args.train_subset:
+            train_images, train_labels = train_images[: args.train_subset], train_labels[: args.train_subset]
+        data = dataclasses.replace(data, train_images=train_images, train_labels=train_labels)
+        config = TrainConfig(epochs=args.train_epochs, batch_size=64, lr=0.05, seed=0,
+                             drop_path_prob=0.0, val_fraction=0.0)
+        model = train_on_dataset(model_name, data, config, device=device,
+                                 model_kwargs=model_kwargs, progress=False).model
     else:
         data = load_dataset("digits")
         kwargs = {} if args.model == "tiny_cnn" else {"C": args.C, "layers": args.layers}
@@ -173,46 +192,121 @@ def bench_hsj(model, x, y, device, budget: dict) -> tuple[float, float, float, f
     return ours, theirs, float(queries.float().mean()), art_queries, art_failed
 
 
-def main() -> None:
+def bench_bf16_agreement(model, x, device, batch: int) -> dict:
+    """The study's targeted PGD (c2, 3 iterations, 5 restarts) on the same inputs and seed in
+    float32 and under bf16 autocast: both ASRs and the fraction of inputs whose success agrees."""
+    from nasaudit.attacks.pgd import pgd_attack
+    from nasaudit.attacks.sampling import target_classes
+    from nasaudit.device import generator
+
+    xd = x.to(device)
+    with torch.no_grad():
+        target = target_classes(model(xd), "most_likely")
+    success = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        gen = generator(0, device)
+        oks = []
+        for s in range(0, len(xd), batch):
+            ctx = (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                   else torch.autocast(device.type, enabled=False))
+            with ctx:
+                oks.append(pgd_attack(model, xd[s : s + batch], target[s : s + batch], targeted=True,
+                                      eps=8 / 255, step=2 / 255, iters=3, restarts=5, generator=gen)[1])
+        success[name] = torch.cat(oks).cpu()
+    return {"asr_fp32": float(success["fp32"].float().mean()),
+            "asr_bf16": float(success["bf16"].float().mean()),
+            "agreement": float((success["fp32"] == success["bf16"]).float().mean())}
+
+
+def run_victim(args: argparse.Namespace, device: torch.device, label: str, model, x, y) -> dict:
+    """Every benchmark on one victim; prints its lines and returns its figures."""
+    x, y = x[: args.n], y[: args.n]
+    out: dict = {"victim": label, "n": len(x)}
+    print(f"victim {label}: {len(x)} correctly classified test inputs")
+    ours, art = bench_pgd(model, x, y, device, args.iters, args.batch)
+    out["pgd"] = {"ours": ours, "art": art, "ratio": ours / art}
+    print(f"PGD  (n={len(x)}, iters={args.iters}):  nasaudit {ours:9.1f} input-it/s   "
+          f"ART {art:9.1f} input-it/s   ratio {ours / art:5.2f}x", flush=True)
+
+    ours, art, a1, a2 = bench_pgd_study(model, x, device, args.batch)
+    out["pgd_targeted"] = {"ours": ours, "art": art, "ratio": ours / art, "asr_ours": a1, "asr_art": a2}
+    print(f"PGD  targeted c2, 3 it, 5 restarts (n={len(x)}): nasaudit {ours:8.1f} inputs/s "
+          f"(ASR {a1:.2f})   ART {art:8.1f} inputs/s (ASR {a2:.2f})   ratio {ours / art:5.2f}x",
+          flush=True)
+
+    budget = {"max_iter": args.hsj_iter, "max_eval": 2500, "init_eval": 100, "init_size": 100}
+    xs, ys = x[: args.hsj_n], y[: args.hsj_n]
+    ours, art, q, q_art, failed = bench_hsj(model, xs, ys, device, budget)
+    out["hsj"] = {"ours": ours, "art": art, "ratio": ours / art, "queries_ours": q,
+                  "queries_art": q_art, "art_gave_up": failed}
+    print(f"HSJ  (n={len(xs)}, max_iter={args.hsj_iter}, init_eval 100): nasaudit {ours:7.2f} "
+          f"inputs/s ({q:.0f} queries/input)   ART {art:7.2f} inputs/s ({q_art:.0f} "
+          f"queries/input, gave up on {failed})   ratio {ours / art:5.2f}x")
+    print(f"HSJ  queries/s: nasaudit {ours * q:9.0f}   ART {art * q_art:9.0f}   ratio "
+          f"{ours * q / (art * q_art):5.2f}x", flush=True)
+    if args.bf16:
+        agree = bench_bf16_agreement(model, x, device, args.batch)
+        out["bf16"] = agree
+        print(f"bf16 vs fp32, targeted PGD (n={len(x)}): ASR fp32 {agree['asr_fp32']:.3f}, bf16 "
+              f"{agree['asr_bf16']:.3f}, per-input agreement {agree['agreement']:.3f}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default="tiny_cnn", help="registry model or genotype")
     parser.add_argument("--C", type=int, default=8, help="genotype networks: initial channels")
     parser.add_argument("--layers", type=int, default=5, help="genotype networks: cells")
     parser.add_argument("--checkpoint", default=None, help="benchmark a trained checkpoint")
-    parser.add_argument("--data-dir", default=None, help="data of --checkpoint's data set")
-    parser.add_argument("--train-epochs", type=int, default=3, help="epochs of the digits victim")
+    parser.add_argument("--cifar", action="store_true",
+                        help="victims darts_v2 (C=16, 8 cells) and resnet18 on the CIFAR-10 subset")
+    parser.add_argument("--data-dir", default=None,
+                        help="data of --checkpoint / --cifar (default for --cifar: "
+                             "<repo>/../shared/data/cifar10-subset)")
+    parser.add_argument("--train-epochs", type=int, default=None,
+                        help="epochs of the victim (default 3 digits, 2 --cifar)")
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="--cifar: first N training images (default: all)")
     parser.add_argument("--n", type=int, default=256, help="PGD inputs")
     parser.add_argument("--iters", type=int, default=10, help="PGD iterations")
     parser.add_argument("--batch", type=int, default=128, help="PGD batch size")
     parser.add_argument("--hsj-n", type=int, default=16, help="HopSkipJump inputs")
     parser.add_argument("--hsj-iter", type=int, default=5, help="HopSkipJump iterations")
-    args = parser.parse_args()
+    parser.add_argument("--bf16", action="store_true", help="bf16 vs fp32 targeted PGD agreement")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes and small victims (CI: proves the script runs)")
+    parser.add_argument("--json", default=None, help="write all figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.train_epochs is None:
+        args.train_epochs = 2 if args.cifar else 3
+    if args.cifar and args.data_dir is None:
+        args.data_dir = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset")
+    victims = [("darts_v2", {"C": 16, "layers": 8, "auxiliary": False}), ("resnet18", {})]
+    if args.tiny:
+        args.n, args.iters, args.batch, args.hsj_n, args.hsj_iter = 8, 2, 8, 2, 1
+        args.train_epochs, args.train_subset = 1, args.train_subset or 256
+        victims = [("darts_v2", {"C": 4, "layers": 3, "auxiliary": False}), ("resnet18", {"width": 4})]
 
     from nasaudit.device import resolve_device
 
     device = resolve_device(args.device)
-    model, x, y = _victim(args, device)
-    x, y = x[: args.n], y[: args.n]
-    print(f"device {device}, model {args.model}, torch threads {torch.get_num_threads()}")
+    print(f"device {device}, torch threads {torch.get_num_threads()}")
+    results = []
+    if args.cifar:
+        for name, kwargs in victims:
+            model, x, y = _victim(args, device, name, kwargs)
+            label = f"{name} ({', '.join(f'{k}={v}' for k, v in kwargs.items()) or 'full width'}, CIFAR-10 subset)"
+            results.append(run_victim(args, device, label, model, x, y))
+    else:
+        model, x, y = _victim(args, device)
+        results.append(run_victim(args, device, args.model, model, x, y))
+    if args.json:
+        from nasaudit.io import atomic_write_json
 
-    ours, art = bench_pgd(model, x, y, device, args.iters, args.batch)
-    print(f"PGD  (n={args.n}, iters={args.iters}):  nasaudit {ours:9.1f} input-it/s   "
-          f"ART {art:9.1f} input-it/s   ratio {ours / art:5.2f}x")
-
-    ours, art, a1, a2 = bench_pgd_study(model, x, device, args.batch)
-    print(f"PGD  targeted c2, 3 it, 5 restarts (n={args.n}): nasaudit {ours:8.1f} inputs/s "
-          f"(ASR {a1:.2f})   ART {art:8.1f} inputs/s (ASR {a2:.2f})   ratio {ours / art:5.2f}x")
-
-    budget = {"max_iter": args.hsj_iter, "max_eval": 2500, "init_eval": 100, "init_size": 100}
-    xs, ys = x[: args.hsj_n], y[: args.hsj_n]
-    ours, art, q, q_art, failed = bench_hsj(model, xs, ys, device, budget)
-    print(f"HSJ  (n={args.hsj_n}, max_iter={args.hsj_iter}, init_eval 100): nasaudit {ours:7.2f} "
-          f"inputs/s ({q:.0f} queries/input)   ART {art:7.2f} inputs/s ({q_art:.0f} "
-          f"queries/input, gave up on {failed})   ratio {ours / art:5.2f}x")
-    print(f"HSJ  queries/s: nasaudit {ours * q:9.0f}   ART {art * q_art:9.0f}   ratio "
-          f"{ours * q / (art * q_art):5.2f}x")
+        atomic_write_json(args.json, {"device": str(device), "victims": results})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

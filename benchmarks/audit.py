@@ -1,7 +1,14 @@
 """Run the smoke audit (experiments/smoke_cifar10.toml) and print wall time per stage, in total,
-and peak memory.
+and peak memory; with --engine ray, against the local engine on the same machine.
 
     python benchmarks/audit.py [--config experiments/smoke_cifar10.toml] [--out DIR] [--device cpu]
+    python benchmarks/audit.py --engine ray [--workers N | --address HOST:PORT] [--no-baseline]
+
+With --engine ray the audit runs twice into fresh directories, first on the local engine and
+then on Ray (a local cluster of N CPU/GPU slots, --workers, default 2), and the script prints both
+wall times, Ray's overhead in percent and Ray's start-up cost (ray.init until the cluster is
+up; also measured on its own before the audit, with a throw-away cluster). Peak memory is then
+the driver's only (the tasks run in Ray's worker processes).
 
 The output directory is fresh (a temporary one unless --out is given), so every unit really
 runs. Stage times are the sums of the units' wall times as stored in results.sqlite; "other"
@@ -28,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (default: a fresh temporary one)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--progress", action="store_true", help="show the audit's progress bars")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument("--workers", type=int, default=2, help="Ray: slots of the local cluster (default 2)")
+    parser.add_argument("--address", help="Ray: join this cluster instead of starting one")
+    parser.add_argument("--no-baseline", action="store_true", help="Ray: skip the local-engine run")
     args = parser.parse_args(argv)
+    if args.engine == "ray":
+        return compare_engines(args)
 
     import torch
 
@@ -69,6 +82,47 @@ def main(argv: list[str] | None = None) -> int:
     if torch.cuda.is_available():
         print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     return 1 if summary.failed else 0
+
+
+def ray_start_cost(workers: int) -> float:
+    """Seconds from ray.init to a usable local cluster (one trivial task), then shut down."""
+    import ray
+
+    started = time.perf_counter()
+    ray.init(num_cpus=workers, num_gpus=0, include_dashboard=False, logging_level="ERROR")
+    ray.get(ray.remote(lambda: 1).remote())
+    seconds = time.perf_counter() - started
+    ray.shutdown()
+    return seconds
+
+
+def compare_engines(args: argparse.Namespace) -> int:
+    """The smoke audit on the local engine and on Ray; prints both wall times and the overhead."""
+    from nasaudit.audit.config import load_config
+    from nasaudit.audit.runner import run_audit
+
+    startup = None if args.address else ray_start_cost(args.workers)
+    times: dict[str, float] = {}
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="nasaudit-bench-") as tmp:
+        runs = [] if args.no_baseline else [("local", {"engine": "local"})]
+        ray_kwargs = {"engine": "ray", "address": args.address} if args.address else {"engine": "ray", "workers": args.workers}
+        runs.append(("ray", ray_kwargs))
+        for name, kwargs in runs:
+            config = load_config(args.config).with_out_dir(Path(tmp) / name)
+            started = time.perf_counter()
+            summary = run_audit(config, device=args.device, progress=args.progress, **kwargs)
+            times[name] = time.perf_counter() - started
+            failed += summary.failed
+            print(f"{name:<6} engine: {summary.total} units, {summary.failed} failed, {times[name]:.1f} s wall"
+                  + (f" (Ray start-up inside the run {summary.ray_start_seconds:.1f} s)"
+                     if summary.ray_start_seconds is not None else ""))
+    if startup is not None:
+        print(f"Ray start-up on its own (ray.init + one task, {args.workers} slots): {startup:.1f} s")
+    if "local" in times:
+        overhead = 100 * (times["ray"] - times["local"]) / times["local"]
+        print(f"Ray vs local: {overhead:+.1f} % wall time ({args.workers if not args.address else 'cluster'} slots)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ from nasaudit.models.base import ImageClassifier
 CHECKPOINT_FORMAT = 1
 _GENOTYPE_SUFFIXES = (".json", ".py", ".toml", ".txt")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+# Bounds on what an untrusted sidecar may ask to build (the study's largest: C=36, layers=20,
+# width=64, 1000 classes): far above any real model, far below an out-of-memory.
+MAX_CLASSES = 100_000
+MAX_MODEL_SIZES = {"C": 1024, "width": 1024, "layers": 256}
+MAX_OTHER_INT = 1 << 20
 
 
 def model_stem(model_name: str) -> str:
@@ -141,6 +146,28 @@ def _genotype_from_record(record: dict[str, Any], source: Path):
     return genotype
 
 
+def check_model_kwargs(kwargs: dict[str, Any], source: str | Path) -> None:
+    """Bound the build_model kwargs read from an untrusted sidecar before anything is built.
+
+    Only scalars are accepted, and every size within MAX_MODEL_SIZES (or MAX_OTHER_INT): a
+    sidecar asking for C = 10**6 is refused, naming the file and the field, instead of trying
+    to allocate the network.
+    """
+    for key, value in kwargs.items():
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if isinstance(value, float):
+            if not (value == value and abs(value) <= MAX_OTHER_INT):
+                raise InputError(source, f"model_kwargs.{key} must be a finite number, got {value!r}")
+            continue
+        if not isinstance(value, int):
+            raise InputError(source, f"model_kwargs.{key} must be a number, true/false or a "
+                                     f"string, got {type(value).__name__}")
+        limit = MAX_MODEL_SIZES.get(key, MAX_OTHER_INT)
+        if not -MAX_OTHER_INT <= value <= limit:
+            raise InputError(source, f"model_kwargs.{key} must be at most {limit}, got {value}")
+
+
 def build_from_sidecar(
     meta: dict[str, Any], *, model_name: str | None, num_classes: int, source: Path
 ) -> ImageClassifier:
@@ -150,6 +177,7 @@ def build_from_sidecar(
     kwargs = meta.get("model_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise InputError(source, "sidecar 'model_kwargs' must be a JSON object")
+    check_model_kwargs(kwargs, sidecar_path(source))
     name = model_name or meta.get("model")
     if not name:
         raise InputError(source, "no sidecar names the model; pass --model NAME|FILE")
@@ -213,8 +241,11 @@ def load_checkpoint_model(
         num_classes = meta.get("num_classes")
     if num_classes is None and isinstance(weights.get("classifier.weight"), torch.Tensor):
         num_classes = int(weights["classifier.weight"].shape[0])
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise InputError(path, "cannot tell the number of classes; pass num_classes")
+    if num_classes > MAX_CLASSES:
+        # The classifier is a num_classes x features matrix: 1e9 classes would ask for terabytes.
+        raise InputError(sidecar_path(path), f"num_classes must be at most {MAX_CLASSES}, got {num_classes}")
     model = build_from_sidecar(meta, model_name=model_name, num_classes=num_classes, source=path)
     try:
         model.load_state_dict(weights, strict=True)

@@ -220,15 +220,37 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise InputError(path, f"'data' must be a uint8 N x 3072 array, got {got}")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise InputError(path, f"'{label_key}' is not a list of integers") from None
-    if labels.shape != (data.shape[0],):
-        raise InputError(path, f"'{label_key}' has {labels.size} entries for {data.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(path, f"labels outside 0..{num_classes - 1}")
+    labels = _checked_labels(labels, data.shape[0], num_classes, path, label_key)
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _checked_labels(labels: Any, n: int, num_classes: int, path: Path, label_key: str) -> np.ndarray:
+    """The labels of a CIFAR batch as int64 `[n]`, checked element by element BEFORE numpy sees
+    them: a pickle can make a list of n references to one huge nested list (numpy would expand
+    it to gigabytes), and np.asarray would silently truncate 0.5 to 0 or overflow on 2**70."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(path, f"'{label_key}' must be a flat array of integers, got "
+                                   f"{labels.dtype} {labels.shape}")
+        items: Any = labels
+    elif isinstance(labels, list):
+        items = labels
+    else:
+        raise InputError(path, f"'{label_key}' is not a list of integers (got {type(labels).__name__})")
+    if len(items) != n:
+        raise InputError(path, f"'{label_key}' has {len(items)} entries for {n} images")
+    if isinstance(items, list):
+        for index, value in enumerate(items):
+            if type(value) is not int:  # bool, float, list, str: not a class index
+                raise InputError(path, f"'{label_key}'[{index}] must be an integer class index, "
+                                       f"got {type(value).__name__} {str(value)[:40]}")
+            if not 0 <= value < num_classes:
+                raise InputError(path, f"labels outside 0..{num_classes - 1} "
+                                       f"('{label_key}'[{index}] is {str(value)[:40]})")
+    out = np.asarray(items, dtype=np.int64) if isinstance(items, list) else items
+    if out.size and (out.min() < 0 or out.max() >= num_classes):
+        raise InputError(path, f"labels outside 0..{num_classes - 1}")
+    return out.astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------------------------

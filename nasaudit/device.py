@@ -32,6 +32,30 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether an autocast region (ours on CUDA, or one the caller opened) is active for
+    `device`'s type, i.e. whether a forward pass there would run in reduced precision."""
+    return torch.is_autocast_enabled(torch.device(device).type)
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device | None = None) -> Iterator[None]:
+    """Switch autocast off (CPU, and `device`'s type) inside the block, so float32 tensors are
+    computed in float32 even within a caller's bf16 autocast region.
+
+    For the queries whose signal is below bf16's resolution (8 bits of mantissa, a relative
+    step of about 4e-3): NES finite differences at sigma 1e-3, HopSkipJump's boundary steps,
+    the finite-difference Hessian-vector product of the search, and attack success checks.
+    """
+    types = {"cpu"} | ({torch.device(device).type} if device is not None else set())
+    if torch.cuda.is_available():
+        types.add("cuda")
+    with contextlib.ExitStack() as stack:
+        for kind in sorted(types):
+            stack.enter_context(torch.autocast(kind, enabled=False))
+        yield
+
+
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Move a model to `device`, in channels_last memory format on CUDA."""
     model = model.to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -22,8 +23,15 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "is a directory; give a file name to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.exists() and not path.is_file():
+        # A device, FIFO or socket (/dev/full, /dev/null): renaming a file over it would replace
+        # the special file itself, for every program on the machine when run as root.
+        raise InputError(path, "is a special file (device, pipe or socket), not a regular file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _os_error_at(exc, path) from None
     try:
         # mkstemp creates the file private (0600); give it the mode a plain open() would have.
         os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else _default_file_mode())
@@ -32,10 +40,54 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        failure = _write_failure(exc, path)
+        if failure is not None:
+            raise failure from None
         raise
     return path
+
+
+# atomic_write's temp files: ".NAME.XXXXXXXX.tmp" beside the target (mkstemp's 8 random
+# characters). A kill between mkstemp and the rename leaves one behind; `nasaudit.outdir`
+# removes them when a run directory is claimed again.
+TMP_SUFFIX = ".tmp"
+TMP_PATTERN = r"\..+\.[A-Za-z0-9_]{8}\.tmp"
+
+
+def _os_error_at(exc: OSError, path: Path) -> OSError:
+    """The same OSError (errno kept) naming `path` when it named nothing or a temp file."""
+    name = exc.filename
+    if name is None or str(name).endswith(TMP_SUFFIX):
+        name = str(path)
+    return OSError(exc.errno, exc.strerror or str(exc), str(name))
+
+
+def _write_failure(exc: BaseException, path: Path) -> OSError | None:
+    """An OSError naming `path` for a failed write, or None when `exc` is not an I/O failure.
+
+    torch.save hides the OSError of a full disk inside a RuntimeError ("unexpected pos"), with
+    the original as its context; a serializer failing without one on a full disk is told apart
+    by the free space left.
+    """
+    seen = exc
+    for _ in range(8):  # the exception, its cause or context, a few levels deep
+        if isinstance(seen, OSError):
+            return _os_error_at(seen, path)
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            break
+    if isinstance(exc, RuntimeError) and any(
+        text in str(exc) for text in ("unexpected pos", "file write failed", "PytorchStreamWriter")
+    ):
+        try:
+            full = os.statvfs(path.parent).f_bavail == 0
+        except OSError:
+            full = False
+        code = errno.ENOSPC if full else errno.EIO
+        return OSError(code, os.strerror(code), str(path))
+    return None
 
 
 def _default_file_mode() -> int:
@@ -98,12 +150,62 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         raise InputError(path, "not a PyTorch checkpoint (corrupt or truncated)") from None
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file, raising InputError with the file name on any problem."""
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice (JSON parsers silently keep the last one)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def loads_json(text: str, source: str | Path) -> Any:
+    """Parse JSON text strictly: a key given twice in one object is an InputError, as is
+    anything invalid (too deep, numbers longer than Python's digit limit)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except DuplicateKeyError as exc:
+        raise InputError(source, f"{exc} in a JSON object (which one counts is ambiguous)") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(source, f"invalid JSON ({first[:200]})") from None
+
+
+MAX_JSON_BYTES = 64 << 20
+
+
+def read_limited(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of `path`, refusing (InputError) a file larger than `max_bytes`.
+
+    The size is checked before reading and the read itself is bounded, so a special file
+    (/dev/zero, a FIFO that never ends) cannot exhaust memory.
+    """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
     except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"invalid JSON ({exc})") from None
+        raise InputError(path, f"{what} not found") from None
+    except IsADirectoryError:
+        raise InputError(path, f"is a directory, not a {what}") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read {what} ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise InputError(path, f"{what} is larger than {max_bytes} bytes")
+    return data
+
+
+def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON file strictly (`loads_json`), raising InputError with the file name on any
+    problem: missing, unreadable, larger than `max_bytes`, not UTF-8, invalid, duplicate keys."""
+    path = Path(path)
+    data = read_limited(path, max_bytes, "file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"invalid JSON (not UTF-8: {exc})") from None
+    return loads_json(text, path)

@@ -30,6 +30,8 @@ __all__ = [
     "ReLUConvBN",
     "SepConv",
     "Zero",
+    "forward_after_relu",
+    "starts_with_relu",
     "drop_path",
 ]
 
@@ -170,7 +172,10 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C_in, H, W] -> [B, C_out, ceil(H / 2), ceil(W / 2)]."""
-        x = self.relu(x)
+        return self.after_relu(self.relu(x))
+
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """The op on an input that already went through the ReLU (see `after_leading_relu`)."""
         shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
@@ -204,6 +209,40 @@ OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
 }
 """Op name -> `factory(C, stride, affine) -> nn.Module`, mapping [B, C, H, W] to
 [B, C, ceil(H / stride), ceil(W / stride)]."""
+
+def starts_with_relu(op: nn.Module) -> bool:
+    """Whether `op` computes f(relu(x)): ReLUConvBN, DilConv, SepConv, FactorizedReduce and
+    conv_7x1_1x7 do (see `forward_after_relu`)."""
+    # The module itself is checked, not only the class: a caller may swap the activation
+    # (e.g. Softplus for a smooth loss), and then the op no longer starts with a ReLU.
+    if isinstance(op, (ReLUConvBN, DilConv)):
+        return isinstance(op.op[0], nn.ReLU)
+    if isinstance(op, SepConv):
+        return starts_with_relu(op.op[0])
+    if isinstance(op, FactorizedReduce):
+        return isinstance(op.relu, nn.ReLU)
+    return isinstance(op, nn.Sequential) and len(op) > 1 and isinstance(op[0], nn.ReLU)
+
+
+def forward_after_relu(op: nn.Module, relu_x: torch.Tensor) -> torch.Tensor:
+    """f(relu_x) for an op computing f(relu(x)) (`starts_with_relu(op)`), so that the ops of a
+    supernet edge can share one relu(x): `forward_after_relu(op, torch.relu(x))` runs the same
+    modules in the same order as `op(x)` and gives the same result. [B, C, H, W] -> op's shape.
+    """
+    if isinstance(op, SepConv):
+        return op.op[1](forward_after_relu(op.op[0], relu_x))
+    if isinstance(op, FactorizedReduce):
+        return op.after_relu(relu_x)
+    # ReLUConvBN, DilConv (their .op) and conv_7x1_1x7: a Sequential whose first module is the
+    # ReLU. It stays there (state_dict keys unchanged); only the modules after it run.
+    seq = op.op if isinstance(op, (ReLUConvBN, DilConv)) else op
+    if not starts_with_relu(op):
+        raise TypeError(f"{type(op).__name__} does not start with a ReLU")
+    x = relu_x
+    for module in list(seq)[1:]:
+        x = module(x)
+    return x
+
 
 def drop_path(
     x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None

@@ -118,8 +118,13 @@ def make_params(cls: type[P], values: Mapping[str, Any] | Any = None, *, source:
         )
     unknown = sorted(str(k) for k in set(given) - set(fields))
     if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ParamError(
-            source, f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(fields)}"
+            source,
+            f"unknown parameter(s) {', '.join(unknown)}{hint}; known: {', '.join(fields)}",
         )
     out: dict[str, Any] = {}
     for name, f in fields.items():

@@ -6,7 +6,9 @@ A space is a JSON file under `search_spaces/` (found through `nasaudit.resources
 
 `nodes` is the number of intermediate nodes the *search* builds. Validating a genotype does not
 use it: published cells such as NASNet-A have 5 nodes, so the node count is derived from the
-cell's length (see `nasaudit.genotype.validate_genotype`).
+cell's length (see `nasaudit.genotype.validate_genotype`). That count is bounded by
+`max_nodes` (optional in the file; default `max(8, 2 * nodes)`), so that an untrusted genotype
+cannot size a network or an analysis beyond what the space is meant for.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nasaudit.errors import InputError
+from nasaudit.io import read_limited
 from nasaudit.resources import data_dir
 
 # Ops without weights. Kept here, with the op names, so that the analyzer does not need torch.
@@ -23,7 +26,16 @@ PARAMETER_FREE_OPS: frozenset[str] = frozenset(
     {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
 )
 
+# Every op nasaudit.ops.OPS builds, without importing torch (a test keeps the two equal).
+KNOWN_OPS: tuple[str, ...] = (
+    "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+    "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5", "conv_7x1_1x7",
+)
 _MAX_SPACE_BYTES = 1 << 20
+# The most intermediate nodes a genotype cell may have unless the space file says otherwise:
+# twice the searched count, and at least 8, covers every published cell (NASNet, AmoebaNet and
+# ENAS have 5) while a 1,250-node cell is refused before it allocates a network.
+_MIN_DEFAULT_MAX_NODES = 8
 
 
 @dataclass(frozen=True)
@@ -31,7 +43,8 @@ class SearchSpace:
     """An op set and a cell shape.
 
     `ops` is in canonical order with "none" (the zero op) first; `nodes` is the number of
-    intermediate nodes per searched cell; `inputs_per_node` the edges each node keeps.
+    intermediate nodes per searched cell; `inputs_per_node` the edges each node keeps;
+    `max_nodes` the most intermediate nodes a genotype cell may have in this space.
     """
 
     name: str
@@ -39,6 +52,7 @@ class SearchSpace:
     nodes: int
     inputs_per_node: int
     source: str
+    max_nodes: int = _MIN_DEFAULT_MAX_NODES
 
     def has_op(self, op: object) -> bool:
         """True when `op` is one of this space's op names."""
@@ -71,14 +85,8 @@ def load_search_space(name_or_path: str | Path | SearchSpace = "darts") -> Searc
 
 
 def _parse_space_file(path: Path) -> SearchSpace:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(path, "search space file not found") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot read search space file ({exc.strerror})") from None
-    if len(data) > _MAX_SPACE_BYTES:
-        raise InputError(path, f"search space file is larger than {_MAX_SPACE_BYTES} bytes")
+    # Bounded read: `--space /dev/zero` or a FIFO must not be read without limit.
+    data = read_limited(path, _MAX_SPACE_BYTES, "search space file")
     try:
         obj = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -104,10 +112,24 @@ def _parse_space_file(path: Path) -> SearchSpace:
     source = obj.get("source", "")
     if not isinstance(source, str):
         raise InputError(path, '"source" must be a string')
+    unknown = [op for op in ops if op not in KNOWN_OPS]
+    if unknown:  # fail here, not as a KeyError when the search builds its supernet
+        raise InputError(path, f'"ops" names {unknown[0]!r}, which nasaudit does not have; '
+                               f"known ops: {', '.join(KNOWN_OPS)}")
+    max_nodes = obj.get("max_nodes", max(_MIN_DEFAULT_MAX_NODES, 2 * counts["nodes"]))
+    if (
+        not isinstance(max_nodes, int)
+        or isinstance(max_nodes, bool)
+        or not counts["nodes"] <= max_nodes <= 64
+    ):
+        raise InputError(
+            path, f'"max_nodes" must be an integer between "nodes" ({counts["nodes"]}) and 64'
+        )
     return SearchSpace(
         name=path.stem,
         ops=tuple(ops),
         nodes=counts["nodes"],
         inputs_per_node=counts["inputs_per_node"],
         source=source,
+        max_nodes=max_nodes,
     )

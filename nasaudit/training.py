@@ -314,7 +314,7 @@ def _adversarial_batch(
     `adv_iters` extra updates per batch), and drop path is switched off so the perturbation
     targets the whole network rather than one random sub-network.
     """
-    from nasaudit.attacks.pgd import pgd_untargeted
+    from nasaudit.adversarial import pgd_untargeted
 
     drop_prob = model.drop_path_prob
     model.drop_path_prob = 0.0

@@ -1,15 +1,21 @@
-"""The networkx cell analyzer: graphs, hand-derived metrics, drawing."""
+"""The networkx cell analyzer: graphs, hand-derived metrics, `none` edges, scaling."""
 
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 import networkx as nx
 import pytest
 
-from nasaudit.analysis import analyze_cell, analyze_genotype, cell_graph, draw_genotype
-from nasaudit.genotype import load_genotype_file, resolve_genotype, shipped_genotypes
+from nasaudit.analysis import analyze_cell, analyze_genotype, cell_graph
+from nasaudit.genotype import (
+    load_genotype_file,
+    read_genotype_file,
+    resolve_genotype,
+    shipped_genotypes,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "genotypes"
 
@@ -111,6 +117,7 @@ def test_every_shipped_genotype_analyzes():
             assert 1 <= m["width"] <= m["nodes"], (name, cell)
             assert m["longest_path"][-1] == "output"
             assert sum(m["op_histogram"].values()) == 2 * m["nodes"]
+            assert m["none_edges"] == m["op_histogram"].get("none", 0)
 
 
 def test_third_party_file_analyzes():
@@ -119,7 +126,90 @@ def test_third_party_file_analyzes():
     assert analyze_genotype(found["AmoebaNet"])["normal"]["depth"] == 4
 
 
-def test_draw_genotype_writes_a_png(tmp_path):
-    out = draw_genotype(resolve_genotype("nasnet"), tmp_path / "nasnet.png", title="nasnet")
-    data = out.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+# ------------------------------------------------------------------------------------------
+# `none` edges are no connections
+# ------------------------------------------------------------------------------------------
+
+WILD = FIXTURES / "wild"
+
+
+def _dws(m: dict) -> tuple[int, int, int]:
+    return m["depth"], m["width"], m["skip_connects"]
+
+
+def test_a_none_edge_does_not_count_for_depth_width_or_path():
+    one_none = read_genotype_file(WILD / "none_edges.py").genotypes["ONE_NONE"]
+    m = analyze_genotype(one_none)["normal"]
+    # Node 3 = ('none', 2) + ('sep_conv_3x3', 1): with the none edge it would read node 0
+    # (depth 3, width 3c); really it reads only c_{k-1}, so all four nodes are input-fed.
+    assert _dws(m) == (2, 4, 2)
+    assert m["none_edges"] == 1 and m["op_histogram"]["none"] == 1
+    assert m["longest_path"] == ["c_{k-2}", 0, "output"]
+    # Oracle: the same cell with the none edge rewired to an input gives the same metrics.
+    rewired = [("sep_conv_3x3", 1) if op == "none" else (op, inp) for op, inp in one_none.normal]
+    assert _dws(analyze_cell(rewired, one_none.normal_concat)) == (2, 4, 2)
+    with_edge = [("sep_conv_3x3", inp) if op == "none" else (op, inp) for op, inp in one_none.normal]
+    assert _dws(analyze_cell(with_edge, one_none.normal_concat)) == (3, 3, 2)
+
+
+def test_a_chain_of_none_edges_has_no_depth():
+    chain = read_genotype_file(WILD / "none_edges.py").genotypes["NONE_CHAIN"]
+    m = analyze_genotype(chain)["normal"]
+    assert (m["depth"], m["width"], m["longest_path"]) == (0, 0, [])
+    assert m["none_edges"] == 8
+    graph = cell_graph(chain.normal, chain.normal_concat, include_none=False)
+    assert [e for e in graph.edges if e[1] != "output"] == []
+    # Drawn, the chain keeps its 5 distinct (none) edges and the concat edge.
+    assert cell_graph(chain.normal, chain.normal_concat).number_of_edges() == 5 + 1
+
+
+def test_mixed_parallel_edge_keeps_only_the_real_op():
+    cell = [("sep_conv_3x3", 0), ("none", 0), ("skip_connect", 1), ("none", 2)]
+    graph = cell_graph(cell, [2, 3], include_none=False)
+    assert graph.edges["c_{k-2}", 0]["ops"] == ("sep_conv_3x3",)
+    assert not graph.has_edge(0, 1)
+    m = analyze_cell(cell, [2, 3])
+    assert (m["depth"], m["width"], m["none_edges"]) == (2, 2, 2)
+
+
+def test_all_edge_cells_analyze_as_their_derived_two_input_cells():
+    found = read_genotype_file(WILD / "snas_edge_all.py")
+    derived = analyze_genotype(found.genotypes["SNAS_mild_edge_all"])
+    mild = analyze_genotype(resolve_genotype("snas_mild"))
+    for cell in ("normal", "reduce"):
+        assert _dws(derived[cell]) == _dws(mild[cell]) and derived[cell]["nodes"] == 4
+        assert derived[cell]["none_edges"] == 0
+
+
+# ------------------------------------------------------------------------------------------
+# Scaling: a hostile cell must not cost super-linear time
+# ------------------------------------------------------------------------------------------
+
+
+def _chain_cell(nodes: int) -> list[tuple[str, int]]:
+    # Node i reads node i-1 (node 0: c_{k-2}) and c_{k-1}: the longest path is the chain.
+    cell = []
+    for i in range(nodes):
+        cell += [("sep_conv_3x3", i + 1 if i else 0), ("skip_connect", 1)]
+    return cell
+
+
+def _best_time(cell, concat, repeat: int = 3) -> tuple[float, dict]:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        m = analyze_cell(cell, concat)
+        best = min(best, time.perf_counter() - start)
+    return best, m
+
+
+def test_a_40000_edge_cell_is_analyzed_in_linear_time():
+    small_nodes, big_nodes = 5_000, 20_000  # 10,000 and 40,000 edges
+    small, m_small = _best_time(_chain_cell(small_nodes), [small_nodes + 1], repeat=2)
+    big, m_big = _best_time(_chain_cell(big_nodes), [big_nodes + 1], repeat=2)
+    # Exact answers: the chain c_{k-2} -> 0 -> 1 -> ... -> n-1 -> output.
+    assert m_big["depth"] == big_nodes + 1 and m_big["width"] == 1
+    assert m_big["longest_path"][:3] == ["c_{k-2}", 0, 1] and m_big["longest_path"][-2] == big_nodes - 1
+    assert m_small["depth"] == small_nodes + 1
+    # 4x the edges: linear is ~4x, the old quadratic scan was ~16x (and took minutes).
+    assert big < 10.0 and big / small < 9.0, (small, big)

@@ -19,24 +19,47 @@ SEEDS = [0, 1]
 SECTIONS = [
     "Run", "Headline: NAS minus manual", "Clean accuracy (Table 1)", "Cell metrics (Table 3)",
     "Evasion: PGD and NES (Figures 2 and 5)", "ASR against eps (Figure 3)",
-    "How many models each input breaks (Figure 4)", "Poisoning: CAD against p (Figure 6)",
+    "How many models each input breaks (Figure 4)",
+    "Evasion on common inputs (one denominator for every model)",
+    "Poisoning: CAD against p (Figure 6)",
     "Backdoor: ASR and CAD (Figure 7)",
     "Functionality stealing: Knockoff ACE against budget (Figure 9, Table 2)",
     "Membership inference AUC (Figure 10)",
+    "Model reuse: poisoned primitive, host misclassifies the targets (Ji et al.)",
     "Gradient variance at initialisation and after training (Figure 12)",
-    "Loss contours and curvature", "Mitigation comparison (Table 4)",
+    "Loss contours and curvature",
+    "Architecture stealing from an execution trace (after Hong et al., ICLR 2020)",
+    "Mitigation comparison (Table 4)",
     "Correlations: vulnerability against cell metrics and probes",
+    "Trade-off: accuracy, robustness and search cost (sweeps)",
 ]
+# Sections this synthetic audit has no data for, by design (tests/test_sweep.py fills the trade-off).
+ASR_TITLE = "model-reuse ASR (host on the poisoned primitive)"
+WITHOUT_DATA = {"Trade-off: accuracy, robustness and search cost (sweeps)"}
 CONFIG = {
     "name": "synthetic",
     "source": "test",
     "raw": {
         "models": [{"name": m} for m in NAS + MANUAL] + [{"name": "darts_i", "mitigation_of": "darts_v2"}],
-        "attacks": {a: {} for a in ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "membership")}
+        "attacks": {a: {} for a in ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "membership", "model_reuse")}
         | {"knockoff": {"each_model": "replica"}},
-        "probes": {p: {} for p in ("gradvar", "contour_param", "contour_input", "curvature")},
+        "probes": {p: {} for p in ("gradvar", "contour_param", "contour_input", "curvature", "trace_leak")},
     },
 }
+
+
+def _trace_leak_record(group: str, i: int) -> dict:
+    """A trace-leak probe record: genotype models leak more at weaker levels when i is small."""
+    if group == "manual":
+        return {"kind": "probe_trace_leak", "applicable": False, "reason": "no genotype"}
+    cell = [["sep_conv_3x3", 0], ["skip_connect", 1]] * 4
+    genotype = {"normal": cell, "normal_concat": [2, 3, 4, 5], "reduce": cell, "reduce_concat": [2, 3, 4, 5]}
+    levels = {}
+    for level, acc in (("ops", 1.0), ("shapes", 0.9 - i / 20), ("ops_timing", 0.8 - i / 20), ("timing_noisy", 0.7 - i / 20)):
+        per_cell = {"normal": {"edge_op_accuracy": acc, "remaining_bits": 10 * (1 - acc)}}
+        levels[level] = {"exact": acc == 1.0, "edge_op_accuracy": acc, "edge_input_accuracy": acc, "concat_accuracy": 1.0,
+                         "remaining_bits": 20 * (1 - acc), "trace_length": 500, "draws": 1, "per_cell": per_cell}
+    return {"kind": "probe_trace_leak", "applicable": True, "genotype": genotype, "prior_bits": 88.0, "levels": levels}
 
 
 def _records(label: str, group: str, seed: int, i: int, rng: np.random.Generator) -> list[tuple]:
@@ -51,7 +74,8 @@ def _records(label: str, group: str, seed: int, i: int, rng: np.random.Generator
                                                               "least_likely": 0.2 + bump + noise()},
                                "indices": list(range(20)), "success": {"most_likely": success.tolist()}}),
         ("attack", "nes", {}, {"kind": "attack.nes", "asr": {"most_likely": 0.3 + bump + noise(),
-                                                              "least_likely": 0.1 + bump + noise()}}),
+                                                              "least_likely": 0.1 + bump + noise()},
+                               "indices": list(range(5, 25)), "success": {"most_likely": success.tolist()}}),
         ("attack", "pgd_sweep", {}, {"kind": "attack.pgd_sweep", "eps": [2 / 255, 8 / 255],
                                      "asr": [0.3 + bump + noise(), 0.7 + bump + noise()]}),
         ("attack", "poison", {}, {"kind": "attack.poison", "fractions": [0.0, 0.2],
@@ -60,6 +84,12 @@ def _records(label: str, group: str, seed: int, i: int, rng: np.random.Generator
                                     "cad": 0.02 - bump / 10 + noise() / 10}),
         ("attack", "membership", {}, {"kind": "attack.membership", "auc": 0.55 + bump / 4 + noise(),
                                       "advantage_at_fpr": 0.01}),
+        ("attack", "model_reuse", {}, {"kind": "attack.model_reuse", "asr": 0.6 + bump + noise(), "clean_asr": 0.1,
+                                       "asr_after_finetune": 0.4 + bump, "clean_asr_after_finetune": 0.1,
+                                       "clean_accuracy_drop": 0.01, "changed_predictions": 0.05,
+                                       "finetune_accuracy_drop": 0.02, "param_l0": 0.01, "param_l2": 0.05,
+                                       "param_linf": 0.1, "targets_in_region": 0.8}),
+        ("probe", "trace_leak", {}, _trace_leak_record(group, i)),
         ("probe_init", "gradvar", {}, {"kind": "probe_gradvar", "log10_variance": (-2 if group == "nas" else 0) + noise()}),
         ("probe", "gradvar", {}, {"kind": "probe_gradvar", "log10_variance": 1 + noise()}),
         ("probe", "contour_param", {}, {"kind": "probe_contour", "mean_increase": 1 + i + noise()}),
@@ -110,6 +140,9 @@ def test_report_has_every_section_with_content(audit_dir: Path) -> None:
     bodies = re.split(r"^## .+$", md, flags=re.M)[1:]
     for title, body in zip(titles, bodies, strict=True):
         assert body.strip(), f"section {title!r} is empty"
+        if title in WITHOUT_DATA:
+            assert "_No data: the config declares no [[sweeps]] table._" in body
+            continue
         assert "_No data" not in body, f"section {title!r} says it has no data"
     html = (audit_dir / "report.html").read_text()
     assert html.count("<h2") == len(SECTIONS) and "<img" in html
@@ -123,6 +156,15 @@ def test_report_has_every_section_with_content(audit_dir: Path) -> None:
     assert headline["backdoor CAD (first configured method)"]["this run"] == "agrees"
     cross = _read_csv(audit_dir / "report_files/tables/knockoff_cross.csv")
     assert {r["victim \\ replica"] for r in cross} >= set(NAS + MANUAL)
+    common = _read_csv(audit_dir / "report_files/tables/common_inputs.csv")
+    assert {int(r["common inputs"]) for r in common if r["attack"] == "pgd"} == {20}
+    assert {r["model"] for r in common if r["attack"] == "nes"} >= set(NAS + MANUAL)
+    leak = {(r["model"], r["level"]): r for r in _read_csv(audit_dir / "report_files/tables/trace_leak.csv")}
+    assert float(leak[("darts_v2", "ops")]["exact rate"]) == 1.0
+    assert float(leak[("enas", "ops_timing")]["edge op acc"]) == pytest.approx(0.8 - 2 / 20)
+    assert not any(m in MANUAL for m, _ in leak), "manual baselines have no cell to steal"
+    reuse = {r["model"]: r for r in _read_csv(audit_dir / "report_files/tables/model_reuse_effect.csv")}
+    assert float(reuse["mean (nas)"][ASR_TITLE]) > float(reuse["mean (manual)"][ASR_TITLE])
     mitigation = _read_csv(audit_dir / "report_files/tables/mitigation.csv")
     assert {r["variant"] for r in mitigation} == {"darts_i"}
 

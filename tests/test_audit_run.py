@@ -219,21 +219,107 @@ def test_config_paths_and_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "bad.toml")
 
 
-def test_workers_split_groups_between_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--workers N: one process per device claims whole (model, seed) groups from the database.
+def test_corrupt_row_is_reported_and_rerun(killed_and_resumed) -> None:
+    """A damaged JSON row: the report still builds (listing it as corrupt) and the next audit
+    runs exactly that unit again."""
+    from nasaudit.audit.report import write_report
 
-    On CPU the mechanism is exercised with two CPU "devices" (allowed for tests only).
-    """
-    monkeypatch.setenv("NASAUDIT_ALLOW_CPU_WORKERS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    text = TINY.split("[probes.gradvar]")[0].replace("epochs = 2", "epochs = 1")
-    (tmp_path / "w.toml").write_text(text)
-    summary = run_audit(load_config(tmp_path / "w.toml"), device="cpu", workers=2, progress=False,
-                        report=False)
-    assert summary.total == 6 and summary.ran == 6 and summary.failed == 0
-    with Store(tmp_path / "out") as store:
-        claims = dict(store._conn.execute("SELECT group_key, worker FROM claims").fetchall())
-    assert len(claims) == 2  # each group was claimed exactly once, by one worker
-    with pytest.raises(InputError, match="several GPUs"):
-        monkeypatch.delenv("NASAUDIT_ALLOW_CPU_WORKERS")
-        run_audit(load_config(tmp_path / "w.toml"), device="cpu", workers=2, progress=False)
+    cfg, db, _, _ = killed_and_resumed
+    with Store(db) as store:
+        pgd = next(r for r in store.units() if r.name == "pgd" and r.model == "resnet18"
+                   and r.params.get("n_inputs") == 24)
+        store._conn.execute("UPDATE units SET result = '{broken' WHERE unit_key = ?", (pgd.unit_key,))
+    report = write_report(cfg.parent / "out")
+    assert report.is_file() and "Clean accuracy (Table 1)" in report.read_text()
+    summary = run_audit(load_config(cfg), device="cpu", progress=False, report=False)
+    assert summary.ran == 1 and summary.failed == 0
+    with Store(db) as store:
+        again = store.get(pgd.unit_key)
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert again.status == "done" and drop(again.result) == drop(pgd.result)  # deterministic
+
+
+def test_foreign_checkpoint_is_not_reused(killed_and_resumed) -> None:
+    """A checkpoint under OUT whose sidecar does not match the unit (here: another training
+    config, as a planted or stale file would have) is never reused; the unit trains anew."""
+    import json
+
+    cfg, db, _, _ = killed_and_resumed
+    with Store(db) as store:
+        train = next(r for r in store.units(stage="train") if r.model == "resnet18")
+        store._conn.execute("DELETE FROM units WHERE unit_key = ?", (train.unit_key,))
+    sidecar = (cfg.parent / "out" / train.result["checkpoint"]).with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "config": {**meta["config"], "lr": 0.5}}))
+    summary = run_audit(load_config(cfg), device="cpu", progress=False, report=False)
+    assert summary.ran == 1 and summary.failed == 0
+    with Store(db) as store:
+        again = store.get(train.unit_key)
+    assert again.result["reused_checkpoint"] is False
+    assert json.loads(sidecar.read_text())["config"]["lr"] == 0.05  # rewritten by the new training
+    untimed = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert untimed(again.result["history"]) == untimed(train.result["history"])  # deterministic
+
+
+def test_sidecar_model_string_is_never_a_path(killed_and_resumed, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sidecar's "model" names a genotype file in the current directory: the audit builds
+    the network from its own plan, not from that file."""
+    import json
+
+    from nasaudit.genotype import resolve_genotype, write_genotype
+
+    cfg, db, _, _ = killed_and_resumed
+    with Store(db) as store:
+        train = next(r for r in store.units(stage="train") if r.model == "darts_v2")
+        clean = next(r for r in store.units(stage="clean") if r.model == "darts_v2")
+        store._conn.execute("DELETE FROM units WHERE unit_key = ?", (clean.unit_key,))
+    write_genotype(tmp_path / "planted.json", resolve_genotype("enas"), name="planted")
+    monkeypatch.chdir(tmp_path)
+    sidecar = (cfg.parent / "out" / train.result["checkpoint"]).with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "model": "planted.json"}))
+    summary = run_audit(load_config(cfg), device="cpu", progress=False, report=False)
+    assert summary.ran == 1 and summary.failed == 0
+    with Store(db) as store:
+        assert store.get(clean.unit_key).result == clean.result
+
+
+def test_os_error_in_a_unit_is_one_line_naming_the_path(killed_and_resumed) -> None:
+    """A unit that hits an OS failure (here: its output directory's parent is a file) is
+    recorded as failed with one line naming the path; the other units go on."""
+    cfg, db, _, _ = killed_and_resumed
+    out = cfg.parent / "out"
+    with Store(db) as store:
+        probes = [r for r in store.units(stage="probe")]
+        for r in probes:
+            store._conn.execute("DELETE FROM units WHERE unit_key = ?", (r.unit_key,))
+    (out / "probes").rename(out / "probes.moved")
+    (out / "probes").write_text("a file where the audit expects a directory\n")
+    try:
+        summary = run_audit(load_config(cfg), device="cpu", progress=False, report=False)
+    finally:
+        (out / "probes").unlink()
+        (out / "probes.moved").rename(out / "probes")
+    assert summary.ran == 0 and summary.failed == len(probes) == 2
+    with Store(db) as store:
+        failed = store.units(status="failed")
+    assert {r.unit_key for r in failed} == {r.unit_key for r in probes}
+    for row in failed:
+        assert "\n" not in row.error and str(out / "probes") in row.error
+        assert "is a file" in row.error or "not a directory" in row.error
+    summary = run_audit(load_config(cfg), device="cpu", progress=False, report=False)
+    assert summary.ran == 2 and summary.failed == 0
+
+
+def test_describe_error_for_disk_full_and_read_only(tmp_path: Path) -> None:
+    import errno
+
+    from nasaudit.audit.units import describe_error
+
+    full = describe_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.pth")))
+    assert full == f"OSError: {tmp_path / 'm.pth'}: disk full (no space left on the device)"
+    ro = describe_error(OSError(errno.EROFS, "Read-only file system", "/ro/x"))
+    assert ro == "OSError: /ro/x: read-only file system"
+    torn = describe_error(RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0"))
+    assert torn.startswith("OSError: disk full while writing a checkpoint") and "\n" not in torn

@@ -1,4 +1,5 @@
-"""The audit's SQLite store: one transactional row per unit, claims, crash safety."""
+"""The audit's SQLite store: one transactional row per unit, crash safety, corrupt rows,
+foreign databases."""
 
 from __future__ import annotations
 
@@ -108,28 +109,75 @@ def test_concurrent_writers(tmp_path: Path) -> None:
         assert len(store.done_keys()) == 50
 
 
-def test_claims(tmp_path: Path) -> None:
+def test_corrupt_row_is_a_corrupt_unit_not_a_done_one(tmp_path: Path) -> None:
+    """A row whose JSON does not decode is listed with the failures (status "corrupt"), never
+    as done: the report still reads the store, and the audit runs the unit again."""
     with Store(tmp_path) as store:
-        assert store.claim_state("g1") == "free"
-        assert store.claim("g1", "w0")
-        assert store.claim("g1", "w0")  # idempotent for its owner
-        assert store.claim_state("g1") == "busy"
-        assert not store.claim("g1", "w1")  # held by a live process (this one)
-        # A claim held by a dead process (a killed worker) is stale and can be taken over.
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        store._conn.execute("UPDATE claims SET pid = ?, worker = 'gone' WHERE group_key = 'g1'", (dead.pid,))
-        assert store.claim_state("g1") == "free"
-        assert store.claim("g1", "w1")
-        # Once finished, a group is not attempted again in this run, by anyone.
-        store.finish("g1", "w1")
-        assert store.claim_state("g1") == "finished"
-        assert not store.claim("g1", "w1") and not store.claim("g1", "w2")
-        assert store.claim("g2", "w2")
-        store.release("g2", "w2")
-        assert store.claim_state("g2") == "free"
-        store.clear_claims()
-        assert store.claim_state("g1") == "free"
+        _record(store, "good")
+        _record(store, "bad_result")
+        _record(store, "bad_params")
+        _record(store, "not_object")
+        store._conn.execute("UPDATE units SET result = '{\"kind\": \"attack.pgd\", \"asr\": ' WHERE unit_key = 'bad_result'")
+        store._conn.execute("UPDATE units SET params = 'nan{' WHERE unit_key = 'bad_params'")
+        store._conn.execute("UPDATE units SET result = '[1, 2]' WHERE unit_key = 'not_object'")
+        assert store.done_keys() == {"good"}
+        assert [r.unit_key for r in store.units()] == ["good"]
+        corrupt = {r.unit_key: r for r in store.units(status="failed")}
+        assert set(corrupt) == {"bad_result", "bad_params", "not_object"}
+        assert all(r.status == "corrupt" and r.result is None for r in corrupt.values())
+        assert "result is not valid JSON" in corrupt["bad_result"].error
+        assert "params is not valid JSON" in corrupt["bad_params"].error
+        assert "result is not a JSON object" in corrupt["not_object"].error
+        assert store.get("bad_result").status == "corrupt" and not store.is_done("bad_result")
+        assert store.statuses() == {"good": "done", "bad_result": "corrupt", "bad_params": "corrupt",
+                                    "not_object": "corrupt"}
+        assert store.count("corrupt") == 3 and store.count("done") == 1
+        _record(store, "bad_result")  # rerunning the unit replaces the damaged row
+        assert store.done_keys() == {"good", "bad_result"}
+
+
+def _foreign_databases(tmp_path: Path) -> list[Path]:
+    made = []
+    for name, statements in (
+        ("other_tables.sqlite", ["CREATE TABLE foo (x INTEGER)", "INSERT INTO foo VALUES (1)"]),
+        ("same_names.sqlite", ["CREATE TABLE meta (k TEXT)", "CREATE TABLE units (id INTEGER)"]),
+        ("foreign_app.sqlite", ["PRAGMA application_id = 1234"]),
+    ):
+        path = tmp_path / name
+        conn = sqlite3.connect(path)
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+        made.append(path)
+    text = tmp_path / "text.sqlite"
+    text.write_bytes(b"not a database at all, just some notes\n" * 20)
+    made.append(text)
+    return made
+
+
+def test_database_of_another_tool_is_refused_untouched(tmp_path: Path) -> None:
+    import hashlib
+
+    from nasaudit.errors import InputError
+
+    for path in _foreign_databases(tmp_path):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with pytest.raises(InputError) as info:
+            Store(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # not a byte written
+        assert not path.with_name(path.name + "-wal").exists() and not path.with_name(path.name + "-shm").exists()
+    # Ours is recognised again (application_id set at creation), and an older one without it.
+    with Store(tmp_path / "ours") as store:
+        _record(store, "k")
+    conn = sqlite3.connect(tmp_path / "ours" / "results.sqlite")
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x6E617361
+    conn.execute("PRAGMA application_id = 0")
+    conn.commit()
+    conn.close()
+    with Store(tmp_path / "ours") as store:
+        assert store.done_keys() == {"k"}
 
 
 def test_must_exist(tmp_path: Path) -> None:

@@ -60,25 +60,33 @@ def test_analyze_json_shape(capsys):
     assert record["cells"]["reduce"]["skip_connects"] == 3
 
 
-def test_analyze_third_party_file_gives_a_list(capsys):
+def test_analyze_third_party_file_gives_every_genotype_and_what_was_skipped(capsys):
     assert main(["analyze", str(FIXTURES / "darts_genotypes.py"), "--json"]) == 0
-    records = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
+    records = report["genotypes"]
     assert [r["genotype"] for r in records] == ["NASNet", "AmoebaNet", "DARTS_V1", "DARTS_V2"]
     assert records[0]["cells"]["normal"]["width"] == 5
+    assert report["source"] == str(FIXTURES / "darts_genotypes.py")
+    assert report["aliases"] == {"DARTS": "DARTS_V2"} and report["invalid"] == []
+    assert [item["line"] for item in report["skipped"]] == [3, 8]  # the import, PRIMITIVES
 
 
 def test_analyze_file_colon_alias_and_nni_and_json(tmp_path, capsys):
+    def only_record() -> dict:
+        (record,) = json.loads(capsys.readouterr().out)["genotypes"]
+        return record
+
     assert main(["analyze", f"{FIXTURES / 'darts_genotypes.py'}:DARTS", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["genotype"] == "DARTS"
+    assert only_record()["genotype"] == "DARTS"
     assert main(["analyze", str(FIXTURES / "nni_darts_v2.json"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["cells"]["normal"]["depth"] == 3
+    assert only_record()["cells"]["normal"]["depth"] == 3
     nni = tmp_path / "arch.json"
     nni.write_text(json.dumps(genotype_to_nni(resolve_genotype("darts_iii"))))
     assert main(["analyze", str(nni), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["cells"]["normal"]["depth"] == 5
+    assert only_record()["cells"]["normal"]["depth"] == 5
     canonical = write_genotype(tmp_path / "mine.json", resolve_genotype("sgas"), "mine")
     assert main(["analyze", str(canonical), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["genotype"] == "mine"
+    assert only_record()["genotype"] == "mine"
 
 
 def test_analyze_every_shipped_genotype(capsys):
@@ -116,12 +124,12 @@ def test_analyze_space_option(capsys):
     [
         ("garbage.json", b"\x00\xff\xfe binary", "not a UTF-8"),
         ("bad.json", b'{"normal": [["sep_conv_3x3", 0]]}', "lacks normal_concat"),
-        ("evil.py", b"X = __import__('os').system('touch /tmp/pwned')\n", "line 1, 'X'"),
+        ("evil.py", b"X = __import__('os').system('touch /tmp/pwned')\n", "no Genotype(...) found"),
         (
             "bad_input.py",
             b"BAD = Genotype([('sep_conv_3x3', 0), ('sep_conv_3x3', 7)], [2], "
             b"[('max_pool_3x3', 0), ('max_pool_3x3', 1)], [2])\n",
-            "genotype 'BAD', normal cell, node 0: input 7 is not below the node (allowed 0..1)",
+            "line 1: genotype 'BAD', normal cell, node 0: input 7 is not below the node (allowed 0..1)",
         ),
         ("deep.json", b"[" * 100_000, "invalid JSON"),
         (
@@ -156,10 +164,12 @@ def test_fuzzed_files_never_traceback(tmp_path, capsys, data, suffix):
     path.write_bytes(data)
     code = main(["analyze", str(path), "--json"])
     out, err = capsys.readouterr()
+    assert "Traceback" not in err
     if code == 0:
         json.loads(out)
     else:
-        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        # Several unreadable genotypes are named one line each before the final error line.
+        assert code == 2 and err.splitlines()[-1].startswith("nasaudit: error: ")
 
 
 def test_mitigate_deepen_writes_json_and_prints_analysis(tmp_path, capsys):

@@ -21,10 +21,13 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     md = (out / "report.md").read_text()
     titles = re.findall(r"^## (.+)$", md, flags=re.M)
     bodies = re.split(r"^## .+$", md, flags=re.M)[1:]
-    assert len(titles) == 15 and all(b.strip() for b in bodies)
-    # Every attack and probe section has data; only the mitigation table is (rightly) absent.
+    from nasaudit.audit.report.sections import SECTIONS
+
+    assert len(titles) == len(SECTIONS) == 19 and all(b.strip() for b in bodies)
+    # Every attack and probe section has data; only the mitigation table and the sweep trade-off
+    # are (rightly) absent: the demo marks no mitigated variant and declares no sweep.
     missing = [t for t, b in zip(titles, bodies, strict=True) if "_No data" in b]
-    assert missing == ["Mitigation comparison (Table 4)"]
+    assert missing == ["Mitigation comparison (Table 4)", "Trade-off: accuracy, robustness and search cost (sweeps)"]
     assert "| searched | nas |" in md and "| resnet18 | manual |" in md
     assert (out / "report.html").is_file() and (out / "results.sqlite").is_file()
     # Running the demo again into the same directory reuses every finished unit.

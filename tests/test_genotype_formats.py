@@ -126,34 +126,37 @@ def test_canonical_json_single_and_many(tmp_path):
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("import os\nX = __import__('os').system('echo pwned')\n", "line 2, 'X': unsupported call"),
-        ("X = open('/etc/passwd').read()\n", "line 1, 'X': unsupported"),
-        ("def f():\n    pass\n", "line 1"),
-        ("X = lambda: 1\n", "unsupported expression (Lambda)"),
-        ("X = [i for i in range(3)]\n", "unsupported expression (ListComp)"),
         (
             "X = Genotype(normal=NOT_DEFINED, normal_concat=[2], reduce=[], reduce_concat=[2])\n",
-            "name 'NOT_DEFINED' is not assigned earlier",
+            "line 1: genotype 'X': name 'NOT_DEFINED' is not assigned earlier",
         ),
-        ("X = Genotype([], [2])\n", "Genotype() lacks reduce, reduce_concat"),
+        ("X = Genotype([], [2])\n", "genotype 'X': Genotype() lacks reduce, reduce_concat"),
         (
             "X = Genotype(normal=[], normal_concat=[], reduce=[], reduce_concat=[], extra=1)\n",
             "no field 'extra'",
         ),
         ("X = Genotype(*A)\n", "positional"),
-        ("X = range(10 ** 9)\n", "unsupported expression (BinOp)"),
-        ("X = range(100000000)\n", "out of bounds"),
-        ("X = namedtuple('Genotype', 'a b')\n", "namedtuple must be"),
+        ("X = Genotype(range(10 ** 9), [2], [], [2])\n", "unsupported expression (BinOp)"),
+        ("X = Genotype(range(100000000), [2], [], [2])\n", "out of bounds"),
+        ("X = Genotype(lambda: 1, [2], [], [2])\n", "unsupported expression (Lambda)"),
+        ("X = Genotype([i for i in range(3)], [2], [], [2])\n", "(ListComp)"),
+        ("X = Genotype(open('/etc/passwd').read(), [2], [], [2])\n", "unsupported"),
+        ("C = __import__('os').system('echo pwned')\nX = Genotype(C, [2], [], [2])\n",
+         "line 2: genotype 'X': name 'C' (line 1): unsupported call"),
+        ("def C():\n    pass\nX = Genotype(C, [2], [], [2])\n",
+         "name 'C' comes from line 1 (FunctionDef C), which is not read"),
+        ("X = Genotype(os.path, [2], [], [2])\n", "unsupported attribute access"),
+        ("X = Genotype(f'{1}', [2], [], [2])\n", "JoinedStr"),
         (
             "X = Genotype(normal=[('a', 0, 1)], normal_concat=[2], reduce=[], reduce_concat=[2])\n",
             "expected an [op, input] pair",
         ),
-        ("x.y = 3\n", "plain `NAME = value`"),
-        ("X = os.path\n", "unsupported attribute access"),
+        ("X = Genotype(" + "[" * 50 + "]" * 50 + ", [2], [], [2])", "nested too deeply"),
         ("X = 1\n", "no Genotype(...) found"),
-        ("X = f'{1}'\n", "JoinedStr"),
+        ("def f():\n    pass\n", "no Genotype(...) found in the file (1 other statement skipped)"),
+        ("import os\nX = __import__('os').system('echo pwned')\n", "no Genotype(...) found"),
+        ("x.y = 3\nX = namedtuple('Genotype', 'a b')\n", "no Genotype(...) found"),
         ("(" * 300 + ")" * 300, "invalid Python"),
-        ("X = " + "[" * 50 + "]" * 50, "nested too deeply"),
         ("Genotype(\n", "invalid Python"),
     ],
 )
@@ -220,7 +223,8 @@ def test_validation_failure_in_a_file_names_the_file_and_genotype(tmp_path):
     with pytest.raises(InputError) as err:
         load_genotype_file(path)
     assert str(err.value) == (
-        f"{path}: genotype 'FOO', normal_concat: 9 names a missing node (the cell has states 2..5)"
+        f"{path}: line 5: genotype 'FOO', normal_concat: 9 names a missing node (the cell has "
+        "states 2..5)"
     )
 
 

@@ -128,8 +128,14 @@ def test_counts_are_at_least_one_and_radii_positive():
     """Every count-like int field rejects 0; every eps/step/sigma/radius/lr field rejects 0."""
     counts = ("n_", "iters", "restarts", "batch", "epochs", "budgets", "points", "chunk",
               "max_", "init_", "trigger_size")
+    # Counts where 0 is a documented setting ("0: off"): they must accept it, and say so.
+    zero_means_off = {"n_neighbors", "finetune_epochs"}
     for label, cls in _registries().items():
         for f in dataclasses.fields(cls):
+            if label.endswith("model_reuse") and f.name in zero_means_off:
+                assert getattr(make_params(cls, {f.name: 0}, source=label), f.name) == 0
+                assert "0: " in f.metadata["doc"], f"{f.name}: the doc says what 0 means"
+                continue
             if any(f.name.startswith(c) or c in f.name for c in counts):
                 with pytest.raises(ParamError, match=f"{f.name}.* must be"):
                     make_params(cls, {f.name: 0}, source=label)

@@ -382,7 +382,7 @@ def test_curvature_probe_record_and_plot(tmp_path):
 
 
 def test_registry_and_params_validation():
-    assert set(PROBES) == {"gradvar", "contour_param", "contour_input", "curvature"}
+    assert set(PROBES) == {"gradvar", "contour_param", "contour_input", "curvature", "trace_leak"}
     assert make_params("gradvar", None).n_samples == 512
     assert make_params("contour-param", {"points": 9}).points == 9
     with pytest.raises(InputError, match="unknown parameter"):
@@ -485,3 +485,112 @@ def test_cli_probe_defaults_to_the_checkpoints_own_dataset(trained_model, cifar_
     out = capsys.readouterr().out
     assert code == 0
     assert "on cifar10" in out and "digits" not in out
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation scheme of the at-init gradient variance (audit == CLI)
+
+_INIT_AUDIT = """
+name = "init"
+out_dir = "out"
+seeds = [0]
+
+[dataset]
+name = "digits"
+
+[train]
+epochs = 1
+batch_size = 64
+lr = 0.05
+drop_path_prob = 0.0
+
+[model_defaults.nas]
+C = 4
+layers = 2
+auxiliary = false
+
+[model_defaults.manual]
+width = 4
+
+[[models]]
+name = "darts_v2"
+
+[[models]]
+name = "resnet18"
+
+[probes.gradvar]
+n_samples = 16
+chunk_size = 8
+"""
+
+
+def _cli_gradvar(capsys, *extra: str) -> dict:
+    from nasaudit.cli import main
+
+    argv = ["probe", "gradvar", "--dataset", "digits", "--device", "cpu", "--n-samples", "16",
+            "--chunk-size", "8", "--seed", "0", "--json", "--no-progress", *extra]
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_audit_at_init_gradvar_equals_cli_kaiming_value(tmp_path, capsys):
+    """The audit's probe_init unit and `nasaudit probe gradvar` measure the same weights: one
+    number for one model and seed, Kaiming by default, and recorded as such."""
+    from nasaudit.audit.config import load_config
+    from nasaudit.audit.runner import run_audit
+    from nasaudit.audit.store import Store
+
+    (tmp_path / "init.toml").write_text(_INIT_AUDIT)
+    run_audit(load_config(tmp_path / "init.toml"), device="cpu", progress=False, report=False)
+    store = Store(tmp_path / "out" / "results.sqlite")
+    try:
+        at_init = {row.model: row.result for row in store.units(stage="probe_init")}
+        trained = {row.model: row.result for row in store.units(stage="probe")}
+    finally:
+        store.close()
+    assert set(at_init) == {"darts_v2", "resnet18"}
+    cli = {
+        "darts_v2": _cli_gradvar(capsys, "--model", "darts_v2", "--C", "4", "--layers", "2",
+                                 "--no-auxiliary"),
+        "resnet18": _cli_gradvar(capsys, "--model", "resnet18", "--width", "4"),
+    }
+    for name in cli:
+        assert at_init[name]["init"] == cli[name]["init"] == "kaiming"
+        assert at_init[name]["variance"] == pytest.approx(cli[name]["variance"], rel=1e-9)
+        assert at_init[name]["variance_per_param"] == pytest.approx(
+            at_init[name]["variance"] / at_init[name]["n_params"], rel=1e-12)
+        # A trained network is never re-initialised.
+        assert trained[name]["init"] == "trained"
+        assert trained[name]["variance"] != pytest.approx(at_init[name]["variance"], rel=1e-3)
+    builtin = _cli_gradvar(capsys, "--model", "darts_v2", "--C", "4", "--layers", "2",
+                           "--no-auxiliary", "--init", "builtin")
+    assert builtin["init"] == "builtin"
+    # The DARTS network's own init (PyTorch defaults) is a different measurement altogether.
+    assert abs(builtin["log10_variance"] - cli["darts_v2"]["log10_variance"]) > 0.3
+
+
+def test_gradvar_init_applies_only_to_untrained_models():
+    """Kaiming re-initialisation happens on a copy, only for a model whose batch norm never saw
+    a batch; `at_init` overrides the detection."""
+    from nasaudit.probes.common import is_untrained
+
+    model, data = _tiny_model(), _fake_dataset()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert is_untrained(model) is True
+    params = {"n_samples": 8, "chunk_size": 8}
+    rec = run_probe("gradvar", model, data, params, device="cpu", seed=1, progress=False)
+    assert rec.init == "kaiming"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    same = run_probe("gradvar", model, data, {**params, "init": "builtin"}, device="cpu",
+                     seed=1, progress=False)
+    assert same.init == "builtin" and same.variance != pytest.approx(rec.variance, rel=1e-3)
+    model.body[1].num_batches_tracked += 1  # as after one training step
+    assert is_untrained(model) is False
+    trained = run_probe("gradvar", model, data, params, device="cpu", seed=1,
+                        progress=False)
+    assert trained.init == "trained" and trained.variance == pytest.approx(same.variance)
+    forced = run_probe("gradvar", model, data, params, device="cpu", seed=1,
+                       progress=False, at_init=True)
+    assert forced.init == "kaiming" and forced.variance == pytest.approx(rec.variance)
+    no_bn = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    assert is_untrained(no_bn) is None

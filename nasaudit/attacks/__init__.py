@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from nasaudit.attacks import backdoor, knockoff, membership, nes, pgd, poisoning
+from nasaudit.attacks import backdoor, knockoff, membership, model_reuse, nes, pgd, poisoning
 from nasaudit.attacks.common import AttackRecord, Victim, make_params
 from nasaudit.errors import InputError
 
@@ -44,6 +44,7 @@ ATTACKS: dict[str, AttackSpec] = {
     "backdoor": AttackSpec(backdoor.Params, backdoor.run_backdoor),
     "knockoff": AttackSpec(knockoff.Params, knockoff.run_knockoff),
     "membership": AttackSpec(membership.Params, membership.run_membership),
+    "model_reuse": AttackSpec(model_reuse.Params, model_reuse.run_model_reuse),
 }
 
 
@@ -59,7 +60,7 @@ def run_attack(
     work_dir: str | Path | None = None,
 ) -> AttackRecord:
     """Run attack `name` ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "knockoff",
-    "membership"; "-" may replace "_") against `victim` on `data` and return its record.
+    "membership", "model_reuse"; "-" may replace "_") against `victim` on `data` and return its record.
 
     params: a dict of overrides of the attack's Params defaults, a Params instance, or None.
     work_dir: where retraining attacks keep checkpoints (resumable); None keeps them in memory.

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nasaudit.data import to_float
-from nasaudit.device import autocast
+from nasaudit.device import autocast, full_precision
 from nasaudit.errors import InputError
 from nasaudit.records import Record
 
@@ -142,16 +142,19 @@ def batched_logits(
     *,
     device: torch.device,
     batch_size: int = 512,
+    fp32: bool = False,
 ) -> torch.Tensor:
     """Logits [N, K] (float32, on `device`) of images x ([N, C, H, W], uint8 or float in [0, 1]).
 
-    x may live on the CPU; each chunk is moved to the device and converted there.
+    x may live on the CPU; each chunk is moved to the device and converted there. fp32: compute
+    in float32 even under autocast (oracles whose signal is below bf16's resolution); otherwise
+    bf16 autocast on CUDA.
     """
     outputs = []
     batch_size = forward_chunk(torch.device(device), batch_size)
     for start in range(0, x.shape[0], batch_size):
         chunk = to_float(x[start : start + batch_size].to(device, non_blocking=True))
-        with autocast(device):
+        with full_precision(device) if fp32 else autocast(device):
             outputs.append(model(chunk).float())
     if not outputs:
         return torch.empty(0, 0, device=device)

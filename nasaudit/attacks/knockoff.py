@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 
 REWARDS = ("all", "cert", "div", "loss")
+SAMPLINGS = ("adaptive", "random")
 
 
 @dataclass
@@ -73,6 +74,11 @@ class Params:
     query_batch: int = param(64, min=1, doc="bandit actions (queries) per round")
     bandit_lr: float = param(0.01, gt=0, doc="online replica step size during sampling")
     reward: str = param("all", choices=REWARDS, doc="bandit reward")
+    sampling: str = param(
+        "adaptive", choices=SAMPLINGS,
+        doc="adaptive (the gradient bandit, the study's) or random (uniform pool images, "
+        "Orekondy et al.'s baseline strategy)",
+    )
     use_probability: bool = param(True, doc="train on probabilities (else argmax labels)")
     augment: bool = param(True, doc="random crop + flip while training the replica")
 
@@ -219,6 +225,22 @@ def adaptive_queries(
     return torch.cat(chosen).cpu(), torch.cat(outputs), counts.long().cpu()
 
 
+def random_queries(
+    victim: nn.Module, pool: torch.Tensor, pool_labels: torch.Tensor, budget: int, *,
+    device: torch.device, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Knockoff's random strategy: `budget` pool images drawn uniformly (without replacement
+    while the pool lasts). Returns (pool indices [budget], victim probabilities [budget, K],
+    counts of their coarse labels [A]) like `adaptive_queries`."""
+    n = pool.shape[0]
+    gen = make_generator(seed, "cpu")
+    rounds = [torch.randperm(n, generator=gen) for _ in range(-(-budget // n))]
+    idx = torch.cat(rounds)[:budget]
+    probs = torch.softmax(batched_logits(victim, pool[idx], device=device), 1)
+    counts = torch.bincount(pool_labels[idx], minlength=int(pool_labels.max()) + 1)
+    return idx, probs, counts
+
+
 def train_replica(
     replica: nn.Module,
     images: torch.Tensor,
@@ -274,13 +296,17 @@ def run_knockoff(
               else (victim.model_kwargs if not params.replica else {}))
     model = victim.model.eval()
     with timed() as elapsed:
-        # The bandit's online replica only guides sampling; each budget trains a fresh one.
-        guide = build_fresh(name, data, seed, kwargs).to(device)
-        idx, outputs, counts = adaptive_queries(
-            model, guide, data.train_images, data.train_labels, budgets[-1], params=params,
-            num_classes=data.num_classes, device=device, seed=seed, progress=progress,
-        )
-        del guide
+        if params.sampling == "random":
+            idx, outputs, counts = random_queries(model, data.train_images, data.train_labels,
+                                                  budgets[-1], device=device, seed=seed)
+        else:
+            # The bandit's online replica only guides sampling; each budget trains a fresh one.
+            guide = build_fresh(name, data, seed, kwargs).to(device)
+            idx, outputs, counts = adaptive_queries(
+                model, guide, data.train_images, data.train_labels, budgets[-1], params=params,
+                num_classes=data.num_classes, device=device, seed=seed, progress=progress,
+            )
+            del guide
         v_logits = batched_logits(model, data.test_images, device=device)
         v_probs = torch.softmax(v_logits, 1)
         y_test = data.test_labels.to(device)

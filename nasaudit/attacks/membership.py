@@ -29,6 +29,7 @@ from nasaudit.attacks.common import (
 )
 from nasaudit.attacks.sampling import candidate_indices
 from nasaudit.data import to_float
+from nasaudit.device import full_precision
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
 from nasaudit.params import param
@@ -40,10 +41,13 @@ LabelOracle = Callable[[torch.Tensor], torch.Tensor]
 
 
 def label_oracle(model: nn.Module, device: torch.device, query_batch: int = 8192) -> LabelOracle:
-    """Label-only access: images [N, C, H, W] in [0, 1] -> predicted classes int64 [N]."""
+    """Label-only access: images [N, C, H, W] in [0, 1] -> predicted classes int64 [N].
+
+    Float32 even under autocast: HopSkipJump probes points about 0.01 of the boundary distance
+    apart, where bf16 rounding of the logits would decide the label."""
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return batched_logits(model, x, device=device, batch_size=query_batch).argmax(1)
+        return batched_logits(model, x, device=device, batch_size=query_batch, fp32=True).argmax(1)
 
     return predict
 
@@ -103,6 +107,18 @@ def hop_skip_jump(
     the loop order follows the authors' code (estimate, step, then project back onto the
     boundary), so the returned point is always boundary-projected.
     """
+    # Float32 throughout, also under autocast: the gradient estimate (an einsum) and the step
+    # sizes work at ~0.01 of the boundary distance, below bf16's resolution.
+    with full_precision(x.device):
+        return _hop_skip_jump(oracle, x, y, max_iter=max_iter, max_eval=max_eval,
+                              init_eval=init_eval, init_size=init_size, generator=generator,
+                              eval_batch=eval_batch)
+
+
+def _hop_skip_jump(oracle: LabelOracle, x: torch.Tensor, y: torch.Tensor, *, max_iter: int,
+                   max_eval: int, init_eval: int, init_size: int,
+                   generator: torch.Generator | None, eval_batch: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b = x.shape[0]
     dev = x.device
     if dev.type == "cpu":

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nasaudit.adversarial import project_linf, uniform_start
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
@@ -29,7 +30,6 @@ from nasaudit.attacks.common import (
     record_fields,
     timed,
 )
-from nasaudit.attacks.pgd import _project, _random_start
 from nasaudit.attacks.sampling import (
     CASES,
     by_case,
@@ -39,6 +39,7 @@ from nasaudit.attacks.sampling import (
     target_classes,
 )
 from nasaudit.data import to_float
+from nasaudit.device import full_precision
 from nasaudit.device import generator as make_generator
 from nasaudit.params import param
 
@@ -50,7 +51,9 @@ class ProbabilityOracle:
     """Black-box access to a classifier: images [N, C, H, W] in [0, 1] -> probabilities [N, K].
 
     Runs under torch.no_grad (no autograd graph ever reaches the victim) and in chunks of
-    `query_batch` images. `queries` counts every image submitted (a device tensor, no sync).
+    `query_batch` images, always in float32 (also under autocast): NES's finite differences at
+    sigma 1e-3 change log-probabilities by less than bf16 can resolve, and success is decided on
+    these same float32 outputs.
     """
 
     def __init__(self, model: nn.Module, device: torch.device, query_batch: int = 4096):
@@ -59,7 +62,7 @@ class ProbabilityOracle:
         self.query_batch = forward_chunk(device, query_batch)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        logits = batched_logits(self.model, x, device=self.device, batch_size=self.query_batch)
+        logits = batched_logits(self.model, x, device=self.device, batch_size=self.query_batch, fp32=True)
         return torch.softmax(logits, dim=1)
 
 
@@ -81,6 +84,14 @@ def nes_gradient(
     """
     if n_query < 2 or n_query % 2:
         raise ValueError(f"n_query must be an even number >= 2, got {n_query}")
+    # The whole estimate in float32, also under autocast: the sums of differences of
+    # log-probabilities at sigma 1e-3 are below bf16's resolution (einsum would autocast).
+    with full_precision(x.device):
+        return _nes_estimate(oracle, x, target, n_query, sigma, generator)
+
+
+def _nes_estimate(oracle: ProbabilityOracle, x: torch.Tensor, target: torch.Tensor, n_query: int,
+                  sigma: float, generator: torch.Generator | None) -> torch.Tensor:
     b = x.shape[0]
     half = n_query // 2
     u = torch.randn((b, half, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
@@ -132,7 +143,7 @@ def nes_attack(
         if active.numel() == 0:
             break
         x0 = x[active]
-        cur = _random_start(x0, eps, generator) if (random_start or r > 0) and eps > 0 else x0.clone()
+        cur = uniform_start(x0, eps, generator) if (random_start or r > 0) and eps > 0 else x0.clone()
         for t in range(iters + 1):
             hit = oracle(cur).argmax(1) == target[active]
             queries[active] += 1
@@ -151,7 +162,7 @@ def nes_attack(
                 oracle, cur, target[active], n_query=n_query, sigma=sigma, generator=generator
             )
             queries[active] += 2 * (n_query // 2)
-            cur = _project(cur + step * grad.sign(), x0, eps)
+            cur = project_linf(cur + step * grad.sign(), x0, eps)
     return x_adv, success, iterations, queries
 
 

@@ -1,7 +1,8 @@
 """L-inf projected gradient descent (Madry et al. 2018) in pixel space [0, 1].
 
-`pgd_untargeted` is the primitive the trainer uses for adversarial training; the attack entry
-points (targeted PGD with restarts and the untargeted eps sweep) are added below it.
+The PGD step itself (`pgd_untargeted`, projection, random start) lives in
+`nasaudit.adversarial`, below the trainer that uses it for adversarial training; this module
+adds the attack entry points (targeted PGD with restarts and the untargeted eps sweep).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from nasaudit.adversarial import pgd_untargeted as pgd_untargeted  # re-exported: public API
+from nasaudit.adversarial import project_linf, uniform_start
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
@@ -32,62 +35,12 @@ from nasaudit.attacks.sampling import (
     target_classes,
 )
 from nasaudit.data import to_float
-from nasaudit.device import autocast
+from nasaudit.device import autocast, autocast_enabled, full_precision
 from nasaudit.device import generator as make_generator
 from nasaudit.params import param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
-
-
-def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Clip x_adv into the L-inf ball of radius eps around x and into the image box [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
-
-
-def _random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-    """x plus uniform noise in [-eps, eps]^d, clipped to [0, 1] (Madry et al.'s random start)."""
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (x + (2.0 * noise - 1.0) * eps).clamp_(0.0, 1.0)
-
-
-def pgd_untargeted(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    step: float,
-    iters: int,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Batched untargeted L-inf PGD: ascend the cross-entropy of the true labels.
-
-    Args:
-        model: maps images [B, C, H, W] in [0, 1] to logits [B, K]; used in whatever mode the
-            caller set (train mode for adversarial training, eval mode for attacks).
-        x: clean images, float [B, C, H, W] in [0, 1].
-        y: true labels, int64 [B].
-        eps: L-inf radius in pixel units (8/255 in the study).
-        step: step size per iteration in pixel units (2/255).
-        iters: number of gradient steps.
-        random_start: start from a uniform point in the eps-ball (needs `generator` for
-            reproducibility; same device as x).
-    Returns:
-        x_adv: float [B, C, H, W] in [0, 1], ||x_adv - x||_inf <= eps, detached.
-    Model parameter gradients are not touched (torch.autograd.grad w.r.t. the input only).
-    """
-    x = x.detach()
-    x_adv = _random_start(x, eps, generator) if random_start and eps > 0 else x.clone()
-    for _ in range(iters):
-        x_adv.requires_grad_(True)
-        # Sum, not mean: the per-sample gradient sign is what matters, and summing keeps
-        # samples independent of the batch size.
-        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = _project(x_adv.detach() + step * grad.sign(), x, eps)
-    return x_adv.detach()
 
 
 def _pgd_run(
@@ -110,16 +63,23 @@ def _pgd_run(
     Returns (x_adv [B, C, H, W], success bool [B], iteration of first success int64 [B], -1 if none).
     """
     x = x.detach()
-    x_adv = _random_start(x, eps, generator) if random_start and eps > 0 else x.clone()
+    x_adv = uniform_start(x, eps, generator) if random_start and eps > 0 else x.clone()
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     sign = -1.0 if targeted else 1.0  # descend the target's loss, ascend the true label's
+    reduced = autocast_enabled(x.device)  # gradients may be bf16; success checks are not
     for t in range(iters + 1):
         last = t == iters
         x_adv.requires_grad_(not last)
-        with torch.set_grad_enabled(not last):
-            logits = model(x_adv)
-        pred = logits.argmax(1)
+        if not (last and reduced):  # the last pass only checks success: float32 below
+            with torch.set_grad_enabled(not last):
+                logits = model(x_adv)
+        if reduced:
+            # Success is decided on float32 logits: bf16 rounding can flip a near-tied argmax.
+            with torch.no_grad(), full_precision(x.device):
+                pred = model(x_adv.detach()).argmax(1)
+        else:
+            pred = logits.argmax(1)
         hit = pred == label if targeted else pred != label
         newly = hit & ~done
         first = torch.where(newly, torch.full_like(first, t), first)
@@ -128,7 +88,7 @@ def _pgd_run(
             break
         loss = F.cross_entropy(logits.float(), label, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x_adv)
-        stepped = _project(x_adv.detach() + sign * step * grad.sign(), x, eps)
+        stepped = project_linf(x_adv.detach() + sign * step * grad.sign(), x, eps)
         x_adv = torch.where(done.view(-1, 1, 1, 1), x_adv.detach(), stepped)
     return x_adv.detach(), done, first
 

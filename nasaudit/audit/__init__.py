@@ -3,7 +3,10 @@ result in SQLite, and write the report.
 
 * `config`: the TOML schema (`load_config`, `AuditConfig`);
 * `store`: the results database, one transactional row per unit (`Store`);
-* `runner`: units, stages, resume, progress, one worker per GPU (`run_audit`);
+* `plan`: the unit graph, built up front (`build_plan`, `describe_plan` for --dry-run);
+* `units`: doing one unit (`execute_unit`), the same code on every engine;
+* `engines`: executing a plan, `local` (this process) or `ray` (a Ray cluster);
+* `runner`: the entry point, resume, the run's history (`run_audit`);
 * `report`: markdown/HTML/PNG/CSV from the database alone (`write_report`);
 * `demo`: the `nasaudit demo` pipeline on the embedded digits data (`run_demo`).
 

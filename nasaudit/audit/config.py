@@ -34,12 +34,31 @@ Schema (every table but ``[dataset]`` and ``[[models]]`` is optional)::
     n_step = 5                          # nasaudit.search.SearchConfig fields
     hooks = ["skip_penalty:0.5"]
 
+    [[sweeps]]                          # one search per combination of the lists, each audited
+    name = "knobs"                      # points labelled knobs-n_step2-gamma0.5, ... (group "sweep")
+    n_step = [1, 2]                     # a list = swept; a plain value = fixed for all points
+    gamma = [1.0, 0.5]
+    objectives = [[], ["input_curvature:0.1"]]   # list fields are swept as a list of lists
+    epochs = 10
+    reference = true                    # also a plain-DARTS point "knobs-darts" (default true)
+    kwargs = { C = 16 }                 # model settings of the sweep's networks (over model_defaults.nas)
+
+    [report.weighting]                  # the trade-off section's "best balance" (weights >= 0)
+    clean_acc = 1.0                     # also pgd_asr_ml, nes_asr_ml, membership_auc,
+    pgd_asr_ml = 1.0                    # backdoor_asr, search_seconds, search_steps
+
     [attacks.pgd]                       # one table = one parameter set (study defaults if empty)
     n_inputs = 1000
     [[attacks.knockoff]]                # an array of tables = one unit per parameter set
     budget = 1000
     [probes.gradvar]
     at_init = true                      # also measure at initialisation (default true)
+
+    [run]                               # how to execute (never part of a result); flags win
+    engine = "ray"                      # "local" (default) | "ray"
+    address = "auto"                    # Ray cluster to join; unset: start a local one
+    [run.resources]                     # per unit kind: search, train, retrain, light, analyze
+    light = { gpu = 0.25, cpu = 1 }
 
 Inside an attack or probe table these keys belong to the audit, not to the module:
 ``enabled`` (default true), ``models`` (run only on these labels), ``each_model`` (the name
@@ -54,8 +73,10 @@ current directory.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,11 +90,163 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 # Attack and probe names the audit knows how to schedule, in report order.
-KNOWN_ATTACKS = ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "knockoff", "membership")
-KNOWN_PROBES = ("gradvar", "contour_param", "contour_input", "curvature")
+KNOWN_ATTACKS = ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "knockoff", "membership", "model_reuse")
+KNOWN_PROBES = ("gradvar", "contour_param", "contour_input", "curvature", "trace_leak")
 # Keys inside an attack/probe table that configure scheduling, never passed to the module.
 AUDIT_KEYS = frozenset({"enabled", "models", "each_model", "each_model_in", "at_init"})
 SEARCH_PREFIX = "search:"
+
+# The keys each table accepts, declared in one place: a key is added here when it is parsed.
+# Unknown keys are errors with a "did you mean" hint (`check_keys`). Tables whose keys are a
+# dataclass's fields add those fields: [train] and [[models]].train (TrainConfig), [[searches]]
+# and [[sweeps]] (SearchConfig), attack and probe tables (their Params, via make_params).
+TOP_KEYS = frozenset({"name", "description", "out_dir", "seeds", "dataset", "train",
+                      "model_defaults", "models", "searches", "attacks", "probes", "run",
+                      "sweeps", "report"})
+DATASET_KEYS = frozenset({"name", "data_dir", "download", "num_classes"})
+MODEL_DEFAULT_GROUPS = frozenset({"nas", "manual"})
+MODEL_KEYS = frozenset({"name", "spec", "group", "kwargs", "train", "mitigation_of"})
+SEARCH_KEYS = frozenset({"name", "seed"})  # + SearchConfig fields
+# [[sweeps]]: name, seed, reference (add the plain-DARTS point, default true), kwargs / train
+# (of the models built from the sweep's genotypes) + SearchConfig fields, a list = swept.
+SWEEP_KEYS = frozenset({"name", "seed", "reference", "kwargs", "train"})
+# [report] weighting = { clean_acc = 1.0, pgd_asr_ml = 1.0, ... }: the "best balance" sentence
+# of the trade-off section (keys: TRADEOFF_METRICS and search_seconds; weights >= 0).
+REPORT_KEYS = frozenset({"weighting"})
+TRADEOFF_METRICS = ("clean_acc", "pgd_asr_ml", "nes_asr_ml", "membership_auc", "backdoor_asr")
+WEIGHTING_KEYS = frozenset({*TRADEOFF_METRICS, "search_seconds", "search_steps"})
+# SearchConfig fields whose single value is itself a list: swept only as a list of lists.
+LIST_SEARCH_FIELDS = frozenset({"hooks", "objectives", "arch_betas"})
+SWEEP_GROUP = "sweep"  # model group of the sweep's points (kept apart from the study's nas/manual)
+# Bounds of values that size a loop or an allocation, checked before anything runs.
+MAX_SEED = 2**63 - 1
+MAX_CLASSES = 100_000
+MAX_CONFIG_BYTES = 4 << 20
+# Model labels and search names become path components under OUT (checkpoints, work, probes):
+# a plain name, never "..", a separator or an absolute path.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")
+
+
+def did_you_mean(key: str, known: Any) -> str:
+    """"; did you mean 'x'?" for the closest known key, else "; known: a, b, c"."""
+    names = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(str(key).replace("-", "_"), names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
+
+
+def check_keys(table: dict, known: Any, *, where: str, source: str) -> None:
+    """Raise InputError for the first key of `table` not in `known` ("unknown key 'data-dir'
+    in [dataset]; did you mean 'data_dir'?")."""
+    for key in table:
+        if key not in known:
+            raise InputError(source, f"unknown key {key!r} in {where}{did_you_mean(key, known)}")
+
+
+def check_plain_name(value: Any, *, what: str, source: str) -> str:
+    """`value` if it is a plain name usable as one path component (PLAIN_NAME), else InputError."""
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or value in (".", ".."):
+        raise InputError(source, f"{what} must be a plain name (letters, digits, _ . + = -, at most "
+                                 f"100 characters, no path separator), got {value!r}")
+    return value
+
+
+def _check_bool(table: dict, key: str, where: str, source: str) -> None:
+    if key in table and not isinstance(table[key], bool):
+        raise InputError(source, f"{where}.{key} must be true or false (a TOML boolean), "
+                                 f"got {table[key]!r}")
+
+
+def _check_seed(value: Any, what: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise InputError(source, f"{what} must be an integer in 0..2^63-1, got {value!r}")
+    return value
+
+
+def _dataclass_fields(module: str, name: str) -> frozenset[str]:
+    import dataclasses
+    import importlib
+
+    return frozenset(f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name)))
+
+
+def _train_fields() -> frozenset[str]:
+    return _dataclass_fields("nasaudit.training", "TrainConfig")
+
+
+def _search_fields() -> frozenset[str]:
+    return _dataclass_fields("nasaudit.search.run", "SearchConfig")
+
+
+def _check_train_table(value: Any, where: str, source: str) -> dict:
+    if not isinstance(value, dict):
+        raise InputError(source, f"{where} must be a table of training settings, got {value!r}")
+    check_keys(value, _train_fields(), where=where, source=source)
+    return value
+
+# The [run] table: how the audit is executed (never part of a result's key). Flags win.
+#   [run]
+#   engine = "ray"                      # "local" (default) | "ray"
+#   address = "auto"                    # Ray cluster to join ("auto" | "HOST:PORT"); none = start one
+#   [run.resources]                     # what one unit of each kind asks the cluster for
+#   train = { gpu = 1, cpu = 2 }
+#   light = { gpu = 0.25 }
+RUN_KEYS = frozenset({"engine", "address", "resources"})
+ENGINES = ("local", "ray")
+# Unit kinds: searches, training, the retraining attacks (poison, backdoor, knockoff), the
+# light units that only read a checkpoint (clean accuracy, probes, PGD, NES, membership), and
+# the model analysis (no GPU).
+RESOURCE_KINDS = ("search", "train", "retrain", "light", "analyze")
+RESOURCE_KEYS = frozenset({"gpu", "cpu"})
+DEFAULT_RESOURCES: dict[str, dict[str, float]] = {
+    "search": {"gpu": 1, "cpu": 1},
+    "train": {"gpu": 1, "cpu": 1},
+    "retrain": {"gpu": 1, "cpu": 1},
+    "light": {"gpu": 0.25, "cpu": 1},
+    "analyze": {"gpu": 0, "cpu": 1},
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The [run] table: engine ("local" | "ray" | None = not set), Ray address, resources."""
+
+    engine: str | None = None
+    address: str | None = None
+    resources: dict[str, dict[str, float]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
+
+
+def resource_request(resources: dict[str, dict[str, float]], kind: str) -> dict[str, float]:
+    """{"GPU": g, "CPU": c} that a unit of `kind` asks for (Ray's resource names)."""
+    entry = resources.get(kind, DEFAULT_RESOURCES[kind])
+    return {"GPU": float(entry.get("gpu", 0)), "CPU": float(entry.get("cpu", 1))}
+
+
+def _run_spec(data: dict, source: str) -> RunSpec:
+    run = _table(data, "run", source)
+    unknown = sorted(set(run) - RUN_KEYS)
+    if unknown:
+        raise InputError(source, f"[run]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(RUN_KEYS))}")
+    engine, address = run.get("engine"), run.get("address")
+    if engine is not None and engine not in ENGINES:
+        raise InputError(source, f"[run].engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if address is not None and (not isinstance(address, str) or not address):
+        raise InputError(source, "[run].address must be a non-empty string (auto or HOST:PORT)")
+    resources = copy.deepcopy(DEFAULT_RESOURCES)
+    for kind, entry in _table(run, "resources", source).items():
+        where = f"[run.resources.{kind}]"
+        if kind not in RESOURCE_KINDS:
+            raise InputError(source, f"{where}: unknown unit kind; known: {', '.join(RESOURCE_KINDS)}")
+        if not isinstance(entry, dict) or not set(entry) <= RESOURCE_KEYS:
+            raise InputError(source, f"{where} must be a table with gpu and/or cpu")
+        for key, value in entry.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1024:
+                raise InputError(source, f"{where}.{key} must be a number in 0..1024, got {value!r}")
+            if key == "gpu" and value > 1 and value != int(value):
+                raise InputError(source, f"{where}.gpu above 1 must be a whole number of GPUs")
+        if entry.get("cpu", 1) <= 0 and entry.get("gpu", 0) <= 0:
+            raise InputError(source, f"{where} asks for nothing (set cpu or gpu above 0)")
+        resources[kind].update(entry)
+    return RunSpec(engine, address, resources)
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -153,6 +326,7 @@ class AuditConfig:
     attacks: tuple[TaskSpec, ...]
     probes: tuple[TaskSpec, ...]
     raw: dict[str, Any]
+    run: RunSpec = field(default_factory=RunSpec)  # how to execute; never part of a unit's key
 
     def model(self, label: str) -> ModelSpec:
         """The model with this label (InputError if none)."""
@@ -192,13 +366,17 @@ def _replace(config: AuditConfig, **changes: Any) -> AuditConfig:
 
 def load_config(path: str | Path) -> AuditConfig:
     """Read and validate an audit TOML file. Raises InputError naming the file and the problem."""
+    from nasaudit.io import read_limited
+
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "config file not found")
+    raw = read_limited(path, MAX_CONFIG_BYTES, "config file")  # bounded: never /dev/zero
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"invalid TOML ({exc})") from None
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        problem = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InputError(path, f"invalid TOML ({problem})") from None
     return config_from_dict(data, base_dir=path.resolve().parent, source=str(path))
 
 
@@ -210,10 +388,98 @@ def _table(data: dict, key: str, source: str) -> dict:
 
 
 def _resolve_path(value: Any, base_dir: Path, source: str, what: str) -> Path:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or "\x00" in value:
         raise InputError(source, f"{what} must be a non-empty string path")
-    p = Path(value).expanduser()
-    return (p if p.is_absolute() else base_dir / p).resolve()
+    try:
+        p = Path(value).expanduser()
+        return (p if p.is_absolute() else base_dir / p).resolve()
+    except (RuntimeError, ValueError, OSError) as exc:  # "~nobody", a loop of symlinks
+        raise InputError(source, f"{what} {value!r} is not a usable path ({exc})") from None
+
+
+def _check_sweeps(raw: Any, source: str) -> None:
+    """Structure and keys of [[sweeps]] (each: a name and lists of SearchConfig values)."""
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise InputError(source, "sweeps must be an array of tables ([[sweeps]])")
+    for item in raw:
+        if not isinstance(item.get("name"), str):
+            raise InputError(source, "each [[sweeps]] entry needs a string name")
+        check_plain_name(item["name"], what="a [[sweeps]] name", source=source)
+        check_keys(item, SWEEP_KEYS | _search_fields(), where=f"[[sweeps]] {item['name']!r}",
+                   source=source)
+        if "seed" in item:
+            _check_seed(item["seed"], f"[[sweeps]] {item['name']!r} seed", source)
+        _check_bool(item, "reference", f"[[sweeps]] {item['name']!r}", source)
+        if not isinstance(item.get("kwargs", {}), dict):
+            raise InputError(source, f"[[sweeps]] {item['name']!r}: kwargs must be a table of model settings")
+        _check_train_table(item.get("train", {}), f"[[sweeps]] {item['name']!r} train", source)
+
+
+def _swept(key: str, value: Any) -> bool:
+    if not isinstance(value, list):
+        return False
+    return key not in LIST_SEARCH_FIELDS or (bool(value) and all(isinstance(v, list) for v in value))
+
+
+def _knob_text(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, (int, float)):
+        text = f"{value:g}"
+    elif isinstance(value, list):
+        text = "+".join(_knob_text("", v) for v in value) or "none"
+    else:
+        text = str(value)
+    return key + re.sub(r"[^A-Za-z0-9_.+=-]", "", text)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One search of a sweep: its label (also the search name and model label), the SearchConfig
+    settings, the swept knobs' values, and whether it is the added plain-DARTS reference."""
+
+    label: str
+    params: dict[str, Any]
+    knobs: dict[str, Any]
+    reference: bool = False
+
+
+def expand_sweep(item: dict[str, Any], source: str = "<sweep>") -> list[SweepPoint]:
+    """The searches of one [[sweeps]] table: every combination of its list-valued settings (in
+    the table's key order), labelled "NAME-KEYVALUE-KEYVALUE" (e.g. knobs-n_step2-gamma0.5),
+    plus, unless `reference = false`, a "NAME-darts" point with every knob at its SearchConfig
+    default when no combination is already that. Pure: the report re-expands the stored table."""
+    import dataclasses
+    import itertools
+
+    from nasaudit.search.run import SearchConfig
+
+    name = item["name"]
+    fixed = {k: v for k, v in item.items() if k not in SWEEP_KEYS and not _swept(k, v)}
+    knobs = {k: v for k, v in item.items() if k not in SWEEP_KEYS and _swept(k, v)}
+    for key, values in knobs.items():
+        if not values:
+            raise InputError(source, f"[[sweeps]] {name!r}: {key} lists no values")
+    points: list[SweepPoint] = []
+    for combo in itertools.product(*knobs.values()):
+        values = dict(zip(knobs, combo, strict=True))
+        label = "-".join([name, *(_knob_text(k, v) for k, v in values.items())])
+        if not PLAIN_NAME.fullmatch(label):  # too long: number it (the knobs are still recorded)
+            label = f"{name}-{len(points) + 1}"
+        points.append(SweepPoint(label, {**fixed, **values}, values))
+    defaults = {f.name: getattr(SearchConfig(), f.name) for f in dataclasses.fields(SearchConfig)}
+    plain = {k: defaults[k] for k in knobs if k in defaults}
+
+    def same(a: Any, b: Any) -> bool:
+        return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+
+    if item.get("reference", True) and knobs and not any(
+            all(same(p.knobs[k], plain[k]) for k in plain) for p in points):
+        points.append(SweepPoint(f"{name}-darts", dict(fixed), plain, reference=True))
+    labels = [p.label for p in points]
+    if len(set(labels)) != len(labels):
+        raise InputError(source, f"[[sweeps]] {name!r}: two combinations get the same label")
+    return points
 
 
 def _resolve_spec(spec: str, base_dir: Path) -> str:
@@ -242,11 +508,14 @@ def _tasks(data: dict, kind: str, known: tuple[str, ...], labels: list[str], sou
     tasks: list[TaskSpec] = []
     for name, entry in _table(data, section, source).items():
         if name not in known:
-            raise InputError(source, f"unknown {kind} {name!r} in [{section}]; known: {', '.join(known)}")
+            hint = did_you_mean(name, known)
+            raise InputError(source, f"unknown {kind} {name!r} in [{section}]{hint}")
         entries = entry if isinstance(entry, list) else [entry]
         for item in entries:
             if not isinstance(item, dict):
                 raise InputError(source, f"[{section}.{name}] must be a table or an array of tables")
+            for flag in ("enabled", "at_init"):
+                _check_bool(item, flag, f"[{section}.{name}]", source)
             if not item.get("enabled", True):
                 continue
             params = {k: v for k, v in item.items() if k not in AUDIT_KEYS}
@@ -264,7 +533,8 @@ def _tasks(data: dict, kind: str, known: tuple[str, ...], labels: list[str], sou
                 if not isinstance(each, str):
                     raise InputError(source, f"[{section}.{name}].each_model must be a parameter name")
                 among = item.get("each_model_in", labels)
-                if not isinstance(among, list) or not set(among) <= set(labels):
+                if (not isinstance(among, list) or not all(isinstance(x, str) for x in among)
+                        or not set(among) <= set(labels)):
                     raise InputError(source, f"[{section}.{name}].each_model_in must list model labels")
                 # The value is a model label; the runner maps it to that model's spec and kwargs.
                 variants = [{**params, each: label} for label in among]
@@ -280,35 +550,65 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
     """Validate a config already parsed into a dict (paths resolve against `base_dir`)."""
     base_dir = Path(base_dir).resolve()
     data = copy.deepcopy(data)
-    known_top = {"name", "out_dir", "seeds", "dataset", "train", "model_defaults", "models",
-                 "searches", "attacks", "probes", "description"}
-    unknown = sorted(set(data) - known_top)
-    if unknown:
-        raise InputError(source, f"unknown top-level key(s) {', '.join(unknown)}")
+    if not isinstance(data, dict):
+        raise InputError(source, "an audit config must be a table of settings")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise InputError(source, f"unknown top-level key {key!r}{did_you_mean(key, TOP_KEYS)}")
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise InputError(source, f"{key} must be a string, got {data[key]!r}")
 
     ds = _table(data, "dataset", source)
+    check_keys(ds, DATASET_KEYS, where="[dataset]", source=source)
     if "name" not in ds:
         raise InputError(source, "[dataset] needs a name (cifar10, cifar100, imagenet32 or digits)")
+    if not isinstance(ds["name"], str):
+        raise InputError(source, f"[dataset].name must be a string, got {ds['name']!r}")
+    _check_bool(ds, "download", "[dataset]", source)
+    num_classes = ds.get("num_classes")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or not 1 <= num_classes <= MAX_CLASSES):
+        raise InputError(source, f"[dataset].num_classes must be an integer in 1..{MAX_CLASSES}, "
+                                 f"got {num_classes!r}")
     data_dir = ds.get("data_dir")
     dataset = DatasetSpec(
-        name=str(ds["name"]),
+        name=ds["name"],
         data_dir=None if data_dir is None else _resolve_path(data_dir, base_dir, source, "dataset.data_dir"),
-        download=bool(ds.get("download", False)),
-        num_classes=ds.get("num_classes"),
+        download=ds.get("download", False),
+        num_classes=num_classes,
     )
 
     seeds = data.get("seeds", [0])
-    if isinstance(seeds, int):
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if not isinstance(seeds, list) or not seeds:
         raise InputError(source, "seeds must be a non-empty list of integers")
+    for seed in seeds:
+        _check_seed(seed, "seeds", source)
     if len(set(seeds)) != len(seeds):
         raise InputError(source, "seeds must not repeat")
 
     train = _table(data, "train", source)
     if "seed" in train:
         raise InputError(source, "[train] must not set seed; use the top-level seeds list")
+    _check_train_table(train, "[train]", source)
     defaults = _table(data, "model_defaults", source)
+    check_keys(defaults, MODEL_DEFAULT_GROUPS, where="[model_defaults]", source=source)
+    for group_name, group_kwargs in defaults.items():
+        if not isinstance(group_kwargs, dict):
+            raise InputError(source, f"[model_defaults.{group_name}] must be a table of model settings")
+    for key in ("run", "report"):
+        _table(data, key, source)
+    check_keys(data.get("report", {}), REPORT_KEYS, where="[report]", source=source)
+    weighting = data.get("report", {}).get("weighting", {})
+    if not isinstance(weighting, dict):
+        raise InputError(source, "[report].weighting must be a table of metric = weight")
+    check_keys(weighting, WEIGHTING_KEYS, where="[report.weighting]", source=source)
+    for key, value in weighting.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise InputError(source, f"[report.weighting].{key} must be a number >= 0, got {value!r}")
+    _check_sweeps(data.get("sweeps", []), source)
 
     searches: list[SearchSpec] = []
     raw_searches = data.get("searches", [])
@@ -317,24 +617,40 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
     for item in raw_searches:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InputError(source, "each [[searches]] entry needs a string name")
+        where = f"[[searches]] {item['name']!r}"
+        check_plain_name(item["name"], what="a [[searches]] name", source=source)
+        check_keys(item, SEARCH_KEYS | _search_fields(), where=where, source=source)
         params = {k: v for k, v in item.items() if k not in ("name", "seed")}
-        searches.append(SearchSpec(item["name"], params, int(item.get("seed", seeds[0]))))
+        seed = _check_seed(item.get("seed", seeds[0]), f"{where} seed", source)
+        searches.append(SearchSpec(item["name"], params, seed))
+    sweep_models: list[tuple[dict, SweepPoint]] = []
+    for item in data.get("sweeps", []):
+        for point in expand_sweep(item, source):
+            seed = item.get("seed", seeds[0])
+            searches.append(SearchSpec(point.label, point.params, seed))
+            sweep_models.append((item, point))
     search_names = [s.name for s in searches]
     if len(set(search_names)) != len(search_names):
-        raise InputError(source, "search names must be unique")
+        raise InputError(source, "search names must be unique (sweep labels included)")
 
-    raw_models = data.get("models")
-    if not isinstance(raw_models, list) or not raw_models:
-        raise InputError(source, "the config needs at least one [[models]] entry")
+    raw_models = data.get("models", [] if sweep_models else None)
+    if not isinstance(raw_models, list) or not (raw_models or sweep_models):
+        raise InputError(source, "the config needs at least one [[models]] entry (or a [[sweeps]] table)")
     models: list[ModelSpec] = []
     for item in raw_models:
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InputError(source, "each [[models]] entry needs a string name")
-        extra = sorted(set(item) - {"name", "spec", "group", "kwargs", "train", "mitigation_of"})
-        if extra:
-            raise InputError(source, f"model {item['name']!r}: unknown key(s) {', '.join(extra)}")
+        where = f"model {item['name']!r}"
+        check_keys(item, MODEL_KEYS, where=where, source=source)
+        check_plain_name(item["name"], what="a [[models]] name (label)", source=source)
+        for key in ("spec", "group", "mitigation_of"):
+            if key in item and not isinstance(item[key], str):
+                raise InputError(source, f"{where}: {key} must be a string, got {item[key]!r}")
+        if not isinstance(item.get("kwargs", {}), dict):
+            raise InputError(source, f"{where}: kwargs must be a table of model settings, got {item['kwargs']!r}")
+        _check_train_table(item.get("train", {}), f"{where} train", source)
         spec = _resolve_spec(str(item.get("spec", item["name"])), base_dir)
         if spec.startswith(SEARCH_PREFIX) and spec[len(SEARCH_PREFIX) :] not in search_names:
             raise InputError(source, f"model {item['name']!r} uses {spec!r} but no such [[searches]] entry")
@@ -343,18 +659,33 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
         base_kwargs = dict(defaults.get("manual" if _default_group(spec) == "manual" else "nas", {}))
         kwargs = {**base_kwargs, **dict(item.get("kwargs", {}))}
         models.append(ModelSpec(item["name"], spec, group, kwargs, dict(item.get("train", {})), mitigation_of))
+    for item, point in sweep_models:  # each sweep point is audited like any searched model
+        kwargs = {**dict(defaults.get("nas", {})), **dict(item.get("kwargs", {}))}
+        models.append(ModelSpec(point.label, SEARCH_PREFIX + point.label, SWEEP_GROUP, kwargs,
+                                dict(item.get("train", {}))))
     labels = [m.label for m in models]
     if len(set(labels)) != len(labels):
-        raise InputError(source, "model names must be unique")
+        raise InputError(source, "model names must be unique (sweep labels included)")
     for m in models:
         if m.mitigation_of is not None and m.mitigation_of not in labels:
             raise InputError(source, f"model {m.label!r}: mitigation_of names unknown model {m.mitigation_of!r}")
 
-    out = data.get("out_dir", f"runs/{data.get('name', 'audit')}")
+    if "out_dir" in data:
+        out = data["out_dir"]
+    else:
+        name = check_plain_name(data.get("name", "audit"), what="name (the default out_dir)", source=source)
+        out = f"runs/{name}"
+    out_dir = _resolve_path(out, base_dir, source, "out_dir")
+    from nasaudit.outdir import protected_dirs
+
+    protected = protected_dirs()
+    if any(out_dir == p or out_dir in p.parents for p in protected):
+        raise InputError(source, f"out_dir {out!r} is {out_dir}: a run never writes into /, the home "
+                                 "directory or the nasaudit checkout (or a folder holding them)")
     return AuditConfig(
         name=str(data.get("name", Path(source).stem)),
         source=source,
-        out_dir=_resolve_path(out, base_dir, source, "out_dir"),
+        out_dir=out_dir,
         seeds=tuple(seeds),
         dataset=dataset,
         train=train,
@@ -363,4 +694,5 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
         attacks=_tasks(data, "attack", KNOWN_ATTACKS, labels, source),
         probes=_tasks(data, "probe", KNOWN_PROBES, labels, source),
         raw=data,
+        run=_run_spec(data, source),
     )

@@ -2,21 +2,28 @@
 
 A unit is (model x stage x parameters x seed). Its row is written in one transaction when the
 unit finishes, so a kill -9 at any moment leaves either no row or a complete one; on resume the
-runner skips every unit whose key has a ``done`` row. The database runs in WAL mode so that the
-report (or a progress poller) can read while a worker writes.
+runner skips every unit whose key has a ``done`` row. The audit's driver is the only process
+that writes it (engines return records to the driver), so it never sees many writers on a
+shared file system; WAL mode lets the report read while the driver writes.
+
+A file that is not an audit's database (another tool's SQLite, another format) is refused
+before anything is written to it. A row whose JSON does not decode is a *corrupt* unit: it is
+listed with the failed units (status "corrupt"), never as done, so the report still builds and
+the next audit runs the unit again.
 
 Tables:
   * ``units``: key, model label, group, stage, unit name, params (JSON), seed, status
     ("done" | "failed"), result (the record as JSON), kind, timings (unix seconds), nasaudit and
     torch versions, device, genotype hash, model key, error text.
   * ``meta``: key/value pairs (schema version, config, run history).
-  * ``claims``: which worker process owns which group of units right now (multi-GPU runs).
+
+(Databases written before the Ray engine also hold an unused ``claims`` table.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -29,6 +36,14 @@ from nasaudit.errors import InputError
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"
+# PRAGMA application_id of every results.sqlite nasaudit creates ("nasa" in ASCII): another
+# tool's database says something else (or nothing).
+APPLICATION_ID = 0x6E617361
+# Columns a results database must have (older ones may lack the later, optional ones).
+_REQUIRED_COLUMNS = frozenset({"unit_key", "model", "model_group", "stage", "name", "params", "seed",
+                               "status", "kind", "result", "started", "finished", "seconds",
+                               "nasaudit_version", "torch_version", "device"})
+_OPTIONAL_COLUMNS = {"genotype_hash": "TEXT", "model_key": "TEXT", "error": "TEXT", "host": "TEXT"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,16 +66,10 @@ CREATE TABLE IF NOT EXISTS units (
     device TEXT NOT NULL,
     genotype_hash TEXT,
     model_key TEXT,
-    error TEXT
+    error TEXT,
+    host TEXT
 );
 CREATE INDEX IF NOT EXISTS units_by_model ON units (model, stage);
-CREATE TABLE IF NOT EXISTS claims (
-    group_key TEXT PRIMARY KEY,
-    worker TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    claimed REAL NOT NULL,
-    finished INTEGER NOT NULL DEFAULT 0
-);
 """
 
 
@@ -87,6 +96,7 @@ class UnitRow:
     genotype_hash: str | None
     model_key: str | None
     error: str | None
+    host: str | None = None  # the machine that ran the unit (None in older databases)
 
 
 class Store:
@@ -104,19 +114,15 @@ class Store:
             raise InputError(path.parent, "no audit results here (results.sqlite is missing)")
         if path.is_dir():
             raise InputError(path, "is a directory, not an audit results database")
+        if path.is_file():
+            _check_ours(path, immutable=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
         self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)
         try:
-            # Read before anything writes: a file that is not ours (or is damaged) is reported
-            # and left exactly as it is. (Never open() the file directly here: closing another
-            # descriptor of it would drop the POSIX locks SQLite holds on it in this process.)
-            tables = {r[0] for r in self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and not {"meta", "units"} <= tables:
-                self._conn.close()
-                raise InputError(path, "an SQLite database, but not an audit's results (no "
-                                       "units/meta tables); move it away or choose another --out")
+            # Checked again on the live connection (a WAL database's newest pages are not in
+            # the main file the immutable look read), still before anything writes.
+            fresh = not _check_ours(path, conn=self._conn)
             self._enable_wal()
             # FULL: a committed unit survives power loss, not just a process kill.
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -128,6 +134,15 @@ class Store:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(units)")}
+                for column, sql_type in _OPTIONAL_COLUMNS.items():
+                    if column not in columns:  # a database from an older nasaudit
+                        conn.execute(f"ALTER TABLE units ADD COLUMN {column} {sql_type}")
+                if fresh:
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        except InputError:
+            self._conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             if isinstance(exc, sqlite3.OperationalError):
@@ -215,6 +230,7 @@ class Store:
         status: str = "done",
         error: str | None = None,
         torch_version: str | None = None,
+        host: str | None = None,
     ) -> None:
         """Write one finished (or failed) unit in a single transaction, replacing any old row."""
         from nasaudit import __version__
@@ -229,43 +245,53 @@ class Store:
             conn.execute(
                 "INSERT OR REPLACE INTO units (unit_key, model, model_group, stage, name, params,"
                 " seed, status, kind, result, started, finished, seconds, nasaudit_version,"
-                " torch_version, device, genotype_hash, model_key, error)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " torch_version, device, genotype_hash, model_key, error, host)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     unit_key, model, model_group, stage, name,
                     json.dumps(params, sort_keys=True, default=str), int(seed), status, kind,
                     None if result is None else json.dumps(result, sort_keys=True, default=str),
                     float(started), float(finished), float(finished - started), __version__,
-                    torch_version, str(device), genotype_hash, model_key, error,
+                    torch_version, str(device), genotype_hash, model_key, error, host,
                 ),
             )
 
     def done_keys(self) -> set[str]:
-        """Keys of all successfully finished units."""
-        rows = self._conn.execute("SELECT unit_key FROM units WHERE status = 'done'").fetchall()
-        return {r[0] for r in rows}
+        """Keys of all successfully finished units (a corrupt row does not count as done)."""
+        rows = self._conn.execute("SELECT * FROM units WHERE status = 'done'").fetchall()
+        return {r["unit_key"] for r in rows if _decode(r).status == "done"}
+
+    def statuses(self) -> dict[str, str]:
+        """unit key -> "done" | "failed" | "corrupt", for every stored unit."""
+        return {r["unit_key"]: _decode(r).status for r in self._conn.execute("SELECT * FROM units")}
 
     def is_done(self, unit_key: str) -> bool:
-        """True when the unit has a ``done`` row."""
-        row = self._conn.execute(
-            "SELECT 1 FROM units WHERE unit_key = ? AND status = 'done'", (unit_key,)
-        ).fetchone()
-        return row is not None
+        """True when the unit has a ``done`` row that decodes."""
+        row = self.get(unit_key)
+        return row is not None and row.status == "done"
 
     def get(self, unit_key: str) -> UnitRow | None:
-        """The stored unit with this key, or None."""
+        """The stored unit with this key, or None (status "corrupt" when its JSON is damaged)."""
         row = self._conn.execute("SELECT * FROM units WHERE unit_key = ?", (unit_key,)).fetchone()
         return None if row is None else _decode(row)
 
     def units(self, *, status: str | None = "done", stage: str | None = None, model: str | None = None) -> list[UnitRow]:
-        """Stored units, filtered, in the order they finished."""
+        """Stored units, filtered, in the order they finished.
+
+        status "done": finished units whose JSON decodes; "failed": failed units *and* corrupt
+        ones (status "corrupt", error says what is damaged), so that whatever lists failures
+        lists them; "corrupt": only those; None: every row.
+        """
         query, args = "SELECT * FROM units WHERE 1 = 1", []
-        for column, value in (("status", status), ("stage", stage), ("model", model)):
+        for column, value in (("stage", stage), ("model", model)):
             if value is not None:
                 query += f" AND {column} = ?"
                 args.append(value)
-        rows = self._conn.execute(query + " ORDER BY finished, unit_key", args).fetchall()
-        return [_decode(r) for r in rows]
+        rows = [_decode(r) for r in self._conn.execute(query + " ORDER BY finished, unit_key", args)]
+        if status is None:
+            return rows
+        wanted = {"done": {"done"}, "failed": {"failed", "corrupt"}}.get(status, {status})
+        return [r for r in rows if r.status in wanted]
 
     def update_result(self, unit_key: str, result: dict[str, Any]) -> None:
         """Replace a unit's result JSON (used by tests and by manual corrections)."""
@@ -278,72 +304,72 @@ class Store:
                 raise KeyError(unit_key)
 
     def count(self, status: str = "done") -> int:
-        """Number of units with this status."""
-        return int(self._conn.execute("SELECT COUNT(*) FROM units WHERE status = ?", (status,)).fetchone()[0])
-
-    # -- claims (one worker process per device) -------------------------------------------
-    def claim(self, group_key: str, worker: str) -> bool:
-        """Atomically take ownership of a group of units for this run; False if taken.
-
-        A group is taken while a live worker holds it, and for the rest of the run once a
-        worker has finished with it (even with failures: one attempt per group per run). A
-        claim whose process died (kill -9 of a worker) is stale and is taken over.
-        """
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT worker, pid, finished FROM claims WHERE group_key = ?", (group_key,)
-            ).fetchone()
-            if row is not None and (row[2] or (row[0] != worker and _alive(int(row[1])))):
-                return False
-            conn.execute(
-                "INSERT OR REPLACE INTO claims (group_key, worker, pid, claimed, finished)"
-                " VALUES (?, ?, ?, ?, 0)",
-                (group_key, worker, os.getpid(), time.time()),
-            )
-        return True
-
-    def finish(self, group_key: str, worker: str) -> None:
-        """Mark a group as attempted in this run: no worker claims it again."""
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE claims SET finished = 1 WHERE group_key = ? AND worker = ?", (group_key, worker)
-            )
-
-    def claim_state(self, group_key: str) -> str:
-        """"free" (unclaimed or stale), "busy" (a live worker on it) or "finished" (this run)."""
-        row = self._conn.execute(
-            "SELECT pid, finished FROM claims WHERE group_key = ?", (group_key,)
-        ).fetchone()
-        if row is None:
-            return "free"
-        if row[1]:
-            return "finished"
-        return "busy" if _alive(int(row[0])) else "free"
-
-    def release(self, group_key: str, worker: str) -> None:
-        """Drop a claim held by `worker` (the group becomes free again)."""
-        with self._tx() as conn:
-            conn.execute("DELETE FROM claims WHERE group_key = ? AND worker = ?", (group_key, worker))
-
-    def clear_claims(self) -> None:
-        """Forget every claim: called when a run starts (it holds the directory lock, so any
-        claim left is from an earlier run)."""
-        with self._tx() as conn:
-            conn.execute("DELETE FROM claims")
+        """Number of units with this status (as `units` counts them)."""
+        return len(self.units(status=status))
 
 
-def _alive(pid: int) -> bool:
+def _check_ours(path: Path, *, immutable: bool = False, conn: sqlite3.Connection | None = None) -> bool:
+    """Whether `path` already is an audit's results database (False: new and empty).
+
+    Raises InputError, having written nothing, for another tool's SQLite database (a foreign
+    application_id, or tables that are not ours) and for a file that is not SQLite at all.
+    `immutable` reads without taking locks or creating -wal/-shm files beside the file.
+    """
+    own = conn is None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if own:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1" if immutable else str(path),
+                                   uri=immutable)
+        try:
+            app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(units)")} if "units" in tables else set()
+            version = (conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                       if "meta" in tables else None)
+        finally:
+            if own:
+                conn.close()
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):
+            raise
+        raise InputError(path, f"not an audit results database ({exc}); move it away or choose another --out") from None
+    if app_id not in (0, APPLICATION_ID):
+        raise InputError(path, f"an SQLite database of another application (application_id {app_id:#x}); "
+                               "move it away or choose another --out")
+    if not tables:
         return False
-    except PermissionError:  # exists, owned by someone else
-        return True
+    if not {"meta", "units"} <= tables or not _REQUIRED_COLUMNS <= columns or version is None:
+        raise InputError(path, "an SQLite database, but not an audit's results (no units/meta tables "
+                               "of nasaudit's schema); move it away or choose another --out")
     return True
 
 
 def _decode(row: sqlite3.Row) -> UnitRow:
+    """A row as a UnitRow; damaged JSON gives status "corrupt" (result None, error explaining)."""
     data = dict(row)
-    data["params"] = json.loads(data["params"])
-    data["result"] = None if data["result"] is None else json.loads(data["result"])
+    data.setdefault("host", None)
+    data = {k: v for k, v in data.items() if k in _UNIT_ROW_FIELDS}
+    problems = []
+    for column, allow_none in (("params", False), ("result", True)):
+        text = data[column]
+        if text is None and allow_none:
+            continue
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{column} is not valid JSON ({exc})")
+            value = None
+        else:
+            if not isinstance(value, dict):
+                problems.append(f"{column} is not a JSON object")
+                value = None
+        data[column] = value
+    if data["params"] is None:
+        data["params"] = {}
+    if problems:
+        data["status"], data["result"] = "corrupt", None
+        data["error"] = f"corrupt row in {DB_NAME}: " + "; ".join(problems)
     return UnitRow(**data)
+
+
+_UNIT_ROW_FIELDS = frozenset(f.name for f in dataclasses.fields(UnitRow))

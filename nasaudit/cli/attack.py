@@ -5,6 +5,7 @@ Examples:
     nasaudit attack pgd-sweep --checkpoint m.pth --param eps=1/255,4/255,8/255 --json
     nasaudit attack knockoff --checkpoint m.pth --param budgets=1000,4000 --param replica=resnet18
     nasaudit attack membership --checkpoint m.pth --param n_members=200 --param n_nonmembers=200
+    nasaudit attack model-reuse --checkpoint m.pth --param budget=0.1 --param host=mlp --json
 
 Every `--param KEY=VALUE` overrides one field of the attack's Params (defaults: the study's
 Table 5; `nasaudit attack --help` lists them). Values are parsed by the field's type and checked
@@ -22,7 +23,7 @@ from typing import Any
 from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
 from nasaudit.errors import InputError
 
-ATTACK_NAMES = ("pgd", "pgd-sweep", "nes", "poison", "backdoor", "knockoff", "membership")
+ATTACK_NAMES = ("pgd", "pgd-sweep", "nes", "poison", "backdoor", "knockoff", "membership", "model-reuse")
 
 # The epilog lists every attack's parameters; it is built only when --help is shown, because
 # the Params dataclasses live in modules that import torch.
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `attack` command."""
     parser = subparsers.add_parser(
         "attack",
-        help="run an attack (pgd, pgd-sweep, nes, poison, backdoor, knockoff, membership)",
+        help="run an attack (pgd, pgd-sweep, nes, poison, backdoor, knockoff, membership, model-reuse)",
         description="Point one attack at a trained checkpoint and print its metrics (or the\n"
         "full JSON record). Defaults are the study's (Table 5); override them with --param\n"
         "(the parameters are listed below). The checkpoint is only read, never modified.",
@@ -133,11 +134,20 @@ def run(args: argparse.Namespace) -> int:
     name = args.attack.replace("-", "_")
     # Everything the user typed is checked before the checkpoint and the data are loaded.
     params = parse_params(ATTACKS[name].params_cls, args.param)
+    from nasaudit.cli.options import check_seed
+
+    check_seed("--seed", args.seed)
     output = Path(args.output) if args.output else None
     if output is not None and (output.is_dir() or args.output.endswith(("/", os.sep))):
         raise InputError("--output", f"{args.output} is a directory; give the path of a file")
     if output is not None and output.parent.exists() and not output.parent.is_dir():
         raise InputError("--output", f"{output.parent} is not a directory")
+    if output is not None:
+        from nasaudit.checkpoint import sidecar_path
+        from nasaudit.outdir import check_output_file
+
+        check_output_file(output, inputs=(args.checkpoint, sidecar_path(args.checkpoint)),
+                          source="--output")
     device = resolve_device(args.device)
     model, meta = load_checkpoint_model(args.checkpoint, model_name=args.model, device=device)
     config = TrainConfig.from_dict(meta["config"]) if isinstance(meta.get("config"), dict) else None
@@ -149,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
         dataset, args.data_dir, seed=config.seed if config else 0,
         num_classes=meta.get("num_classes") if dataset == "imagenet32" else None,
     )
+    if args.work_dir is not None:
+        from nasaudit.outdir import claim_output_dir
+
+        claim_output_dir(args.work_dir, "attack", source="--work-dir")
     victim = Victim(
         model=model, model_name=args.model or meta.get("model") or "", train_config=config,
         model_kwargs=dict(meta.get("model_kwargs") or {}),

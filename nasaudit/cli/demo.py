@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     """Entry point of `nasaudit demo`."""
     from nasaudit.audit.demo import run_demo, summarize
+    from nasaudit.outdir import claim_output_dir
 
+    claim_output_dir(args.out, "demo", source="--out")
     summary = run_demo(args.out, device=args.device, quick=args.quick,
                        progress=not args.no_progress)
     print(summarize(summary.out_dir))

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument(
             "--out", metavar="FILE", help="output file (.json or .py; default ./NAME_ACTION.json)"
         )
+        sub.add_argument(
+            "--force", action="store_true", help="allow --out to overwrite the input genotype file"
+        )
         sub.add_argument("--space", default="paper", help="search space (default: paper)")
         sub.add_argument("--json", action="store_true", help="print the analysis as JSON")
         if action == "deskip":
@@ -53,8 +56,15 @@ def run(args: argparse.Namespace) -> int:
     from nasaudit.cli.analyze import analysis_record, format_record
     from nasaudit.genotype import resolve_named_genotype, validate_genotype, write_genotype
     from nasaudit.mitigation import NOT_REPLACEMENTS, deepen, deskip
+    from nasaudit.outdir import check_output_file
     from nasaudit.search_space import load_search_space
 
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        # The input file (GENOTYPE may be FILE:NAME): replacing it would lose the original.
+        input_file = args.genotype.rpartition(":")[0] if ":" in args.genotype and not Path(
+            args.genotype).exists() else args.genotype
+        check_output_file(out, inputs=(input_file,), force=args.force, source="--out")
     space = load_search_space(args.space)
     name, original = resolve_named_genotype(args.genotype, space)
     if args.action == "deepen":
@@ -77,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         suffix, how = "noskip", f"deskip to {rule} (cells: {args.cells})"
     new_name = f"{name}_{suffix}"
     validate_genotype(rewired, space, source=new_name, name=new_name)
-    out = Path(args.out) if args.out else Path(f"{new_name}.json")
+    out = out or Path(f"{new_name}.json")
     written = write_genotype(
         out, rewired, new_name, source=f"nasaudit mitigate: {how} of {name}", derived_from=name
     )

@@ -60,3 +60,39 @@ def parse_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a number or a fraction like 8/255, got {text!r}"
         ) from None
+
+
+# Seeds are fed to torch.Generator.manual_seed and numpy: 0..2^63-1 on every platform.
+MAX_SEED = 2**63 - 1
+
+
+def check_bounds(flag: str, value, *, min=None, max=None, gt=None, lt=None):  # noqa: A002
+    """`value` when it lies within the bounds, else InputError(flag, "must be ..., got ...").
+
+    The command line's own check of a number, with the bounds the params/config files use, so
+    that `--momentum 2` fails like `momentum = 2` would (one line, exit code 2). None passes.
+    """
+    from nasaudit.errors import InputError
+
+    if value is None:
+        return value
+    for bound, op, ok in (
+        (gt, ">", lambda v, b: v > b),
+        (min, ">=", lambda v, b: v >= b),
+        (lt, "<", lambda v, b: v < b),
+        (max, "<=", lambda v, b: v <= b),
+    ):
+        if bound is not None and not ok(value, bound):
+            raise InputError(flag, f"must be {op} {bound:g}, got {value:g}")
+    if isinstance(value, float) and value != value:  # NaN passes every comparison above
+        raise InputError(flag, "must be a number, got nan")
+    return value
+
+
+def check_seed(flag: str, value):
+    """`value` if it is a seed in 0..2^63-1 (or None), else InputError naming `flag`."""
+    from nasaudit.errors import InputError
+
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise InputError(flag, f"must be a seed in 0..2^63-1, got {value}")
+    return value

@@ -1,4 +1,4 @@
-"""`nasaudit probe`: gradient variance, loss contours and curvature of a model.
+"""`nasaudit probe`: gradient variance, loss contours, curvature and trace leak of a model.
 
 Examples:
     nasaudit probe gradvar --model darts --dataset cifar10 --data-dir data          # at init
@@ -7,6 +7,8 @@ Examples:
     nasaudit probe contour-param --checkpoint models/image/digits/tiny_cnn.pth --out probes/
     nasaudit probe contour-input --checkpoint ... --n-samples 16 --out probes/
     nasaudit probe curvature --checkpoint ... --which both --out probes/
+    nasaudit probe trace-leak --model darts_v2 --C 8 --layers 5 --levels ops,ops_timing,timing_noisy \\
+        --noise 0.05 --json
 
 Without --checkpoint the model is built fresh (seeded, Kaiming-initialised by default), which is
 the study's "at initialisation" measurement.
@@ -80,6 +82,24 @@ _PROBE_OPTIONS: tuple[tuple[str, str, str, list[tuple[str, str, Any, Any, str]]]
             ("--iters", "iters", int, 50, "maximum power iterations"),
             ("--tol", "tol", float, 1e-4, "relative tolerance on the eigenvalue"),
             ("--which", "which", str, "both", "param | input | both"),
+        ],
+    ),
+    (
+        "trace-leak",
+        "trace_leak",
+        "architecture stealing: how much of the genotype an execution trace leaks",
+        [
+            (
+                "--levels",
+                "levels",
+                str,
+                ("ops", "shapes", "ops_timing", "timing_noisy"),
+                "comma-separated observation levels, strong to weak",
+            ),
+            ("--noise", "noise", float, 0.05, "timing_noisy: probe miss (and duplicate) rate"),
+            ("--draws", "draws", int, 5, "timing_noisy: noise draws"),
+            ("--passes", "passes", int, 5, "timed forward passes (median per call)"),
+            ("--space", "space", str, "paper", "search space the attacker assumes"),
         ],
     ),
 )
@@ -221,7 +241,9 @@ def _load_model(args: argparse.Namespace, data: Any, device: Any) -> tuple[Any, 
             raise InputError(
                 "--model", f"{args.model!r} does not take {sorted(kwargs)}: {exc}"
             ) from None
-        if args.init == "kaiming":
+        # gradvar applies its init inside the probe (as the audit's probe_init unit does, so
+        # both give one number for one model and seed); the other probes get it here.
+        if args.init == "kaiming" and args.probe_name != "gradvar":
             kaiming_init(model)
     model = prepare_model(model, device)
     model.eval()
@@ -246,6 +268,17 @@ def _summary(record: Any) -> str:
             f"increase {d['max_increase']:.4g} (grid {d['points']}x{d['points']}, radius "
             f"{d['radius']})"
         )
+    if d["kind"] == "probe_trace_leak":
+        if not d["applicable"]:
+            return f"trace leak: not applicable ({d['reason']})"
+        lines = [f"trace of one query: {d['trace_events']} calls, {d['n_cells']} cells; the "
+                 f"whole space is {d['prior_bits']:.1f} bits"]
+        for level, m in d["levels"].items():
+            lines.append(
+                f"{level:<13} exact {m['exact']!s:<5}  edge op {m['edge_op_accuracy']:.3f}  edge "
+                f"input {m['edge_input_accuracy']:.3f}  remaining {m['remaining_bits']:.1f} bits"
+            )
+        return "\n".join(lines)
     parts = []
     if d["param_top_eigenvalue"] is not None:
         parts.append(
@@ -268,6 +301,8 @@ def _check_params(args: argparse.Namespace) -> Any:
     from nasaudit.probes import make_params
 
     values = {f: getattr(args, f) for f in args.probe_fields if getattr(args, f) is not None}
+    if args.probe_name == "gradvar":
+        values["init"] = args.init
     flags = {dest: flag for command, _, _, options in _PROBE_OPTIONS for flag, dest, *_ in options
              if command == args.command_name}
     flags["clamp"] = "--clamp"
@@ -284,12 +319,14 @@ def run_probe_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nasaudit.checkpoint import read_sidecar
+    from nasaudit.cli.options import check_seed
     from nasaudit.data import load_dataset
     from nasaudit.device import resolve_device
     from nasaudit.io import atomic_write_json
     from nasaudit.probes import run_probe
 
     params = _check_params(args)  # before any data, model or device work
+    check_seed("--seed", args.seed)
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError("--out", f"{args.out} is not a directory")
     device = resolve_device(args.device)
@@ -310,6 +347,10 @@ def run_probe_command(args: argparse.Namespace) -> int:
         seed=data_seed,
     )
     model, label, _ = _load_model(args, data, device)
+    if args.out is not None:
+        from nasaudit.outdir import claim_output_dir
+
+        claim_output_dir(args.out, "probe", source="--out")
     try:
         record = run_probe(
             args.probe_name,
@@ -320,6 +361,7 @@ def run_probe_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             out_dir=args.out,
             progress=not args.no_progress,
+            at_init=args.checkpoint is None,
         )
     except ValueError as exc:
         if isinstance(exc, InputError):

@@ -20,7 +20,7 @@ from nasaudit.errors import InputError
 _FIELDS = (
     "dataset", "data_dir", "space", "C", "layers", "nodes", "batch_size", "epochs", "n_step",
     "mode", "gamma", "partial_channels", "seed", "lr", "arch_lr", "train_subset", "log_every",
-    "checkpoint_every", "probe_samples", "max_steps",
+    "checkpoint_every", "probe_samples", "max_steps", "skip_cap", "early_stop",
 )
 
 
@@ -46,6 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hook", action="append", metavar="NAME:ARG",
                    help="alpha hook, e.g. skip_penalty:0.5 (repeatable; replaces the config's; "
                         "skip_penalty and --gamma != 1 exclude each other)")
+    p.add_argument("--objective", action="append", metavar="NAME:WEIGHT",
+                   help="architecture objective added to L_val: input_curvature, beta, gradvar, as "
+                        "NAME:WEIGHT or NAME:WEIGHT:KEY=VALUE,... (e.g. input_curvature:0.1:h=0.02; "
+                        "repeatable; replaces the config's; a negative weight rewards the term)")
+    p.add_argument("--skip-cap", type=int, metavar="K",
+                   help="at most K skip connects per derived cell (DARTS+); the next-best op replaces the rest")
+    p.add_argument("--early-stop", metavar="hessian:FACTOR",
+                   help="RobustDARTS: stop when the alpha-Hessian's top eigenvalue exceeds FACTOR x its "
+                        "running minimum, keeping that minimum's genotype (e.g. hessian:1.3)")
     p.add_argument("--partial-channels", type=int, metavar="K",
                    help="PC-DARTS: 1/K of the channels through the mixed ops (default: 1, off)")
     p.add_argument("--C", type=int, help="initial channels (default: 16)")
@@ -79,6 +88,12 @@ def config_from_args(args: argparse.Namespace):
         for spec in args.hook:
             parse_hook(spec)  # InputError naming --hook, before the TOML is read
         overrides["hooks"] = list(args.hook)
+    if args.objective:
+        from nasaudit.search.objectives import parse_objective
+
+        for spec in args.objective:
+            parse_objective(spec)  # InputError naming --objective
+        overrides["objectives"] = list(args.objective)
     try:
         if args.config:
             return SearchConfig.from_toml(args.config, overrides)
@@ -86,7 +101,7 @@ def config_from_args(args: argparse.Namespace):
     except InputError as exc:
         # "KEY: problem" about a value given as a flag: name the flag, not the TOML file.
         key, sep, problem = exc.problem.partition(": ")
-        if sep and key in overrides and key != "hooks":
+        if sep and key in overrides and key not in ("hooks", "objectives"):
             raise InputError("--" + key.replace("_", "-"), problem) from None
         raise
 
@@ -94,9 +109,13 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run the search, then print the genotype, its cell analysis and the search cost."""
     from nasaudit.analysis import analyze_genotype
+    from nasaudit.outdir import claim_output_dir
     from nasaudit.search.run import format_seconds, run_search
+    from nasaudit.search_space import load_search_space
 
     config = config_from_args(args)
+    load_search_space(config.space)  # a bad space file fails here, before OUT is made
+    claim_output_dir(args.out, "search", source="--out")
     result = run_search(config, out_dir=args.out, device=args.device, resume=args.resume,
                         progress=not args.no_progress)
     seconds = sum(h["seconds"] for h in result.history)
@@ -104,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
           f"{result.weight_steps} weight steps, {result.arch_steps} alpha steps, "
           f"{result.virtual_steps} unrolled steps, {format_seconds(seconds)} "
           f"(mode {config.mode}, n_step {config.n_step}, gamma {config.gamma:g})")
+    for term in config.objective_terms():
+        print(f"  objective {term.spec}")
+    if result.early_stop and result.early_stop.get("stopped_at_epoch"):
+        es = result.early_stop
+        print(f"early stop (hessian x{es['factor']:g}) at epoch {es['stopped_at_epoch']}: "
+              f"kept the genotype of epoch {es['kept_epoch']}")
     if not result.finished:
         print(f"stopped early; continue with: nasaudit search ... --out {args.out} --resume")
     if result.genotype is None:

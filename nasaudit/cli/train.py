@@ -205,6 +205,34 @@ def _load_data(args: argparse.Namespace, seed: int = 0):
     )
 
 
+# Bounds of the training flags (field -> flag, bounds): the ranges where the recipe means
+# something, checked before anything is loaded. Counts are capped where they size a loop.
+_FLAG_BOUNDS = {
+    "epochs": ("--epochs", {"min": 1, "max": 100_000}),
+    "batch_size": ("--batch-size", {"min": 1, "max": 1 << 20}),
+    "lr": ("--lr", {"gt": 0, "max": 100}),
+    "momentum": ("--momentum", {"min": 0, "max": 1}),
+    "weight_decay": ("--weight-decay", {"min": 0, "max": 1}),
+    "cutout": ("--cutout", {"min": 0, "max": 1024}),
+    "drop_path_prob": ("--drop-path", {"min": 0, "lt": 1}),
+    "auxiliary_weight": ("--aux-weight", {"min": 0, "max": 100}),
+    "grad_clip": ("--grad-clip", {"min": 0}),
+    "val_fraction": ("--val-fraction", {"min": 0, "lt": 1}),
+    "adv_eps": ("--adv-eps", {"min": 0, "max": 1}),
+    "adv_step": ("--adv-step", {"gt": 0, "max": 1}),
+    "adv_iters": ("--adv-iters", {"min": 1, "max": 10_000}),
+}
+
+
+def _check_flag_bounds(args: argparse.Namespace) -> None:
+    """InputError naming the flag for a value outside its range (e.g. --momentum 2)."""
+    from nasaudit.cli.options import check_bounds, check_seed
+
+    for field, (flag, bounds) in _FLAG_BOUNDS.items():
+        check_bounds(flag, getattr(args, field), **bounds)
+    check_seed("--seed", args.seed)
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Train, printing the parameter count, one line per epoch and the final accuracies."""
     from nasaudit.device import resolve_device
@@ -214,6 +242,7 @@ def run_train(args: argparse.Namespace) -> int:
     given = {k: getattr(args, k) for k in _STUDY_DEFAULTS if getattr(args, k) is not None}
     config = TrainConfig(adv_train=args.adv_train, **given)
     config.validate("train options")
+    _check_flag_bounds(args)
     if args.resume and args.overwrite:
         raise InputError("--overwrite", "--resume continues the checkpoint, --overwrite replaces it: pick one")
     device = resolve_device(args.device)
@@ -228,12 +257,18 @@ def run_train(args: argparse.Namespace) -> int:
             "a checkpoint of this model already exists; pass --resume to continue it or "
             "--overwrite to start over",
         )
+    from nasaudit.outdir import check_output_dir, claim_output_dir
+
+    check_output_dir(args.model_dir, "models", source="--model-dir")
     print(
         f"dataset {data.name}: {data.train_images.shape[0]} train / {data.test_images.shape[0]} test "
         f"images, {data.num_classes} classes; device {device}"
     )
 
     def show_model(model) -> None:
+        # The model is built, so the name and sizes are good: only now is MODEL_DIR made (and
+        # marked), before the first checkpoint is written into it.
+        claim_output_dir(args.model_dir, "models", source="--model-dir")
         print(
             f"model {args.model}: {count_parameters(model):,} parameters (without auxiliary head)"
         )

@@ -7,6 +7,8 @@ point the CLI and the audit use:
 * "contour_param": loss contour over the first convolution's weights (Eq. 12);
 * "contour_input": loss contours around test inputs in pixel space (Eq. 13);
 * "curvature": top Hessian eigenvalue w.r.t. parameters and inputs (power iteration).
+* "trace_leak": how much of a genotype an execution-trace attacker recovers, per observation
+  level (architecture stealing after Hong et al., ICLR 2020).
 
 Every run function has the signature
 `run_fn(model, data, params, *, device, seed, out_dir=None, progress=True) -> Record`.
@@ -34,6 +36,7 @@ from nasaudit.probes.gradvar import (
     per_sample_grad_variance,
     run_gradvar,
 )
+from nasaudit.probes.trace_leak import TraceLeakParams, TraceLeakRecord, run_trace_leak
 from nasaudit.records import Record
 
 
@@ -49,6 +52,7 @@ PROBES: dict[str, ProbeSpec] = {
     "contour_param": ProbeSpec(ContourParamParams, run_contour_param),
     "contour_input": ProbeSpec(ContourInputParams, run_contour_input),
     "curvature": ProbeSpec(CurvatureParams, run_curvature),
+    "trace_leak": ProbeSpec(TraceLeakParams, run_trace_leak),
 }
 
 
@@ -77,13 +81,18 @@ def run_probe(
     seed: int,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    at_init: bool | None = None,
 ) -> Record:
     """Run probe `name` ("gradvar", "contour_param", "contour_input", "curvature"; hyphens
     accepted) on `model` (an ImageClassifier, put in eval mode for the probe and restored) with
-    data from `data` (an ImageDataset). Writes npz/png files into out_dir when given."""
+    data from `data` (an ImageDataset). Writes npz/png files into out_dir when given.
+
+    at_init (gradvar only): whether `model` is untrained, so that the probe applies its `init`
+    scheme (Kaiming by default); None detects it from the batch norm counters."""
     from nasaudit.device import resolve_device
 
     spec = _spec(name)
+    extra = {"at_init": at_init} if spec.run is run_gradvar else {}
     return spec.run(
         model,
         data,
@@ -92,6 +101,7 @@ def run_probe(
         seed=int(seed),
         out_dir=out_dir,
         progress=progress,
+        **extra,
     )
 
 
@@ -105,6 +115,8 @@ __all__ = [
     "GradVarParams",
     "GradVarRecord",
     "ProbeSpec",
+    "TraceLeakParams",
+    "TraceLeakRecord",
     "make_params",
     "per_sample_grad_variance",
     "run_probe",

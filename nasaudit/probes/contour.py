@@ -14,7 +14,6 @@ Plots use matplotlib's Agg canvas directly (no pyplot, so no global backend stat
 from __future__ import annotations
 
 import dataclasses
-import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,45 +25,12 @@ from torch import Tensor, nn
 
 from nasaudit.data import to_float
 from nasaudit.params import make_params, param
-from nasaudit.probes.gradvar import eval_mode, sample_indices
+from nasaudit.probes.common import eval_mode, new_figure, sample_indices, save_figure, save_npz
 from nasaudit.records import Record
 
 # The batched grid must agree with the plain forward at the centre up to float rounding;
 # anything larger means the batching changed the computation (e.g. a BN layer in train mode).
 _CENTRE_RTOL = 1e-3
-
-
-# --------------------------------------------------------------------------------------------
-# Plot helpers (shared by all probes)
-
-
-def new_figure(figsize: tuple[float, float] = (5.0, 4.0), ncols: int = 1) -> tuple[Any, Any]:
-    """(Figure, axes) on an Agg canvas, without pyplot's global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=True)
-    return fig, axes
-
-
-def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
-    """Write `fig` as PNG to `path` atomically; returns the path."""
-    from nasaudit.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def save_npz(path: str | Path, **arrays: Any) -> Path:
-    """Write numpy arrays to an .npz file atomically (np.load(..., allow_pickle=False) reads it)."""
-    from nasaudit.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,12 +481,9 @@ __all__: list[str] = [
     "first_conv_weight_name",
     "flatness_summary",
     "input_loss_grid",
-    "new_figure",
     "orthogonal_sign_directions",
     "param_loss_grid",
     "plot_contour",
     "run_contour_input",
     "run_contour_param",
-    "save_figure",
-    "save_npz",
 ]

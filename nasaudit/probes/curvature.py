@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from nasaudit.data import to_float
 from nasaudit.params import make_params, param
-from nasaudit.probes.gradvar import eval_mode, sample_indices
+from nasaudit.probes.common import eval_mode, new_figure, sample_indices, save_figure, save_npz
 from nasaudit.records import Record
 
 
@@ -297,7 +297,6 @@ def run_curvature(
 
 def _write_outputs(out: Path, p_out: dict | None, i_out: dict | None) -> dict[str, str]:
     """curvature.npz (power-iteration traces, per-sample eigenvalues) and curvature.png."""
-    from nasaudit.probes.contour import new_figure, save_figure, save_npz
 
     arrays: dict[str, Any] = {}
     if p_out is not None:

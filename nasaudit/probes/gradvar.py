@@ -15,11 +15,11 @@ in memory (only a few parameter-sized accumulators are kept, never all gradients
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from nasaudit.data import to_float
 from nasaudit.params import make_params, param
+from nasaudit.probes.common import eval_mode, is_untrained, new_figure, sample_indices, save_figure
 from nasaudit.records import Record
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -36,19 +37,6 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 # Per-chunk per-sample gradients are materialised as [chunk, *param_shape] float32 tensors;
 # cap their total size so that a 25M-parameter model does not ask for several GiB per chunk.
 DEFAULT_MAX_CHUNK_BYTES = 1 << 30
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode (BN uses running stats, no dropout / drop path) and
-    restore each submodule's own training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def split_parameters(
@@ -297,6 +285,12 @@ def _clip_scale(norm: Tensor, max_norm: float) -> Tensor:
 # The probe: Params, Record and run function used by run_probe / the CLI / the audit.
 
 
+# "kaiming": `kaiming_init` for every architecture; "builtin": the constructor's own init (the
+# DARTS network keeps PyTorch's defaults, the manual baselines Kaiming fan-out, which alone can
+# flip the NAS-vs-manual direction at initialisation).
+INIT_SCHEMES = ("kaiming", "builtin")
+
+
 @dataclasses.dataclass
 class GradVarParams:
     """Settings of the gradient-variance probe (defaults = the study's artifact)."""
@@ -308,11 +302,25 @@ class GradVarParams:
     )
     artifact_clip: float = param(5.0, gt=0, doc="clip before the artifact's sum of stds")
     split: str = param("train", choices=("train", "test"), doc="which images are sampled")
+    init: str = param(
+        "kaiming", choices=INIT_SCHEMES,
+        doc="init of an untrained model: kaiming (the same rule for every model, so variances "
+        "at initialisation compare) or builtin (each constructor's own); a trained model is "
+        "never re-initialised",
+    )
 
 
 @dataclasses.dataclass
 class GradVarRecord(Record):
-    """Result of the gradient-variance probe (Eq. 14 and the artifact's variant)."""
+    """Result of the gradient-variance probe (Eq. 14 and the artifact's variant).
+
+    variance: Eq. 14's total over all n_params coordinates; variance_per_param: the same divided
+    by n_params (models of 3M to 66M parameters compare on this one); artifact_var_sum /
+    artifact_std_sum: the artifact's clipped variants. init: what the measured weights are:
+    "kaiming" or "builtin" (an untrained model, re-initialised or not by params.init),
+    "trained" (a trained model, never re-initialised), or "as_given" (a model without batch
+    norm whose training state cannot be told and the caller did not say: left as it came).
+    """
 
     kind = "probe_gradvar"
     variance: float
@@ -327,17 +335,13 @@ class GradVarRecord(Record):
     seed: int
     params: dict
     n_unused_params: int = 0  # parameters the eval-mode loss never uses (auxiliary head)
+    variance_per_param: float = float("nan")
+    log10_variance_per_param: float = float("nan")
+    init: str = "as_given"
     per_tensor: dict = dataclasses.field(default_factory=dict)
     model: str | None = None
     checkpoint: str | None = None
     files: dict = dataclasses.field(default_factory=dict)
-
-
-def sample_indices(n_total: int, n: int, seed: int) -> Tensor:
-    """n distinct indices in [0, n_total), seeded (CPU generator, so identical on any device)."""
-    from nasaudit.device import generator
-
-    return torch.randperm(n_total, generator=generator(seed))[: min(n, n_total)]
 
 
 def run_gradvar(
@@ -349,13 +353,28 @@ def run_gradvar(
     seed: int,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    at_init: bool | None = None,
 ) -> GradVarRecord:
     """Eq. 14 gradient variance of `model` over `params.n_samples` seeded samples of `data`
-    (an ImageDataset). Writes gradvar.png (per-tensor variances) into out_dir when given."""
+    (an ImageDataset). Writes gradvar.png (per-tensor variances) into out_dir when given.
+
+    at_init: whether `model` is untrained; None detects it (`is_untrained`: batch norm counters
+    at 0). An untrained model is measured with `params.init`: "kaiming" re-initialises a copy
+    inside `seeded(seed)` (the caller's model is not changed), so the CLI and the audit's
+    `probe_init` unit give the same number for the same model and seed.
+    """
+    from nasaudit.device import seeded
+
     params = make_params(GradVarParams, params, source="probe gradvar")
     images = data.train_images if params.split == "train" else data.test_images
     labels = data.train_labels if params.split == "train" else data.test_labels
     idx = sample_indices(images.shape[0], params.n_samples, seed)
+    fresh = is_untrained(model) if at_init is None else bool(at_init)
+    init = {True: params.init, False: "trained", None: "as_given"}[fresh]
+    if init == "kaiming":
+        model = copy.deepcopy(model)
+        with seeded(seed):
+            kaiming_init(model)
     model = model.to(device)
     stats = per_sample_grad_variance(
         model,
@@ -379,6 +398,9 @@ def run_gradvar(
         n_samples=stats["n_samples"],
         n_params=stats["n_params"],
         n_unused_params=stats["n_unused_params"],
+        variance_per_param=stats["variance"] / max(1, stats["n_params"]),
+        log10_variance_per_param=stats["log10_variance"] - math.log10(max(1, stats["n_params"])),
+        init=init,
         seed=seed,
         params=dataclasses.asdict(params),
         per_tensor=stats["per_tensor"],
@@ -392,8 +414,6 @@ def run_gradvar(
 
 def _plot_per_tensor(per_tensor: Mapping[str, float], path: Path) -> Path:
     """Bar chart of log10 Eq. 14 variance per parameter tensor, in module order."""
-    from nasaudit.probes.contour import new_figure, save_figure
-
     names = list(per_tensor)
     vals = [math.log10(v) if v > 0 else float("nan") for v in per_tensor.values()]
     fig, ax = new_figure(figsize=(max(6.0, 0.18 * len(names)), 4.0))

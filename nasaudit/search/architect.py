@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from nasaudit.device import autocast
+from nasaudit.device import autocast, full_precision
+from nasaudit.search.objectives import ArchObjective, ObjectiveContext, objective_total
 from nasaudit.search.supernet import Supernet
 
 MODES = ("first_order", "unrolled", "finite_difference")
@@ -43,11 +44,16 @@ class Architect:
 
     Counters (Python ints, checkpointed by the caller): `weight_steps` (real SGD steps),
     `arch_steps` (alpha updates), `virtual_steps` (unrolled SGD steps, the extra cost of n_step).
+
+    objectives: `ArchObjective` terms added to L_val in every mode (nasaudit.search.objectives);
+    set `epoch` (0-based) and `epochs` for scheduled weights. `last_terms` holds the unweighted
+    values of the last alpha step ({name: on-device scalar}).
     """
 
     def __init__(
         self, model: Supernet, w_opt: torch.optim.SGD, a_opt: torch.optim.Optimizer, *,
         mode: str = "first_order", n_step: int = 1, grad_clip: float | None = 5.0,
+        objectives: Sequence[ArchObjective] = (),
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -58,11 +64,16 @@ class Architect:
         self.model, self.w_opt, self.a_opt = model, w_opt, a_opt
         self.mode, self.n_step, self.grad_clip = mode, n_step, grad_clip
         self.weight_steps = self.arch_steps = self.virtual_steps = 0
+        self.objectives = tuple(objectives)
+        self.epoch, self.epochs = 0, 1
+        self.last_terms: dict[str, Tensor] = {}
 
     # -- one iteration -----------------------------------------------------------------------
     def step(self, train_batches: Sequence[Batch], val_batch: Batch) -> dict[str, Tensor]:
         """n_step weight steps and one alpha step (order by mode). Returns on-device sums
-        (no sync): train_loss, train_correct, train_n, val_loss, val_correct, val_n."""
+        (no sync): train_loss, train_correct, train_n, val_loss, val_correct, val_n and, per
+        objective, objective/NAME (its unweighted value times val_n, so sums average like the
+        losses)."""
         if len(train_batches) != self.n_step:
             raise ValueError(f"need {self.n_step} training batches, got {len(train_batches)}")
         if self.mode == "first_order":
@@ -77,7 +88,8 @@ class Architect:
             stats = [self.weight_step(x, y) for x, y in train_batches]
         out = {k: sum(s[k] for s in stats) for k in ("loss", "correct", "n")}
         return {"train_loss": out["loss"], "train_correct": out["correct"], "train_n": out["n"],
-                "val_loss": val["loss"], "val_correct": val["correct"], "val_n": val["n"]}
+                "val_loss": val["loss"], "val_correct": val["correct"], "val_n": val["n"],
+                **{f"objective/{k}": v * val["n"] for k, v in self.last_terms.items()}}
 
     def weight_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """One real SGD step on the weights (alpha fixed), clipped to `grad_clip`."""
@@ -114,7 +126,8 @@ class Architect:
             with autocast(x.device):
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y)
-            return _grads(loss, arch), _stats(loss, logits, y)
+            total = self._objective(self.model.named_weights(), None, x, y, logits, loss)
+            return _grads(total, arch), _stats(loss, logits, y)
 
     def unrolled_grads(
         self, train_batches: Sequence[Batch], val_batch: Batch
@@ -129,9 +142,11 @@ class Architect:
             w, bufs = _sgd(w, grads, bufs, lr, momentum, wd)
             self.virtual_steps += 1
         x, y = val_batch
-        logits = self._logits(dict(zip(names, w, strict=True)), buffers, x)
+        weights = dict(zip(names, w, strict=True))
+        logits = self._logits(weights, buffers, x)
         loss = F.cross_entropy(logits.float(), y)
-        return _grads(loss, self.model.arch_parameters()), _stats(loss, logits, y)
+        total = self._objective(weights, buffers, x, y, logits, loss)
+        return _grads(total, self.model.arch_parameters()), _stats(loss, logits, y)
 
     def finite_difference_grads(
         self, train_batches: Sequence[Batch], val_batch: Batch
@@ -147,19 +162,38 @@ class Architect:
         w1, _ = _sgd([t.detach() for t in w], grads, bufs, lr, momentum, wd)
         w1 = [t.detach().requires_grad_() for t in w1]
         self.virtual_steps += 1
-        logits = self._logits(dict(zip(names, w1, strict=True)), buffers, xv)
+        weights1 = dict(zip(names, w1, strict=True))
+        logits = self._logits(weights1, buffers, xv)
         val_loss = F.cross_entropy(logits.float(), yv)
-        out = _grads(val_loss, arch + w1)
+        # The objective is part of L_val here: in d_alpha and in v of the HVP.
+        out = _grads(self._objective(weights1, buffers, xv, yv, logits, val_loss), arch + w1)
         d_alpha, v = out[: len(arch)], out[len(arch) :]
         r = 0.01 / torch.cat([g.flatten() for g in v]).norm()
         hvp = []
         for sign in (1.0, -1.0):
+            # The shift r v is ~0.01/sqrt(P) per weight, below bf16's resolution: float32 here.
             shifted = {n: t.detach() + sign * r * g for n, t, g in zip(names, w, v, strict=True)}
-            hvp.append(_grads(self._loss(shifted, buffers, x, y), arch))
+            hvp.append(_grads(self._loss(shifted, buffers, x, y, fp32=True), arch))
         grads = [da - lr * (gp - gm) / (2 * r) for da, gp, gm in zip(d_alpha, *hvp, strict=True)]
         return grads, _stats(val_loss, logits, yv)
 
     # -- helpers -----------------------------------------------------------------------------
+    def _objective(self, weights: dict[str, Tensor], buffers: dict[str, Tensor] | None, x: Tensor,
+                   y: Tensor, logits: Tensor, loss: Tensor) -> Tensor:
+        """loss + the weighted objective terms at `weights` (the loss itself without terms);
+        buffers None: copies of the model's (terms must not move the BN running statistics)."""
+        if not self.objectives:
+            self.last_terms = {}
+            return loss
+        buffers = self._buffer_copies() if buffers is None else buffers
+        ctx = ObjectiveContext(
+            # fp32: terms like the input curvature difference gradients at tiny steps (not bf16).
+            self.model, lambda images: self._logits(weights, buffers, images, fp32=True), weights, buffers,
+            x, y, logits, loss, self.epoch, self.epochs,
+        )
+        total, self.last_terms = objective_total(self.objectives, ctx)
+        return loss + total
+
     def _start(self) -> tuple[list[str], list[Tensor], list[Tensor | None]]:
         """Weight names, detached leaf copies (sharing storage) and the SGD momentum buffers."""
         named = self.model.named_weights()
@@ -175,12 +209,13 @@ class Architect:
         # Virtual forward passes update BN running stats in place: let them update copies.
         return {n: b.clone() for n, b in self.model.named_buffers()}
 
-    def _logits(self, weights: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
-        with autocast(x.device):
+    def _logits(self, weights: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
+                fp32: bool = False) -> Tensor:
+        with full_precision(x.device) if fp32 else autocast(x.device):
             return functional_call(self.model, (weights, buffers), (x,))
 
-    def _loss(self, weights, buffers, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(self._logits(weights, buffers, x).float(), y)
+    def _loss(self, weights, buffers, x: Tensor, y: Tensor, fp32: bool = False) -> Tensor:
+        return F.cross_entropy(self._logits(weights, buffers, x, fp32).float(), y)
 
 
 @contextlib.contextmanager

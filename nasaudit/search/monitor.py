@@ -12,8 +12,14 @@ Tags written by `SearchMonitor` (step = search iteration, global over epochs):
 * ``loss/train``, ``loss/val``, ``acc/train``, ``acc/val`` (means since the last log),
   ``lr/weights``, ``lr/arch``;
 * ``genotype/text`` (text) and ``genotype/cells`` (drawing of both cells);
+* images (``alpha_heatmap/*``, ``genotype/cells``) only at epoch ends (`log(..., drawing=...)`):
+  rendering them costs seconds, more than an iteration of a small search;
+* ``objective/{name}``: each architecture objective's unweighted term (mean since the last log;
+  `nasaudit.search.objectives`), with the losses;
 * at epoch ends also ``cost/epoch_seconds``, ``cost/weight_steps``, ``cost/arch_steps``,
-  ``cost/virtual_steps`` (step = epoch number, 1-based) and ``epoch/*`` metrics.
+  ``cost/virtual_steps`` (step = epoch number, 1-based) and ``epoch/*`` metrics, and with
+  ``--early-stop hessian:F`` ``hessian/top_eigenvalue`` (top eigenvalue of the alpha Hessian of
+  L_val, `nasaudit.search.hessian`).
 """
 
 from __future__ import annotations
@@ -86,26 +92,35 @@ class SearchMonitor:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
-    def log(self, step: int, metrics: dict[str, float], genotype, drawing: str | Path | None = None) -> None:
+    def log(self, step: int, metrics: dict[str, float], genotype, drawing: str | Path | None = None,
+            *, images: bool | None = None) -> None:
         """Everything of the module docstring at `step` except the epoch costs; the genotype
-        drawing is also kept at `drawing` when given."""
+        drawing is also kept at `drawing` when given.
+
+        images: render the heatmaps and the cell drawing (IMAGE_TAGS). By default only when
+        `drawing` is given, which the search does once per epoch: rendering takes seconds
+        (matplotlib), the scalars and the gradient-variance probe a fraction of an iteration.
+        """
+        images = drawing is not None if images is None else images
         self.scalars(step, metrics)
-        self.log_alpha(step)
+        self.log_alpha(step, images=images)
         self.log_gradvar(step)
-        self.log_genotype(step, genotype, drawing)
+        self.log_genotype(step, genotype, drawing, image=images)
         self.writer.flush()
 
     @torch.no_grad()
-    def log_alpha(self, step: int) -> None:
-        """Softmax(alpha) scalars and heatmaps, and the effective skip weight mass."""
+    def log_alpha(self, step: int, *, images: bool = True) -> None:
+        """Softmax(alpha) scalars and (with `images`) heatmaps, and the effective skip weight mass."""
         m = self.model
         for cell in CELL_TYPES:
             soft = torch.softmax(getattr(m, f"alpha_{cell}"), dim=-1).float().cpu()
             for e, (node, inp) in enumerate(edge_list(m.nodes)):
                 for o, op in enumerate(m.ops):
                     self.writer.add_scalar(f"alpha/{cell}/n{node}_from{inp}/{op}", soft[e, o], step)
-            self.writer.add_image(f"alpha_heatmap/{cell}", heatmap_image(
-                soft, m.ops, m.nodes, f"{cell}: softmax(alpha), step {step}"), step, dataformats="HWC")
+            if images:
+                self.writer.add_image(f"alpha_heatmap/{cell}", heatmap_image(
+                    soft, m.ops, m.nodes, f"{cell}: softmax(alpha), step {step}"), step,
+                    dataformats="HWC")
             if "skip_connect" in m.ops:
                 eff = m.op_weights(cell)[:, m.ops.index("skip_connect")].mean()
                 self.writer.add_scalar(f"skip/weight_mass/{cell}", float(eff), step)
@@ -123,12 +138,13 @@ class SearchMonitor:
         self.writer.add_scalar("gradvar/weights", stats["variance"], step)
         return stats["variance"]
 
-    def log_genotype(self, step: int, genotype, drawing: str | Path | None = None) -> None:
-        """The derived genotype as text, as a drawing (kept at `drawing` if given), and its
-        skip counts."""
+    def log_genotype(self, step: int, genotype, drawing: str | Path | None = None, *,
+                     image: bool = True) -> None:
+        """The derived genotype as text, as a drawing (with `image`; kept at `drawing` if
+        given), and its skip counts."""
         from matplotlib.image import imread
 
-        from nasaudit.analysis import draw_genotype
+        from nasaudit.cell_drawing import draw_genotype
 
         for cell in CELL_TYPES:
             count = sum(op == "skip_connect" for op, _ in getattr(genotype, cell))
@@ -138,11 +154,13 @@ class SearchMonitor:
             for cell in CELL_TYPES
         )
         self.writer.add_text("genotype/text", text, step)
+        if not image:
+            return
         with tempfile.TemporaryDirectory(prefix="nasaudit-draw-") as tmp:
             path = Path(drawing) if drawing else Path(tmp) / "genotype.png"
             draw_genotype(genotype, path, title=f"derived genotype, step {step}")
-            image = imread(path)[..., :3]
-        self.writer.add_image("genotype/cells", image, step, dataformats="HWC")
+            pixels = imread(path)[..., :3]
+        self.writer.add_image("genotype/cells", pixels, step, dataformats="HWC")
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
         """Per-epoch scalars (cost and metrics) at step `epoch` (1-based)."""

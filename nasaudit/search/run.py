@@ -25,10 +25,14 @@ import torch
 from nasaudit.errors import InputError
 from nasaudit.records import Record
 from nasaudit.search.architect import MODES, Architect
+from nasaudit.search.hessian import HessianEarlyStop, alpha_hessian_eigenvalue, parse_early_stop
 from nasaudit.search.hooks import AlphaHook, parse_hook
+from nasaudit.search.objectives import ArchObjective, parse_objective
 from nasaudit.search.supernet import CELL_TYPES, Supernet, edge_list
 
 CHECKPOINT_FORMAT = 1
+# Intermediate nodes per searched cell: DARTS uses 4; the supernet's edges grow as nodes^2.
+MAX_NODES = 16
 # Settings that may change between a run and its resumption: they do not change the search.
 RESUMABLE_CHANGES = frozenset({"data_dir", "log_every", "checkpoint_every", "max_steps", "probe_samples"})
 
@@ -49,6 +53,10 @@ class SearchConfig:
     mode: str = "first_order"         # "first_order" | "unrolled" | "finite_difference"
     gamma: float = 1.0                # skip_connect penalty (mitigation ii); 1 = plain DARTS
     hooks: list[str] = dataclasses.field(default_factory=list)  # extra "name:arg" alpha hooks
+    # Architecture objectives "NAME:WEIGHT[:KEY=VALUE,...]" added to L_val (search.objectives).
+    objectives: list[str] = dataclasses.field(default_factory=list)
+    skip_cap: int | None = None       # at most K skip connects per derived cell (DARTS+); None: off
+    early_stop: str | None = None     # "hessian:FACTOR" (RobustDARTS, search.hessian); None: off
     partial_channels: int = 1         # PC-DARTS K (1 = off)
     seed: int = 0
     lr: float = 0.025                 # weights: SGD, cosine to lr_min over the epochs
@@ -73,7 +81,11 @@ class SearchConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise InputError(source, f"unknown search setting(s) {', '.join(unknown)}")
+            import difflib
+
+            close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InputError(source, f"unknown search setting(s) {', '.join(map(str, unknown))}{hint}")
         config = cls()
         for key, value in data.items():
             setattr(config, key, _coerce(key, value, getattr(cls(), key), source))
@@ -89,12 +101,18 @@ class SearchConfig:
             import tomli as tomllib
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(path, "config file not found") from None
+            from nasaudit.io import read_limited
+
+            data = tomllib.loads(read_limited(path, 4 << 20, "config file").decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise InputError(path, f"invalid TOML ({exc})") from None
-        data = data.get("search", data) if isinstance(data.get("search"), dict) else data
+        if isinstance(data.get("search"), dict):
+            # Keys beside the [search] table would be silently dropped: say so instead.
+            others = [key for key in data if key != "search"]
+            if others:
+                raise InputError(path, f"{others[0]!r} is outside the [search] table, so it would "
+                                       "not be read; move it into [search]")
+            data = data["search"]
         return cls.from_dict({**data, **(overrides or {})}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +124,21 @@ class SearchConfig:
         """The named alpha hooks this config applies, gamma's skip penalty first."""
         return ([f"skip_penalty:{self.gamma!r}"] if self.gamma != 1.0 else []) + list(self.hooks)
 
+    def objective_terms(self, source: str = "config") -> list[ArchObjective]:
+        """The configured architecture objectives, built (InputError naming `source`)."""
+        terms = []
+        for spec in self.objectives:
+            if not isinstance(spec, str):
+                raise InputError(source, f"objectives: {spec!r} is not a term like \"beta:0.5\"")
+            try:
+                terms.append(parse_objective(spec))
+            except InputError as exc:
+                raise InputError(source, f"objectives: {exc.problem}") from None
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise InputError(source, f"objectives: each term may appear once, got {', '.join(names)}")
+        return terms
+
     def validate(self, source: str = "config") -> None:
         """Raise InputError for values out of range."""
         checks = [
@@ -116,7 +149,8 @@ class SearchConfig:
             (0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1]"),
             (self.C >= 2, "C", f"must be >= 2, got {self.C}"),
             (self.layers >= 1, "layers", f"must be >= 1, got {self.layers}"),
-            (self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}"),
+            (1 <= self.nodes <= MAX_NODES, "nodes", f"must be in 1..{MAX_NODES}, got {self.nodes}"),
+            (0 <= self.seed <= 2**63 - 1, "seed", f"must be in 0..2^63-1, got {self.seed}"),
             (self.partial_channels >= 1, "partial_channels", f"must be >= 1, got {self.partial_channels}"),
             (self.C % (2 * max(self.partial_channels, 1)) == 0,
              "partial_channels", f"C={self.C} must be a multiple of 2 * partial_channels"),
@@ -145,6 +179,13 @@ class SearchConfig:
                 parse_hook(spec)  # InputError for unknown names or bad arguments
             except InputError as exc:
                 raise InputError(source, f"hooks: {exc.problem}") from None
+        self.objective_terms(source)  # InputError for unknown names, bad weights or options
+        if self.skip_cap is not None and self.skip_cap < 0:
+            raise InputError(source, f"skip_cap: must be >= 0, got {self.skip_cap}")
+        try:
+            parse_early_stop(self.early_stop)
+        except InputError as exc:
+            raise InputError(source, f"early_stop: {exc.problem}") from None
         penalties = [h for h in self.hooks if h.partition(":")[0].strip() == "skip_penalty"]
         if self.gamma != 1.0 and penalties:
             raise InputError(source, f"gamma = {self.gamma:g} and hook {penalties[0]!r} would both "
@@ -158,7 +199,7 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     """Check a TOML/JSON value against the field's default type (ints may stand for floats)."""
     bad = InputError(source, f"{key}: unexpected value {value!r}")
     if value is None:
-        if key in ("data_dir", "train_subset", "max_steps"):
+        if key in ("data_dir", "train_subset", "max_steps", "skip_cap", "early_stop"):
             return None
         raise bad
     if isinstance(default, bool) or key == "augment":
@@ -169,10 +210,14 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
-    if isinstance(default, int) or key in ("train_subset", "max_steps"):
+    if isinstance(default, int) or key in ("train_subset", "max_steps", "skip_cap"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
+    if key == "objectives":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise InputError(source, f"objectives must be a list of strings like \"beta:0.5\", got {value!r}")
+        return list(value)
     if key == "hooks":
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise InputError(source, f"hooks must be a list of strings like \"skip_penalty:0.5\", "
@@ -207,6 +252,7 @@ class SearchResult(Record):
     virtual_steps: int
     history: list                  # one dict per finished epoch (metrics and cost)
     alpha: dict                    # {"alpha_normal": [[...]], ...} raw architecture parameters
+    early_stop: dict | None = None  # HessianEarlyStop.state_dict() when the rule is configured
 
 
 def build_supernet(config: SearchConfig, num_classes: int, *, mean=(0.0, 0.0, 0.0),
@@ -263,6 +309,7 @@ def run_search(
     config: SearchConfig, *, out_dir: str | Path, device: str | torch.device = "auto",
     resume: bool = False, progress: bool = True, hooks: Sequence[AlphaHook] = (),
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    objectives: Sequence[ArchObjective] = (),
 ) -> SearchResult:
     """Run (or resume) a DARTS-style search as configured; see the module docstring for outputs.
 
@@ -271,6 +318,10 @@ def run_search(
     {"epoch", "iteration", "global_step", "architect"}; returning True stops the run after a
     checkpoint, as `max_steps` does. resume: continue from OUT/checkpoint.pt when it exists
     (a fresh start otherwise); without it an existing checkpoint is an error, never overwritten.
+    objectives: extra Python `ArchObjective` terms (after the config's; not saved either).
+    Guards: `skip_cap` caps every derived genotype; `early_stop` computes the alpha-Hessian's
+    top eigenvalue at each epoch end and, when the rule fires, ends the search with the
+    genotype of the epoch it points back to (genotype.json then records the rule's state).
     """
     from nasaudit.device import prepare_model, resolve_device
     from nasaudit.io import atomic_write_json, safe_torch_load
@@ -296,8 +347,10 @@ def run_search(
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr,
                              betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, config.epochs, eta_min=config.lr_min)
+    terms = [*config.objective_terms(), *objectives]
     architect = Architect(model, w_opt, a_opt, mode=config.mode, n_step=config.n_step,
-                          grad_clip=config.grad_clip)
+                          grad_clip=config.grad_clip, objectives=terms)
+    term_keys = [f"objective/{t.name}" for t in terms]
     iters = len(val_loader)
     loop = {"epoch": 0, "step": 0, "history": [], "seconds": 0.0, "sums": None}
     if state is not None:
@@ -311,6 +364,13 @@ def run_search(
 
     from nasaudit.search.monitor import SearchMonitor
 
+    factor = parse_early_stop(config.early_stop)
+    tracker = None if factor is None else HessianEarlyStop(factor)
+    for h in loop["history"] if tracker else ():  # the rule's state is a function of the history
+        tracker.update(h["epoch"], h["hessian_top_eigenvalue"])
+    hessian_batch = (probe_x, probe_y) if probe_x.shape[0] >= 2 else next(iter(val_loader.epoch(0)))
+    guards: dict[str, Any] = {"skip_cap": config.skip_cap, "skip_cap_replacements": [],
+                              "early_stop": None if tracker is None else tracker.state_dict()}
     global_step = loop["epoch"] * iters + loop["step"]
     monitor = SearchMonitor(out / "tb", model, probe_x=probe_x, probe_y=probe_y,
                             purge_step=global_step if state is not None else None)
@@ -333,12 +393,13 @@ def run_search(
 
             from tqdm.auto import tqdm
 
-            stop = False
+            stop = bool(tracker and tracker.stopped_at)
             while loop["epoch"] < config.epochs and not stop:
                 epoch = loop["epoch"]
+                architect.epoch, architect.epochs = epoch, config.epochs
                 started = time.perf_counter() - loop["seconds"]
-                sums = loop["sums"] or _zero_sums(device)
-                window = _zero_sums(device)
+                sums = loop["sums"] or _zero_sums(device, term_keys)
+                window = _zero_sums(device, term_keys)
                 val_batches = val_loader.epoch(epoch, start_batch=loop["step"])
                 train_stream = _stream(train_loader, architect.weight_steps)
                 bar = tqdm(range(loop["step"], iters), desc=f"search epoch {epoch + 1}/{config.epochs}",
@@ -353,8 +414,8 @@ def run_search(
                     loop.update(step=i + 1, sums=sums, seconds=time.perf_counter() - started)
                     last = i + 1 == iters  # the epoch end logs and checkpoints itself
                     if config.log_every and global_step % config.log_every == 0 and not last:
-                        monitor.log(global_step, _metrics(window, w_opt, a_opt), model.genotype())
-                        window = _zero_sums(device)
+                        monitor.log(global_step, _metrics(window, w_opt, a_opt), model.genotype(config.skip_cap))
+                        window = _zero_sums(device, term_keys)
                     info = {"epoch": epoch, "iteration": i, "global_step": global_step,
                             "architect": architect}
                     stop = bool(callback and callback(info)) or (
@@ -369,8 +430,14 @@ def run_search(
                     break  # stopped mid-epoch
                 # End of epoch: schedule, derive, write, log, checkpoint.
                 seconds = time.perf_counter() - started
-                genotype = model.genotype()
+                genotype, guards["skip_cap_replacements"] = model.derive(config.skip_cap)
                 metrics = _metrics(sums, w_opt, a_opt)
+                if tracker is not None:
+                    # Not part of the epoch's cost: a guard, measured after the epoch's steps.
+                    metrics["hessian/top_eigenvalue"] = alpha_hessian_eigenvalue(
+                        model, *hessian_batch, seed=config.seed + epoch)
+                    tracker.update(epoch + 1, metrics["hessian/top_eigenvalue"])
+                    guards["early_stop"] = tracker.state_dict()
                 loop["history"].append({
                     "epoch": epoch + 1, "seconds": seconds, "iterations": iters,
                     "weight_steps": architect.weight_steps, "arch_steps": architect.arch_steps,
@@ -379,17 +446,23 @@ def run_search(
                     **{f"skip_connects_{c}": sum(op == "skip_connect" for op, _ in getattr(genotype, c))
                        for c in CELL_TYPES},
                 })
-                genotype_path = _write_outputs(out, config, model, genotype, loop["history"])
+                genotype_path = _write_outputs(out, config, model, genotype, loop["history"],
+                                               {"objectives": [t.describe(config.epochs) for t in terms],
+                                                "guards": guards})
                 monitor.log(global_step, _metrics(window, w_opt, a_opt), genotype,
                             drawing=out / "genotypes" / f"epoch_{epoch + 1:03d}.png")
                 monitor.log_epoch(epoch + 1, {
                     "cost/epoch_seconds": seconds, "cost/weight_steps": architect.weight_steps,
                     "cost/arch_steps": architect.arch_steps, "cost/virtual_steps": architect.virtual_steps,
-                    **{f"epoch/{k}": v for k, v in metrics.items()},
+                    **{f"epoch/{k}": v for k, v in metrics.items() if not k.startswith("hessian/")},
+                    **{k: v for k, v in metrics.items() if k.startswith("hessian/")},
                 })
                 sched.step()  # after logging, so the logged lr is the one this epoch used
                 loop.update(epoch=epoch + 1, step=0, sums=None, seconds=0.0)
                 save()
+                if tracker is not None and tracker.stopped_at:
+                    stop = True
+                    genotype, genotype_path = _keep_epoch(out, tracker)
     finally:
         monitor.close()
 
@@ -399,17 +472,32 @@ def run_search(
 
         genotype_path = out / "genotype.json"
         genotype = resolve_genotype(str(genotype_path))
+    stopped = bool(tracker and tracker.stopped_at)
     return SearchResult(
         genotype=genotype, genotype_path=str(genotype_path) if genotype_path else None,
-        out_dir=str(out), finished=loop["epoch"] >= config.epochs, epochs_done=loop["epoch"],
+        out_dir=str(out), finished=loop["epoch"] >= config.epochs or stopped, epochs_done=loop["epoch"],
         iterations=loop["epoch"] * iters + loop["step"], weight_steps=architect.weight_steps,
         arch_steps=architect.arch_steps, virtual_steps=architect.virtual_steps,
         history=loop["history"], alpha=_alpha_dict(model),
+        early_stop=None if tracker is None else tracker.state_dict(),
     )
 
 
-def _zero_sums(device: torch.device) -> dict[str, torch.Tensor]:
-    keys = ("train_loss", "train_correct", "train_n", "val_loss", "val_correct", "val_n")
+def _keep_epoch(out: Path, tracker: HessianEarlyStop):
+    """Make genotype.json the genotype of the epoch the early stop points back to, recording
+    the rule's state; returns (Genotype, path)."""
+    from nasaudit.genotype import resolve_genotype
+    from nasaudit.io import atomic_write_json, read_json
+
+    kept = read_json(out / "genotypes" / f"epoch_{tracker.kept_epoch:03d}.json")
+    kept.setdefault("guards", {})["early_stop"] = tracker.state_dict()
+    path = out / "genotype.json"
+    atomic_write_json(path, kept)
+    return resolve_genotype(str(path)), str(path)
+
+
+def _zero_sums(device: torch.device, extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    keys = ("train_loss", "train_correct", "train_n", "val_loss", "val_correct", "val_n", *extra)
     return {k: torch.zeros((), dtype=torch.float64, device=device) for k in keys}
 
 
@@ -419,7 +507,9 @@ def _metrics(sums: dict[str, torch.Tensor], w_opt, a_opt) -> dict[str, float]:
     tn, vn = max(s["train_n"], 1.0), max(s["val_n"], 1.0)
     return {"loss/train": s["train_loss"] / tn, "acc/train": s["train_correct"] / tn,
             "loss/val": s["val_loss"] / vn, "acc/val": s["val_correct"] / vn,
-            "lr/weights": w_opt.param_groups[0]["lr"], "lr/arch": a_opt.param_groups[0]["lr"]}
+            "lr/weights": w_opt.param_groups[0]["lr"], "lr/arch": a_opt.param_groups[0]["lr"],
+            # Objective terms (unweighted), averaged over the validation samples like the loss.
+            **{k: v / vn for k, v in s.items() if k.startswith("objective/")}}
 
 
 def _check_resume(state: Any, config: SearchConfig, path: Path) -> None:
@@ -427,7 +517,9 @@ def _check_resume(state: Any, config: SearchConfig, path: Path) -> None:
     if not isinstance(state, dict) or state.get("kind") != "nasaudit-search":
         raise InputError(path, "not a nasaudit search checkpoint")
     saved, now = state.get("config", {}), config.to_dict()
-    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    # A setting added after the checkpoint was written counts as its default there.
+    defaults = SearchConfig().to_dict()
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k])
     if diff:
         raise InputError(path, f"was written with other settings ({', '.join(diff)}); "
                                "resume with the same config or use another --out")
@@ -447,8 +539,10 @@ def _save_checkpoint(path, config, model, w_opt, a_opt, sched, architect, loop, 
     }, path)
 
 
-def _write_outputs(out: Path, config: SearchConfig, model: Supernet, genotype, history: list) -> str:
-    """genotype.json (+ a per-epoch copy) and history.json; returns the JSON path."""
+def _write_outputs(out: Path, config: SearchConfig, model: Supernet, genotype, history: list,
+                   record: dict[str, Any] | None = None) -> str:
+    """genotype.json (+ a per-epoch copy) and history.json; returns the JSON path. `record`:
+    extra keys saying how the genotype was found (objectives with their weights, guards)."""
     from nasaudit.genotype import write_genotype
     from nasaudit.io import atomic_write_json
 
@@ -461,6 +555,7 @@ def _write_outputs(out: Path, config: SearchConfig, model: Supernet, genotype, h
         "alpha": _alpha_dict(model), "effective_weights": weights,
         "epoch_seconds": [h["seconds"] for h in history],
         "search_cost": {k: history[-1][k] for k in ("weight_steps", "arch_steps", "virtual_steps")},
+        **(record or {}),
     }
     name = f"search_{config.dataset}_seed{config.seed}"
     path = write_genotype(out / "genotype.json", genotype, name, **extra)

@@ -3,13 +3,14 @@ a difference of means with its bootstrap CI and a verdict against the study's di
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from nasaudit.audit.report.data import AuditData
 from nasaudit.audit.report.metrics import MANUAL, METRICS, NAS, Metric
-from nasaudit.audit.report.stats import bootstrap_diff, verdict
+from nasaudit.audit.report.stats import bootstrap_diff_test, holm, verdict
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Comparison:
     n_b: int
     direction: str | None  # what the study expects for a - b: "higher", "lower" or None
     verdict: str
+    p: float | None = None  # two-sided bootstrap p-value of "no difference" (None without a CI)
+    p_holm: float | None = None  # Holm-adjusted over the comparisons of one table
 
     @property
     def verdict_class(self) -> str:
@@ -38,13 +41,21 @@ class Comparison:
 
 def _compare(metric: Metric, a: dict[str, list[float]], b: dict[str, list[float]], direction: str | None,
              *, min_models: int) -> Comparison:
-    point, low, high = bootstrap_diff(a, b)
+    point, low, high, p = bootstrap_diff_test(a, b)
     if len(a) < min_models or len(b) < min_models:
         # Resampling one model only varies its seeds: not a between-model interval.
-        low = high = None
+        low = high = p = None
     return Comparison(metric, float(np.mean([np.mean(v) for v in a.values()])),
                       float(np.mean([np.mean(v) for v in b.values()])), point, low, high, len(a), len(b),
-                      direction, verdict(direction, point, low, high))
+                      direction, verdict(direction, point, low, high), p)
+
+
+def holm_adjusted(comparisons: list[Comparison]) -> list[Comparison]:
+    """The comparisons with Holm-adjusted p-values over those that have a p-value, and verdicts
+    that need the adjusted p below 0.05 (the family-wise error over the table's verdicts)."""
+    adjusted = holm([c.p for c in comparisons])
+    return [dataclasses.replace(c, p_holm=q, verdict=verdict(c.direction, c.point, c.low, c.high, q))
+            for c, q in zip(comparisons, adjusted, strict=True)]
 
 
 def nas_vs_manual(data: AuditData, metrics: tuple[Metric, ...] = METRICS) -> list[Comparison]:
@@ -56,7 +67,7 @@ def nas_vs_manual(data: AuditData, metrics: tuple[Metric, ...] = METRICS) -> lis
         b = {k: list(v.values()) for k, v in values.items() if data.group.get(k) == MANUAL}
         if a and b:
             out.append(_compare(m, a, b, m.direction, min_models=2))
-    return out
+    return holm_adjusted(out)
 
 
 # The study's Table 4: deeper cells with fewer skip connects lower every vulnerability metric it

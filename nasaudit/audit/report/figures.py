@@ -33,16 +33,46 @@ class Figures:
         return plt.subplots(nrows, ncols, figsize=(w, h), dpi=110)
 
     def save(self, fig, stem: str, caption: str) -> Figure:
+        import matplotlib
         import matplotlib.pyplot as plt
 
+        literal_text(fig)
         buf = io.BytesIO()
-        if fig.get_layout_engine() is None:
-            fig.tight_layout()
-        fig.savefig(buf, format="png")
+        # Texts made while drawing (tick labels) take parse_math from rcParams: off, for now.
+        with matplotlib.rc_context({"text.parse_math": False}):
+            if fig.get_layout_engine() is None:
+                fig.tight_layout()
+            fig.savefig(buf, format="png")
         plt.close(fig)
         path = self.dir / f"{stem}.png"
         atomic_write_bytes(path, buf.getvalue())
         return Figure(f"{FILES_DIR}/figures/{stem}.png", caption)
+
+
+def literal_text(fig) -> None:
+    """Render every text of `fig` literally: labels and genotype names come from untrusted
+    configs and files, and "$\\frac$" would be parsed as mathtext (and crash the figure when
+    malformed), "\\x1b[31m" would be drawn as control characters."""
+    from matplotlib.text import Text
+    from matplotlib.ticker import FixedFormatter, FuncFormatter
+
+    from nasaudit.errors import printable
+
+    for ax in fig.axes:  # tick labels are made from the formatter's strings at draw time
+        for axis in (ax.xaxis, ax.yaxis):
+            for formatter in (axis.get_major_formatter(), axis.get_minor_formatter()):
+                if isinstance(formatter, FixedFormatter):
+                    formatter.seq = [printable(label) for label in formatter.seq]
+                elif isinstance(formatter, FuncFormatter) and not getattr(formatter, "_literal", False):
+                    # set_xticks(ticks, labels) keeps the labels in a FuncFormatter
+                    inner = formatter.func
+                    formatter.func = lambda x, pos=None, inner=inner: printable(inner(x, pos))
+                    formatter._literal = True
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        shown = text.get_text()
+        if printable(shown) != shown:
+            text.set_text(printable(shown))
 
 
 def group_color(group: str) -> str:

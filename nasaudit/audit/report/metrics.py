@@ -131,6 +131,9 @@ METRICS: tuple[Metric, ...] = (
            lambda r: last_num(r, "kl"), "lower", True),
     Metric("membership_auc", "membership inference AUC", "attack", "membership",
            lambda r: num(r.get("auc")), "higher", True),
+    # The study cites the model-reuse attack (its ref. 30) but measures no direction for it.
+    Metric("model_reuse_asr", "model-reuse ASR (host on the poisoned primitive)", "attack", "model_reuse",
+           lambda r: num(r.get("asr")), None, True),
     Metric("gradvar_init", "log10 gradient variance at initialisation", "probe_init", "gradvar",
            lambda r: num(r.get("log10_variance")), "lower", False, "NAS > 100x lower at init"),
     Metric("gradvar_trained", "log10 gradient variance after training", "probe", "gradvar",

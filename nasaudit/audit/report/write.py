@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nasaudit.audit.report.builder import Builder
@@ -40,12 +44,77 @@ def write_report(out_dir: str | Path, *, single_file: bool = False) -> Path:
     """
     out_dir = Path(out_dir)
     data = AuditData.load(out_dir)
-    files = out_dir / FILES_DIR
-    if files.is_dir():  # stale figures/tables from an earlier report must not linger
-        shutil.rmtree(files)
-    builder = Builder(data, out_dir)
+    with _report_lock(out_dir):
+        _recover(out_dir)
+        # Everything is built into a staging directory beside the report and swapped in only
+        # when complete: a failed or killed build leaves the previous report intact and linked.
+        staging = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=out_dir))
+        try:
+            _build(data, out_dir, staging, single_file)
+            return _swap_in(staging, out_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+BUILD_PREFIX = ".report-build-"
+OLD_PREFIX = ".report-old-"
+LOCK_NAME = ".report.lock"
+REPORT_FILES = ("report.html", "report.md")
+
+
+@contextmanager
+def _report_lock(out_dir: Path) -> Iterator[None]:
+    """Serialise report writers on one directory (the audit's end and a `nasaudit report`)."""
+    import fcntl
+
+    with open(out_dir / LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if the process dies
+        yield
+
+
+def _recover(out_dir: Path) -> None:
+    """Finish or undo a swap a kill interrupted, and drop staging directories of killed builds.
+
+    Only directories with our own prefixes, made by `write_report` itself, are removed.
+    """
+    live = out_dir / FILES_DIR
+    for old in sorted(out_dir.glob(OLD_PREFIX + "*")):
+        if not old.is_dir() or old.is_symlink():
+            continue
+        if not live.exists() and (old / FILES_DIR).is_dir():
+            os.replace(old / FILES_DIR, live)  # killed between the two renames: put it back
+        shutil.rmtree(old, ignore_errors=True)
+    for build in out_dir.glob(BUILD_PREFIX + "*"):
+        if build.is_dir() and not build.is_symlink():
+            shutil.rmtree(build, ignore_errors=True)
+
+
+def _swap_in(staging: Path, out_dir: Path) -> Path:
+    """Move the finished report from `staging` into `out_dir`: report_files/ by two renames
+    (the old one aside, the new one in), then report.html and report.md by atomic replace."""
+    live = out_dir / FILES_DIR
+    old = None
+    if live.exists() or live.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=OLD_PREFIX, dir=out_dir))
+        os.replace(live, old / FILES_DIR)
+    os.replace(staging / FILES_DIR, live)
+    for name in REPORT_FILES:
+        os.replace(staging / name, out_dir / name)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir / "report.md"
+
+
+def _build(data: AuditData, out_dir: Path, staging: Path, single_file: bool) -> None:
+    """Write report.md, report.html and report_files/ into `staging` (probe pictures are
+    still found under `out_dir`, where the audit wrote them)."""
+    builder = Builder(data, staging)
+    builder.out_dir = out_dir  # figures go to staging; the audit's own files are read in place
+    (staging / FILES_DIR).mkdir(exist_ok=True)
     sections = build_sections(builder)
     title = f"nasaudit report: {data.config.get('name', out_dir.name)}"
+    files = staging / FILES_DIR
     for t in builder.tables:
         atomic_write_text(files / "tables" / f"{t.name}.csv", csv_text(t))
     link = None
@@ -54,8 +123,8 @@ def write_report(out_dir: str | Path, *, single_file: bool = False) -> Path:
 
         def link(path: str) -> str:
             if path not in embedded:  # a figure, written by the builder above
-                embedded[path] = data_uri((out_dir / path).read_bytes(), "image/png")
+                embedded[path] = data_uri((staging / path).read_bytes(), "image/png")
             return embedded[path]
 
-    atomic_write_text(out_dir / "report.html", render_html(title, sections, link=link))
-    return atomic_write_text(out_dir / "report.md", render_markdown(title, sections))
+    atomic_write_text(staging / "report.html", render_html(title, sections, link=link))
+    atomic_write_text(staging / "report.md", render_markdown(title, sections))

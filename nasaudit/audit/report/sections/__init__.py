@@ -12,15 +12,19 @@ from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.document import Section
 from nasaudit.audit.report.sections import (
     accuracy,
+    common_inputs,
     correlations,
     evasion,
     headline,
     membership,
     mitigation,
+    model_reuse,
     poisoning,
     probes,
     run,
     stealing,
+    trace_leak,
+    tradeoff,
 )
 
 SECTIONS: tuple[Callable[[Builder], Section], ...] = (
@@ -31,12 +35,16 @@ SECTIONS: tuple[Callable[[Builder], Section], ...] = (
     evasion.evasion,
     evasion.asr_vs_eps,
     evasion.inputs_broken,
+    common_inputs.common_inputs,
     poisoning.poisoning,
     poisoning.backdoor,
     stealing.knockoff,
     membership.membership,
+    model_reuse.model_reuse,
     probes.gradvar,
     probes.contours,
+    trace_leak.trace_leak,
     mitigation.mitigation,
     correlations.correlations,
+    tradeoff.tradeoff,
 )

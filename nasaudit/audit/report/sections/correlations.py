@@ -7,7 +7,7 @@ import numpy as np
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.document import Section, Table
 from nasaudit.audit.report.metrics import CELL_METRICS, METRICS, at_path, num
-from nasaudit.audit.report.stats import spearman
+from nasaudit.audit.report.stats import benjamini_hochberg, spearman
 
 
 def correlations(report: Builder) -> Section:
@@ -39,8 +39,15 @@ def correlations(report: Builder) -> Section:
             rows.append([vk, ek, len(common), rho, p])
             if rho is not None:
                 matrix[i, j] = rho
-    report.table(s, Table("correlations", ["vulnerability metric", "property", "models", "Spearman rho", "p"],
-                        rows, "Spearman correlation across models"))
+    for row, q in zip(rows, benjamini_hochberg([r[4] for r in rows]), strict=True):
+        row.append(q)
+    report.table(s, Table("correlations", ["vulnerability metric", "property", "models", "Spearman rho", "p",
+                                           "q (BH)"],
+                        rows, "Spearman correlation across models; q: Benjamini-Hochberg adjusted p"))
+    n_tests = sum(r[4] is not None for r in rows)
+    found = sum(r[5] is not None and r[5] < 0.05 for r in rows)
+    s.text(f"{n_tests} correlations are tested; q controls the false discovery rate over all of them "
+           f"(Benjamini-Hochberg). {found} have q < 0.05; read a raw p < 0.05 with q >= 0.05 as noise.")
     if np.isfinite(matrix).any():
         fig, ax = report.figs.new(1.1 * len(explain) + 3.5, 0.45 * len(vuln) + 2)
         im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")

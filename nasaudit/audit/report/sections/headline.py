@@ -19,7 +19,7 @@ def headline(report: Builder) -> Section:
     agree = sum(c.verdict == "agrees" for c in comparisons)
     disagree = sum(c.verdict == "disagrees" for c in comparisons)
     rows = [[c.metric.title, c.a_mean, c.b_mean, c.point, c.low, c.high, c.direction or "-", c.verdict,
-             f"{c.n_a}/{c.n_b}"] for c in comparisons]
+             f"{c.n_a}/{c.n_b}", c.p, c.p_holm] for c in comparisons]
     if not rows:
         return s.missing("no metric has values for both groups yet.")
     forest = forest_plot(report.figs, comparisons, "headline_forest",
@@ -29,14 +29,19 @@ def headline(report: Builder) -> Section:
     if forest is not None:
         s.blocks.append(forest)
     report.table(s, Table("headline", ["metric", "NAS mean", "manual mean", "NAS - manual", "CI 2.5%", "CI 97.5%",
-                                     "study: NAS is", "this run", "models NAS/manual"], rows,
+                                     "study: NAS is", "this run", "models NAS/manual", "p",
+                                     "p (Holm)"], rows,
                         f"Group differences with bootstrap 95% CI over models and seeds ({BOOTSTRAP_SAMPLES} resamples)"))
     with_dir = sum(1 for r in rows if r[6] != "-")
     s.text("The interval resamples models within each group, then seeds within each model; with only a "
            "few models per group it is rough (it cannot be wider than the models' spread), so read a "
            "clear verdict from a small audit as a hint, not a finding.")
+    s.text(f"p is the two-sided bootstrap p-value of no difference (from the same resamples as the CI); "
+           f"p (Holm) adjusts it for the {sum(c.p is not None for c in comparisons)} comparisons of this "
+           "table (Holm's step-down, family-wise error 5%). A verdict is clear only when the CI excludes 0 "
+           "and the Holm-adjusted p is below 0.05: with this many metrics, some raw CIs exclude 0 by chance.")
     s.text(f"Of the {with_dir} metrics for which the study reports a direction, this run clearly agrees with "
-           f"it on {agree} and clearly disagrees on {disagree} (95% CI excluding 0); the other "
-           f"{with_dir - agree - disagree} are inconclusive here (CI includes 0, or too few models per "
-           "group for a CI).")
+           f"it on {agree} and clearly disagrees on {disagree} (95% CI excluding 0 and Holm-adjusted "
+           f"p < 0.05); the other {with_dir - agree - disagree} are inconclusive here (CI includes 0, the "
+           "adjusted p is 0.05 or more, or too few models per group for a CI).")
     return s

@@ -1,0 +1,562 @@
+"""Model-reuse attack (Ji et al., "Model-Reuse Attacks on Deep Learning Systems", CCS 2018).
+
+A published feature extractor (the *primitive*) is perturbed so that a *host* system built on it
+misclassifies chosen target inputs into a class the adversary picks, while other inputs behave
+as before.
+
+Roles:
+  * primitive: the victim up to its penultimate features (`ImageClassifier.features`, [B, D]).
+  * host: what a user builds on a primitive: a new linear or small-MLP head trained on the
+    primitive's features of the user's own data (the host split); for elasticity, the user then
+    fine-tunes the last `finetune_blocks` blocks of the primitive together with the head.
+  * adversary: knows the primitive's weights, the target inputs and a small labelled auxiliary
+    set from data disjoint from the host split; never the host split, never the host.
+
+Splits, all drawn from the attack seed: the training images are split into the host split
+(`host_fraction` of them) and the adversary's pool; the auxiliary inputs and the target-class
+references come from the pool only. The targets are test inputs whose true class is not the
+target class; the remaining test inputs measure evasiveness.
+
+The adversary's method, after the paper:
+  1. the target class's feature region: centroid c of the references' features, radius r = the
+     `region_quantile` quantile of their distances to c;
+  2. a saliency per primitive parameter: high when moving it pulls the targets' features (and
+     those of their semantic neighbours, random crops/flips) toward c, low when it also pulls the
+     auxiliary inputs of other classes there:
+     s = |g| / mean|g| - aux_weight |h| / mean|h|, g = dL_target/dw, h = dL_aux/dw, with
+     L_x = mean ||f(x) - c||^2 / spread^2; only the top `param_fraction` of the parameters by s
+     are ever changed;
+  3. Adam steps on those parameters only (element-wise step step_fraction * budget *
+     ||w||_2 / sqrt(k), k the number selected) of the hinge mean max(0, d^2 - r^2) over the
+     targets and neighbours plus drift_weight * the features' drift on the auxiliary and
+     reference inputs, keeping ||dw||_2 <= budget ||w||_2 by projection; it stops as soon as
+     every target's features lie within r of c.
+
+The hosts on the clean and on the poisoned primitive are trained by the same function with the
+same seed, split and schedule, so with a zero budget their predictions are identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from nasaudit.attacks.common import (
+    AttackRecord,
+    Victim,
+    batch_slices,
+    batched_logits,
+    make_params,
+    record_fields,
+    timed,
+)
+from nasaudit.data import Augment, DeviceLoader, augment_batch, to_float, train_val_split
+from nasaudit.device import full_precision, seeded
+from nasaudit.device import generator as make_generator
+from nasaudit.errors import InputError
+from nasaudit.params import param
+
+if TYPE_CHECKING:
+    from nasaudit.data import ImageDataset
+
+HOSTS = ("linear", "mlp")
+# Containers are opened when listing a primitive's blocks; any other module with parameters is
+# one block, and a normalisation layer belongs to the block before it (a conv and its BN).
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass
+class Params:
+    """Model-reuse attack settings (the paper's knobs: targets, parameter fraction, budget, the
+    host's classifier and fine-tuning).
+
+    The study runs no model-reuse experiment; the defaults follow the paper's setting (a few
+    targets, about 1% of the parameters changed, a small relative perturbation, a linear host
+    that fine-tunes the last block).
+    """
+
+    target_class: int = param(0, min=0, doc="the class the targets should be classified as")
+    n_targets: int = param(10, min=1, doc="test inputs (true class != target_class) to misclassify")
+    param_fraction: float = param(0.01, min=0, max=1, doc="fraction of the primitive's parameters "
+                                  "that may change (the top by saliency)")
+    budget: float = param(0.05, min=0, doc="largest ||dw||_2 / ||w||_2 over the primitive")
+    iterations: int = param(200, min=1, doc="most perturbation steps (stops once in region)")
+    step_fraction: float = param(0.1, gt=0, max=1, doc="Adam step (L2 of a full step), fraction of the budget")
+    aux_size: int = param(200, min=1, doc="auxiliary inputs the adversary holds (from its pool)")
+    n_neighbors: int = param(4, min=0, doc="semantic neighbours (random crop/flip) per target (0: none)")
+    neighbor_shift: int = param(2, min=0, doc="crop padding of the neighbours, pixels")
+    aux_weight: float = param(1.0, min=0, doc="saliency penalty for moving auxiliary features")
+    drift_weight: float = param(1.0, min=0, doc="loss weight of the auxiliary/reference feature drift")
+    n_reference: int = param(50, min=1, doc="target-class inputs that define its feature region")
+    region_quantile: float = param(0.1, gt=0, max=1, doc="region radius: this quantile of the "
+                                   "references' distances to their mean feature")
+    host: str = param("linear", choices=HOSTS, doc="the host's classifier on the features")
+    host_hidden: int = param(128, min=1, doc="hidden units of the mlp host")
+    host_fraction: float = param(0.5, gt=0, lt=1, doc="training images that form the host's split "
+                                 "(never read by the adversary)")
+    host_epochs: int = param(30, min=1, doc="host head training epochs (Adam, on frozen features)")
+    host_lr: float = param(0.01, gt=0, doc="host head learning rate")
+    host_batch_size: int = param(128, min=1, doc="host training batch")
+    finetune_blocks: int = param(1, min=0, doc="last primitive blocks the host fine-tunes")
+    finetune_epochs: int = param(2, min=0, doc="host fine-tuning epochs (0: no fine-tuning)")
+    finetune_lr: float = param(0.01, gt=0, doc="host fine-tuning learning rate (SGD, momentum 0.9)")
+
+
+@dataclass
+class ModelReuseRecord(AttackRecord):
+    """Model-reuse results (rates and accuracies in [0, 1]).
+
+    asr: targets the host trained on the poisoned primitive classifies as target_class;
+    clean_asr: the same for the host trained identically on the clean primitive;
+    asr_after_finetune / clean_asr_after_finetune: the same after the host fine-tuned the last
+    blocks (equal to asr / clean_asr when finetune_epochs or finetune_blocks is 0);
+    clean_accuracy / poisoned_accuracy: the two hosts' accuracy on the non-target test inputs,
+    clean_accuracy_drop their difference (clean minus poisoned), finetune_accuracy_drop the same
+    after fine-tuning; changed_predictions: non-target test inputs whose host prediction changed;
+    param_l0: fraction of the primitive's parameters changed (param_l0_count of n_parameters);
+    param_l2 = ||dw||_2 / ||w||_2 and param_linf = max|dw| / max|w| over the primitive;
+    targets_in_region: targets within the region radius at the end (the adversary's own
+    criterion); target_distance_before / _after: the targets' mean squared feature distance to
+    the region's centre before and after, in units of the target class's mean squared spread; iterations_done: perturbation steps taken; targets: test indices of the targets;
+    primitive_digest: sha256 prefix of the poisoned primitive's parameters.
+    """
+
+    kind = "attack.model_reuse"
+    target_class: int
+    host: str
+    targets: list[int]
+    asr: float
+    asr_population: str
+    clean_asr: float
+    asr_after_finetune: float
+    clean_asr_after_finetune: float
+    clean_accuracy: float
+    poisoned_accuracy: float
+    clean_accuracy_drop: float
+    changed_predictions: float
+    clean_accuracy_after_finetune: float
+    poisoned_accuracy_after_finetune: float
+    finetune_accuracy_drop: float
+    param_l0: float
+    param_l0_count: int
+    param_l2: float
+    param_linf: float
+    n_parameters: int
+    targets_in_region: float
+    target_distance_before: float
+    target_distance_after: float
+    iterations_done: int
+    host_size: int
+    aux_size: int
+    n_reference: int
+    finetuned_blocks: int
+    primitive_digest: str
+
+
+# ------------------------------------------------------------------------------ the primitive
+
+
+def primitive_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The primitive's parameters: the victim's body without any auxiliary head (the classifier
+    is replaced by the host's head), in registration order."""
+    body = getattr(model, "body", model)
+    return [p for name, p in body.named_parameters() if "auxiliary" not in name]
+
+
+def primitive_blocks(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The primitive's blocks in forward order, each a list of parameters.
+
+    Sequential / ModuleList / ModuleDict containers are opened; any other module with parameters
+    (a residual block, a DARTS cell, a conv) is one block, and a normalisation layer joins the
+    block before it. Auxiliary heads are left out.
+    """
+    blocks: list[list[nn.Parameter]] = []
+
+    def walk(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if "auxiliary" in name or not any(True for _ in child.parameters()):
+                continue
+            if isinstance(child, _CONTAINERS):
+                walk(child)
+            elif isinstance(child, _NORMS) and blocks:
+                blocks[-1].extend(child.parameters())
+            else:
+                blocks.append(list(child.parameters()))
+
+    walk(getattr(model, "body", model))
+    return blocks
+
+
+class _Features(nn.Module):
+    """A primitive as a module whose output is its penultimate features [B, D]."""
+
+    def __init__(self, primitive: nn.Module):
+        super().__init__()
+        self.primitive = primitive
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.primitive.features(x)
+
+
+class HostSystem(nn.Module):
+    """The host: images [B, C, H, W] in [0, 1] -> primitive features -> head -> logits [B, K]."""
+
+    def __init__(self, primitive: nn.Module, head: nn.Module):
+        super().__init__()
+        self.primitive = primitive
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.primitive.features(x))
+
+
+def features_of(primitive: nn.Module, images: torch.Tensor, *, device: torch.device) -> torch.Tensor:
+    """Penultimate features [N, D] (float32, on `device`) of uint8 images [N, C, H, W]."""
+    with full_precision(device):
+        return batched_logits(_Features(primitive), images, device=device)
+
+
+# ------------------------------------------------------------------------------------- the host
+
+
+def build_head(kind: str, feature_dim: int, num_classes: int, hidden: int, seed: int) -> nn.Module:
+    """A fresh host head: "linear" (Linear(D, K)) or "mlp" (Linear(D, hidden), ReLU, Linear)."""
+    with seeded(seed):
+        if kind == "linear":
+            return nn.Linear(feature_dim, num_classes)
+        if kind == "mlp":
+            return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+    raise InputError("--param host", f"expected one of {HOSTS}, got {kind!r}")
+
+
+def train_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+               batch_size: int, seed: int) -> nn.Module:
+    """Train `head` in place with Adam on fixed features [N, D] and labels int64 [N] (same
+    device), shuffled by a CPU generator seeded with `seed`; returns it in eval mode."""
+    gen = make_generator(seed)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    n = features.shape[0]
+    head.train()
+    with full_precision(features.device):
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen).to(features.device)
+            for sl in batch_slices(n, batch_size):
+                idx = order[sl]
+                loss = F.cross_entropy(head(features[idx]), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return head.eval()
+
+
+def fine_tune_host(system: HostSystem, images: torch.Tensor, labels: torch.Tensor, n_blocks: int, *,
+                   epochs: int, lr: float, batch_size: int, seed: int, device: torch.device,
+                   progress: bool) -> int:
+    """Fine-tune the head and the last `n_blocks` primitive blocks of `system` in place on uint8
+    images [N, C, H, W] / labels [N] (SGD, momentum 0.9, no augmentation). The primitive stays in
+    eval mode: its normalisation statistics are frozen, as a user fine-tuning on a small split
+    keeps them. Returns the number of blocks fine-tuned."""
+    blocks = primitive_blocks(system.primitive)[-n_blocks:] if n_blocks > 0 else []
+    for p in system.parameters():
+        p.requires_grad_(False)
+    trainable = [p for block in blocks for p in block] + list(system.head.parameters())
+    for p in trainable:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(trainable, lr=lr, momentum=0.9)
+    loader = DeviceLoader(images, labels, batch_size, device=device, shuffle=True, seed=seed)
+    system.eval()
+    bar = tqdm(total=epochs * len(loader), desc="model-reuse host fine-tune", disable=not progress)
+    with full_precision(device):
+        for epoch in range(epochs):
+            for x, y in loader.epoch(epoch):
+                loss = F.cross_entropy(system(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update()
+    bar.close()
+    for p in system.parameters():
+        p.requires_grad_(False)
+    return len(blocks)
+
+
+@dataclass
+class Host:
+    """A host trained on one primitive: `system` after head training, `tuned` after fine-tuning
+    (the same object when there is no fine-tuning) and the number of blocks fine-tuned."""
+
+    system: HostSystem
+    tuned: HostSystem
+    finetuned_blocks: int
+
+
+def train_host(primitive: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+               params: Params, *, seed: int, device: torch.device, progress: bool) -> Host:
+    """The user's host on `primitive` (never modified): a head trained on its features of the
+    host split (uint8 images [N, C, H, W], labels [N]), then a fine-tuned copy. Every random draw
+    derives from `seed`, so the clean and the poisoned host differ only by their primitive."""
+    primitive = copy.deepcopy(primitive).eval()
+    for p in primitive.parameters():
+        p.requires_grad_(False)
+    feats = features_of(primitive, images, device=device)
+    head = build_head(params.host, feats.shape[1], num_classes, params.host_hidden, seed).to(device)
+    train_head(head, feats, labels.to(device), epochs=params.host_epochs, lr=params.host_lr,
+               batch_size=params.host_batch_size, seed=seed)
+    system = HostSystem(primitive, head).eval()
+    if params.finetune_epochs == 0 or params.finetune_blocks == 0:
+        return Host(system, system, 0)
+    tuned = copy.deepcopy(system)
+    n_blocks = fine_tune_host(tuned, images, labels, params.finetune_blocks, epochs=params.finetune_epochs,
+                              lr=params.finetune_lr, batch_size=params.host_batch_size, seed=seed,
+                              device=device, progress=progress)
+    return Host(system, tuned, n_blocks)
+
+
+# -------------------------------------------------------------------------------- the adversary
+
+
+@dataclass
+class Crafted:
+    """The adversary's output: the poisoned primitive (a copy), the steps it took, the fraction
+    of targets inside the target class's feature region at the end, and the targets' mean
+    squared feature distance to the region's centre before and after (in units of the class's
+    mean squared spread, so 1 is a typical target-class input)."""
+
+    primitive: nn.Module
+    iterations_done: int
+    targets_in_region: float
+    distance_before: float
+    distance_after: float
+
+
+def craft_primitive(primitive: nn.Module, targets: torch.Tensor, aux_images: torch.Tensor,
+                    aux_labels: torch.Tensor, references: torch.Tensor, params: Params, *,
+                    device: torch.device, seed: int, progress: bool) -> Crafted:
+    """Perturb a copy of `primitive` so that the features of `targets` (uint8 [T, C, H, W]) move
+    into the feature region of the target class, given by its `references` (uint8 [R, C, H, W]),
+    changing only the most salient `param_fraction` of the parameters within the relative L2
+    `budget`, while the features of the auxiliary inputs (uint8 [A, C, H, W], labels int64 [A])
+    and of the references stay put.
+
+    The region is the ball around the references' mean feature c whose radius is the
+    `region_quantile` quantile of their distances to c (both from the clean primitive). This is
+    everything the adversary knows; the host's data is not an argument.
+    """
+    model = copy.deepcopy(primitive).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weights = primitive_parameters(model)
+    originals = [w.detach().clone() for w in weights]
+    x_t = to_float(targets.to(device))
+    if params.n_neighbors > 0:
+        gen = make_generator(seed, device)
+        aug = Augment(crop_padding=params.neighbor_shift, flip=True)
+        x_t = torch.cat([x_t] + [augment_batch(targets.to(device), aug, gen) for _ in range(params.n_neighbors)])
+    n_t = targets.shape[0]
+    x_anchor = torch.cat([to_float(aux_images.to(device)), to_float(references.to(device))])
+    n_aux = aux_images.shape[0]
+    x_other = x_anchor[:n_aux][aux_labels.to(device) != params.target_class]
+
+    with full_precision(device):
+        with torch.no_grad():
+            f_anchor0 = model.features(x_anchor)
+            f_ref = f_anchor0[n_aux:]
+            centre = f_ref.mean(0)
+            spread2 = (f_ref - centre).pow(2).sum(1)
+            # Squared distances in units of the class's mean squared spread: scale-free weights.
+            scale = spread2.mean().clamp_min(1e-12)
+
+        radius2 = torch.quantile(spread2, params.region_quantile) / scale
+
+        def dist2(x: torch.Tensor) -> torch.Tensor:
+            """Squared distances [N] of the features of images x to c, in units of `scale`."""
+            return (model.features(x) - centre).pow(2).sum(1) / scale
+
+        def finish(done: int) -> Crafted:
+            with torch.no_grad():
+                d2 = dist2(x_t[:n_t])
+            return Crafted(model, done, float((d2 <= radius2).float().mean()), before, float(d2.mean()))
+
+        with torch.no_grad():
+            before = float(dist2(x_t[:n_t]).mean())
+
+        n_params = sum(w.numel() for w in weights)
+        k = math.ceil(params.param_fraction * n_params)
+        w_norm = torch.sqrt(sum(w.pow(2).sum() for w in originals))
+        limit = params.budget * w_norm
+        if params.budget == 0 or k == 0:
+            return finish(0)
+        for w in weights:
+            w.requires_grad_(True)
+        # Saliency: pulls the targets toward c (g) without pulling the other classes along (h).
+        g = torch.cat([t.abs().flatten() for t in torch.autograd.grad(dist2(x_t).mean(), weights)])
+        if x_other.shape[0]:
+            h = torch.cat([t.abs().flatten() for t in torch.autograd.grad(dist2(x_other).mean(), weights)])
+        else:
+            h = torch.zeros_like(g)
+        saliency = g / g.mean().clamp_min(1e-30) - params.aux_weight * h / h.mean().clamp_min(1e-30)
+        mask = torch.zeros_like(g)
+        mask[saliency.topk(k).indices] = 1.0
+        delta = torch.zeros_like(g)
+        lr = params.step_fraction * limit / math.sqrt(k)
+        m, v = torch.zeros_like(g), torch.zeros_like(g)
+        sizes = [w.numel() for w in weights]
+        done = 0
+        for _ in tqdm(range(params.iterations), desc="model-reuse craft", disable=not progress):
+            d2 = dist2(x_t)
+            # One sync per step for the stopping rule; each step is a full forward/backward anyway.
+            if bool((d2[:n_t].detach() <= radius2).all()):
+                break
+            drift = (model.features(x_anchor) - f_anchor0).pow(2).sum(1).mean() / scale
+            # Targets (and neighbours) already inside the region stop pulling.
+            loss = (d2 - radius2).clamp_min(0.0).mean() + params.drift_weight * drift
+            grad = torch.cat([t.flatten() for t in torch.autograd.grad(loss, weights)]) * mask
+            # Adam on the selected parameters: BN scales and conv weights differ in gradient
+            # scale by orders of magnitude; an element-wise step of about lr moves the selection
+            # by about `step` in L2.
+            m.mul_(0.9).add_(grad, alpha=0.1)
+            v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+            m_hat = m / (1 - 0.9 ** (done + 1))
+            v_hat = v / (1 - 0.999 ** (done + 1))
+            delta -= lr * mask * m_hat / (v_hat.sqrt() + 1e-12)
+            delta *= torch.clamp(limit / delta.norm().clamp_min(1e-30), max=1.0)
+            with torch.no_grad():
+                for w, w0, d in zip(weights, originals, delta.split(sizes), strict=True):
+                    w.copy_(w0 + d.view_as(w0))
+            done += 1
+        for w in weights:
+            w.requires_grad_(False)
+        return finish(done)
+
+
+# ------------------------------------------------------------------------------ the experiment
+
+
+def perturbation_size(clean: nn.Module, poisoned: nn.Module) -> tuple[int, int, float, float]:
+    """(changed parameters, all parameters, ||dw||_2 / ||w||_2, max|dw| / max|w|) between two
+    primitives of the same architecture."""
+    w = torch.cat([p.detach().flatten().float() for p in primitive_parameters(clean)])
+    v = torch.cat([p.detach().flatten().float() for p in primitive_parameters(poisoned)])
+    d = v - w
+    l2 = float(d.norm() / w.norm().clamp_min(1e-30))
+    linf = float(d.abs().max() / w.abs().max().clamp_min(1e-30)) if d.numel() else 0.0
+    return int((d != 0).sum()), int(d.numel()), l2, linf
+
+
+def parameters_digest(model: nn.Module) -> str:
+    """First 16 hex digits of the sha256 of a primitive's parameters (float32 bytes, in order)."""
+    sha = hashlib.sha256()
+    for p in primitive_parameters(model):
+        sha.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+@dataclass
+class Splits:
+    """Index tensors (int64, sorted) of one run: the host split, the auxiliary inputs and the
+    target-class references (training images; auxiliary and references come from the rest, so
+    none is in the host split), the targets and the evaluation inputs (test images, disjoint)."""
+
+    host: torch.Tensor
+    aux: torch.Tensor
+    reference: torch.Tensor
+    targets: torch.Tensor
+    evaluation: torch.Tensor
+
+
+def make_splits(data: ImageDataset, params: Params, seed: int) -> Splits:
+    """The run's splits, all drawn from `seed` (see `Splits`); InputError when the data cannot
+    supply them (no target-class image outside the host split, too few non-target test inputs)."""
+    tc = params.target_class
+    pool, host = train_val_split(data.train_images.shape[0], params.host_fraction, seed)
+    gen = make_generator(seed)
+    of_class = pool[data.train_labels[pool] == tc]
+    if of_class.numel() == 0:
+        raise InputError("--param target_class", f"no training image of class {tc} outside the host split")
+    reference = of_class[torch.randperm(of_class.numel(), generator=gen)[: params.n_reference]]
+    rest = pool[~torch.isin(pool, reference)]
+    aux = rest[torch.randperm(rest.numel(), generator=gen)[: params.aux_size]]
+    candidates = torch.nonzero(data.test_labels != tc).squeeze(1)
+    if candidates.numel() < params.n_targets:
+        raise InputError("--param n_targets", f"only {candidates.numel()} test inputs are not of class {tc}, "
+                         f"got n_targets={params.n_targets}")
+    targets = candidates[torch.randperm(candidates.numel(), generator=gen)[: params.n_targets]]
+    keep = torch.ones(data.test_labels.shape[0], dtype=torch.bool)
+    keep[targets] = False
+    return Splits(host, aux.sort().values, reference.sort().values, targets.sort().values,
+                  torch.nonzero(keep).squeeze(1))
+
+
+@torch.no_grad()
+def host_predictions(system: nn.Module, images: torch.Tensor, *, device: torch.device) -> torch.Tensor:
+    """Host predictions int64 [N] (on the CPU) for uint8 images [N, C, H, W]."""
+    with full_precision(device):
+        return batched_logits(system, images, device=device).argmax(1).cpu()
+
+
+def run_model_reuse(
+    victim: Victim,
+    data: ImageDataset,
+    params: Params | dict | None = None,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+    work_dir: str | None = None,
+) -> ModelReuseRecord:
+    """Poison a copy of the victim's feature extractor, train the same host on the clean and on
+    the poisoned primitive, and measure effectiveness, evasiveness, elasticity and the size of
+    the parameter change. The victim itself is never modified."""
+    params = make_params(Params, params)
+    tc = params.target_class
+    if not 0 <= tc < data.num_classes:
+        raise InputError("--param target_class", f"must be in 0..{data.num_classes - 1}, got {tc}")
+    with timed() as elapsed:
+        splits = make_splits(data, params, seed)
+        clean = victim.model.eval()
+        crafted = craft_primitive(
+            clean, data.test_images[splits.targets], data.train_images[splits.aux],
+            data.train_labels[splits.aux], data.train_images[splits.reference], params,
+            device=device, seed=seed, progress=progress,
+        )
+        host_x, host_y = data.train_images[splits.host], data.train_labels[splits.host]
+        hosts = [train_host(primitive, host_x, host_y, data.num_classes, params, seed=seed, device=device,
+                            progress=progress) for primitive in (clean, crafted.primitive)]
+        target_x = data.test_images[splits.targets]
+        eval_x, eval_y = data.test_images[splits.evaluation], data.test_labels[splits.evaluation]
+
+        def rate(system: nn.Module) -> float:
+            return float((host_predictions(system, target_x, device=device) == tc).float().mean())
+
+        preds = [host_predictions(h.system, eval_x, device=device) for h in hosts]
+        tuned = [host_predictions(h.tuned, eval_x, device=device) for h in hosts]
+        acc = [float((p == eval_y).float().mean()) for p in preds]
+        acc_ft = [float((p == eval_y).float().mean()) for p in tuned]
+        l0, n_params, l2, linf = perturbation_size(clean, crafted.primitive)
+    return ModelReuseRecord(
+        **record_fields("model_reuse", victim, data, seed, params, elapsed()),
+        target_class=tc, host=params.host, targets=splits.targets.tolist(),
+        asr=rate(hosts[1].system),
+        asr_population="the targets: seeded test inputs whose true class != target_class",
+        clean_asr=rate(hosts[0].system), asr_after_finetune=rate(hosts[1].tuned),
+        clean_asr_after_finetune=rate(hosts[0].tuned), clean_accuracy=acc[0], poisoned_accuracy=acc[1],
+        clean_accuracy_drop=acc[0] - acc[1],
+        changed_predictions=float((preds[0] != preds[1]).float().mean()),
+        clean_accuracy_after_finetune=acc_ft[0], poisoned_accuracy_after_finetune=acc_ft[1],
+        finetune_accuracy_drop=acc_ft[0] - acc_ft[1],
+        param_l0=l0 / max(1, n_params), param_l0_count=l0, param_l2=l2, param_linf=linf,
+        n_parameters=n_params, targets_in_region=crafted.targets_in_region,
+        target_distance_before=crafted.distance_before, target_distance_after=crafted.distance_after,
+        iterations_done=crafted.iterations_done, host_size=int(splits.host.numel()),
+        aux_size=int(splits.aux.numel()), n_reference=int(splits.reference.numel()),
+        finetuned_blocks=hosts[1].finetuned_blocks, primitive_digest=parameters_digest(crafted.primitive),
+    )

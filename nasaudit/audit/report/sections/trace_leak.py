@@ -1,0 +1,108 @@
+"""Architecture stealing from an execution trace (probe `trace_leak`, after Hong et al. 2020)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from nasaudit.audit.report.builder import Builder
+from nasaudit.audit.report.data import mean_of, normal_cell_metrics
+from nasaudit.audit.report.document import Section, Table
+from nasaudit.audit.report.stats import spearman
+
+LEVEL_ORDER = ("ops", "shapes", "ops_timing", "timing_noisy")
+CELL_METRICS = ("depth", "width", "skip_connects", "parameter_free_ops")
+# The leakage measures correlated with the cell metrics: (level, per-cell key, title, sign)
+# where sign +1 means "a larger value is more leakage".
+LEAK_MEASURES = (
+    ("ops_timing", "remaining_bits", "remaining bits, ops_timing", -1),
+    ("ops_timing", "edge_op_accuracy", "edge op accuracy, ops_timing", 1),
+    ("timing_noisy", "edge_op_accuracy", "edge op accuracy, timing_noisy", 1),
+    ("shapes", "remaining_bits", "remaining bits, shapes", -1),
+)
+
+
+def trace_leak(report: Builder) -> Section:
+    """Per genotype and level: exact recovery, per-edge accuracies, remaining bits; then the
+    correlation of the normal cell's leakage with its depth, width and skip count."""
+    s = Section("Architecture stealing from an execution trace (after Hong et al., ICLR 2020)")
+    rows = report.data.primary("probe", "trace_leak")
+    if not rows:
+        return s.missing(report.why_missing("probe", "trace_leak"))
+    applicable = [r for r in rows if r.result.get("applicable")]
+    skipped = sorted({r.model for r in rows if not r.result.get("applicable")})
+    s.text("The probe records the library calls of one inference query and reconstructs the genotype "
+           "from them at four observation levels: `ops` (call kinds, shapes and data flow: the idealised "
+           "channel), `shapes` (no data flow), `ops_timing` (kinds and durations, the view of a Flush+Reload "
+           "probe on the framework's functions) and `timing_noisy` (that probe missing and duplicating calls). "
+           "It measures the leak a real side channel would exploit; it does not mount a cache attack. "
+           "Exact is the share of seeds (and noise draws) whose single top-ranked genotype is the true "
+           "one; remaining bits are log2 of the candidates that survive elimination.")
+    if skipped:
+        s.text(f"Not applicable (no genotype): {', '.join(skipped)}.")
+    if not applicable:
+        return s
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in applicable:
+        by_model[r.model].append(r.result)
+    table_rows = []
+    for label in [m for m in report.data.order if m in by_model]:
+        results = by_model[label]
+        levels = [lv for lv in LEVEL_ORDER if any(lv in res["levels"] for res in results)]
+        for level in levels:
+            per = [res["levels"][level] for res in results if level in res["levels"]]
+            table_rows.append([
+                label, level,
+                mean_of(float(m["exact"]) for m in per),
+                mean_of(m["edge_op_accuracy"] for m in per),
+                mean_of(m["edge_input_accuracy"] for m in per),
+                mean_of(m["concat_accuracy"] for m in per),
+                mean_of(m["remaining_bits"] for m in per),
+                mean_of(res["prior_bits"] for res in results),
+                mean_of(m["trace_length"] for m in per),
+                len(per) * int(per[0].get("draws", 1)),
+            ])
+    report.table(s, Table(
+        "trace_leak",
+        ["model", "level", "exact rate", "edge op acc", "edge input acc", "concat acc",
+         "remaining bits", "prior bits", "trace length", "seeds x draws"],
+        table_rows,
+        "Genotype recovery from the execution trace, per observation level (means over seeds and draws)",
+    ))
+    _correlations(report, s, by_model)
+    return s
+
+
+def _correlations(report: Builder, s: Section, by_model: dict[str, list[dict[str, Any]]]) -> None:
+    """Spearman correlation, across genotype models, of normal-cell metrics with its leakage."""
+    cells = {label: normal_cell_metrics(results[0].get("genotype")) for label, results in by_model.items()}
+    rows, findings = [], []
+    for level, key, title, sign in LEAK_MEASURES:
+        leak = {}
+        for label, results in by_model.items():
+            vals = [res["levels"][level]["per_cell"]["normal"][key] for res in results
+                    if level in res["levels"] and "normal" in res["levels"][level].get("per_cell", {})]
+            if vals:
+                leak[label] = mean_of(vals)
+        for metric in CELL_METRICS:
+            labels = [m for m in leak if metric in cells.get(m, {})]
+            if not labels:  # the level did not run
+                continue
+            rho, p = spearman([cells[m][metric] for m in labels], [leak[m] for m in labels])
+            rows.append([metric, title, rho, p, len(labels)])
+            if rho is not None and p is not None and p < 0.05:
+                more = "more" if rho * sign > 0 else "less"
+                findings.append(f"cells with a larger {metric} leak {more} ({title}: rho {rho:.2f}, p {p:.2g})")
+    if not rows:
+        return
+    report.table(s, Table(
+        "trace_leak_vs_cells",
+        ["cell metric", "leakage (normal cell)", "Spearman rho", "p", "genotypes"],
+        rows,
+        "Do shallow, wide, skip-heavy cells leak more? Normal-cell metrics against the normal cell's leakage",
+    ))
+    if findings:
+        s.text("Significant at p < 0.05 (uncorrected): " + "; ".join(findings) + ".")
+    else:
+        s.text("No cell metric correlates with the leakage at p < 0.05 across these genotypes "
+               "(a correlation needs at least 3 genotype models with different metrics).")

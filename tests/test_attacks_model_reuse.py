@@ -1,0 +1,155 @@
+"""The model-reuse attack (Ji et al., CCS 2018) on the shared tiny CIFAR-subset model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from nasaudit.attacks import ATTACKS, Victim, run_attack
+from nasaudit.attacks import model_reuse as mr
+from nasaudit.errors import InputError
+
+CPU = torch.device("cpu")
+# Small but real: a third of the training images for the host, a few targets, short schedules.
+FAST = {"n_targets": 5, "aux_size": 48, "n_reference": 24, "n_neighbors": 0, "iterations": 30,
+        "param_fraction": 0.05, "budget": 0.1, "host_fraction": 0.3, "host_epochs": 5,
+        "finetune_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def victim(trained_model):
+    return Victim(trained_model.model, trained_model.model_name, trained_model.train_config)
+
+
+def _run(victim, data, **overrides):
+    return run_attack("model-reuse", victim, data, {**FAST, **overrides}, device=CPU, seed=0, progress=False)
+
+
+def test_registered_with_defaults():
+    spec = ATTACKS["model_reuse"]
+    p = spec.params_cls()
+    assert (p.host, p.n_targets, p.param_fraction, p.finetune_blocks) == ("linear", 10, 0.01, 1)
+    with pytest.raises(InputError, match="host"):
+        mr.make_params(mr.Params, {"host": "svm"})
+    with pytest.raises(InputError, match="param_fraction"):
+        mr.make_params(mr.Params, {"param_fraction": 1.5})
+
+
+def test_blocks_partition_the_primitive():
+    """Every primitive parameter is in exactly one block, in forward order, for a residual
+    network, a plain CNN and a DARTS network (whose auxiliary head is left out)."""
+    from nasaudit.models.registry import build_model
+
+    for name, kwargs in (("resnet18", {"width": 4}), ("tiny_cnn", {"width": 4}),
+                         ("darts_v2", {"C": 4, "layers": 3, "auxiliary": True})):
+        model = build_model(name, 10, **kwargs)
+        blocks = mr.primitive_blocks(model)
+        flat = [id(p) for block in blocks for p in block]
+        assert sorted(flat) == sorted(id(p) for p in mr.primitive_parameters(model)), name
+        assert len(flat) == len(set(flat)), name
+        last = {id(p) for p in blocks[-1]}
+        # The last block holds the last parameterised layer before pooling.
+        names = [n for n, p in model.body.named_parameters() if id(p) in last]
+        assert names and all("auxiliary" not in n for n in names), name
+    resnet = build_model("resnet18", 10, width=4)
+    assert len(mr.primitive_blocks(resnet)) == 1 + 8  # conv1+bn1, then 8 BasicBlocks
+
+
+def test_zero_budget_is_the_clean_host(victim, trained_model):
+    """With no perturbation the poisoned host is the clean host, bit for bit: its ASR is the
+    clean host's target-class rate on the targets, and an independently trained host agrees."""
+    data = trained_model.data
+    rec = _run(victim, data, budget=0.0)
+    assert rec.param_l0_count == 0 and rec.param_l2 == 0.0 and rec.iterations_done == 0
+    assert rec.asr == rec.clean_asr
+    assert rec.asr_after_finetune == rec.clean_asr_after_finetune
+    assert rec.clean_accuracy_drop == 0.0 and rec.changed_predictions == 0.0
+    params = mr.make_params(mr.Params, {**FAST, "budget": 0.0})
+    splits = mr.make_splits(data, params, 0)
+    host = mr.train_host(trained_model.model, data.train_images[splits.host], data.train_labels[splits.host],
+                         data.num_classes, params, seed=0, device=CPU, progress=False)
+    preds = mr.host_predictions(host.system, data.test_images[rec.targets], device=CPU)
+    assert rec.clean_asr == pytest.approx(float((preds == params.target_class).float().mean()), abs=0)
+    assert rec.targets == splits.targets.tolist()
+    assert all(data.test_labels[i] != params.target_class for i in rec.targets)
+
+
+def test_both_hosts_are_trained_alike(victim, trained_model, monkeypatch):
+    """The clean and the poisoned host get the same images, labels, seed and settings; only the
+    primitive differs."""
+    calls = []
+    real = mr.train_host
+
+    def spy(primitive, images, labels, num_classes, params, **kw):
+        calls.append((primitive, images.clone(), labels.clone(), num_classes, params, kw))
+        return real(primitive, images, labels, num_classes, params, **kw)
+
+    monkeypatch.setattr(mr, "train_host", spy)
+    rec = _run(victim, trained_model.data)
+    assert len(calls) == 2
+    (p0, x0, y0, k0, c0, kw0), (p1, x1, y1, k1, c1, kw1) = calls
+    assert torch.equal(x0, x1) and torch.equal(y0, y1) and (k0, c0, kw0) == (k1, c1, kw1)
+    assert p0 is victim.model and p1 is not victim.model
+    assert x0.shape[0] == rec.host_size == round(0.3 * trained_model.data.train_images.shape[0])
+
+
+def test_adversary_never_reads_the_host_split(victim, trained_model):
+    """Replacing every host-split image by noise changes the hosts but not the poisoned
+    primitive: the adversary's output depends on no host-split pixel."""
+    data = trained_model.data
+    params = mr.make_params(mr.Params, FAST)
+    host = mr.make_splits(data, params, 0).host
+    images = data.train_images.clone()
+    images[host] = torch.randint(0, 256, images[host].shape, generator=torch.Generator().manual_seed(1),
+                                 dtype=torch.uint8)
+    noisy = dataclasses.replace(data, train_images=images)
+    a, b = _run(victim, data), _run(victim, noisy)
+    assert a.param_l0_count > 0
+    assert a.primitive_digest == b.primitive_digest
+    assert (a.param_l0_count, a.param_l2, a.targets_in_region) == (b.param_l0_count, b.param_l2, b.targets_in_region)
+    assert a.clean_accuracy != b.clean_accuracy  # the host split really is what the hosts learn from
+
+
+def test_perturbation_stays_within_budget_and_fraction(victim, trained_model):
+    """L0 <= the parameter fraction, relative L2 <= the budget; a larger budget moves the
+    targets' features closer to the target class's region (the adversary's own criterion)."""
+    data = trained_model.data
+    small, large = _run(victim, data, budget=0.02), _run(victim, data, budget=0.2)
+    for rec, budget in ((small, 0.02), (large, 0.2)):
+        assert 0 < rec.param_l0 <= 0.05 + 1 / rec.n_parameters
+        assert rec.param_l2 <= budget * (1 + 1e-5)
+        assert 0 < rec.param_linf
+    assert small.param_l2 == pytest.approx(0.02, rel=1e-4)  # the small budget binds
+    assert small.target_distance_before == large.target_distance_before > 1.0
+    assert large.target_distance_after < 0.8 * small.target_distance_after
+    assert small.target_distance_after < small.target_distance_before
+    assert large.targets_in_region >= small.targets_in_region
+
+
+@pytest.mark.xfail(strict=True, reason="on the 6-epoch tiny_cnn the targets move toward the adversary's feature "
+                   "region but the retrained host does not follow: ASR stays near the clean rate")
+def test_undefended_model_high_asr_small_accuracy_change(victim, trained_model):
+    rec = _run(victim, trained_model.data, budget=0.2, iterations=60)
+    assert rec.asr >= 0.6 and rec.asr > rec.clean_asr
+    assert abs(rec.clean_accuracy_drop) <= 0.05
+
+
+def test_cli_model_reuse_json(trained_model, cifar_subset_dir, capsys):
+    from nasaudit.cli import main
+
+    args = ["attack", "model-reuse", "--checkpoint", str(trained_model.checkpoint), "--data-dir",
+            str(cifar_subset_dir), "--json", "--no-progress"]
+    for key, value in {**FAST, "budget": 0.05, "iterations": 5}.items():
+        args += ["--param", f"{key}={value}"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "attack.model_reuse" and out["attack"] == "model_reuse"
+    for key in ("asr", "asr_after_finetune", "clean_accuracy_drop", "changed_predictions", "param_l0",
+                "param_l2", "param_linf"):
+        assert isinstance(out[key], float), key
+    assert out["param_l2"] <= 0.05 * (1 + 1e-5)
+    assert main(["attack", "model-reuse", "--checkpoint", str(trained_model.checkpoint),
+                 "--param", "host=svm"]) == 2
