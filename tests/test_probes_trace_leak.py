@@ -207,6 +207,14 @@ def test_cli_trace_leak_json(capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["kind"] == "probe_trace_leak" and d["levels"]["ops"]["exact"] is True
     assert main(["probe", "trace-leak", "--model", "darts_v2", "--levels", "ops,bogus"]) == 2
+    # --noise and --draws reach the timing_noisy level; a rate outside [0, 1) is refused.
+    code = main(["probe", "trace-leak", "--model", "darts_v2", "--C", "4", "--layers", "3", "--no-auxiliary",
+                 "--levels", "timing_noisy", "--noise", "0.2", "--draws", "2", "--passes", "1", "--json",
+                 "--no-progress", "--device", "cpu"])
+    assert code == 0
+    noisy = json.loads(capsys.readouterr().out)["levels"]["timing_noisy"]
+    assert noisy["draws"] == 2 and noisy["noise"] == 0.2
+    assert main(["probe", "trace-leak", "--model", "darts_v2", "--levels", "timing_noisy", "--noise", "1.5"]) == 2
 
 
 def test_noisy_alignment_agrees_with_the_exact_parse_on_a_clean_trace():

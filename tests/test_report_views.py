@@ -100,3 +100,13 @@ def test_single_file_html_embeds_everything(audit_dir: Path) -> None:  # noqa: F
     moved = audit_dir.parent / "sent.html"
     moved.write_text(page)
     assert "report_files/" not in "".join(_links(moved.read_text()))
+
+
+def test_report_single_file_from_the_cli(audit_dir: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
+    from nasaudit.cli import main
+
+    assert main(["report", str(audit_dir), "--single-file"]) == 0
+    assert "self-contained report.html" in capsys.readouterr().out
+    page = (audit_dir / "report.html").read_text()
+    _strict_parse(page)
+    assert [link for link in _links(page) if not link.startswith(("#", "data:"))] == []

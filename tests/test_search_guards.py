@@ -152,3 +152,20 @@ def test_search_with_guards_records_them_in_the_genotype_json(tmp_path, monkeypa
     # Resuming a stopped search does no more epochs.
     again = run_search(config, out_dir=tmp_path / "s", device="cpu", progress=False, resume=True)
     assert again.epochs_done == 2 and again.genotype == result.genotype
+
+
+def test_skip_cap_from_the_cli_reaches_the_genotype(tmp_path) -> None:
+    """`nasaudit search --skip-cap 0`: no skip connect in either derived cell, and the genotype
+    file says how it was found; a negative cap is refused with exit 2."""
+    import json
+
+    from nasaudit.cli import main
+
+    out = tmp_path / "capped"
+    argv = ["search", "--dataset", "digits", "--epochs", "1", "--C", "4", "--layers", "2", "--batch-size", "32",
+            "--train-subset", "128", "--no-progress", "--device", "cpu", "--out", str(out)]
+    assert main([*argv, "--skip-cap", "0"]) == 0
+    saved = json.loads((out / "genotype.json").read_text())
+    assert not any(op == "skip_connect" for cell in ("normal", "reduce") for op, _ in saved[cell])
+    assert saved["guards"]["skip_cap"] == 0 and saved["search"]["skip_cap"] == 0
+    assert main([*argv[:-1], str(tmp_path / "bad"), "--skip-cap", "-1"]) == 2

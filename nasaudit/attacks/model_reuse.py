@@ -221,8 +221,7 @@ class HostSystem(nn.Module):
 
 def features_of(primitive: nn.Module, images: torch.Tensor, *, device: torch.device) -> torch.Tensor:
     """Penultimate features [N, D] (float32, on `device`) of uint8 images [N, C, H, W]."""
-    with full_precision(device):
-        return batched_logits(_Features(primitive), images, device=device)
+    return batched_logits(_Features(primitive), images, device=device, fp32=True)
 
 
 # ------------------------------------------------------------------------------------- the host
@@ -499,8 +498,7 @@ def make_splits(data: ImageDataset, params: Params, seed: int) -> Splits:
 @torch.no_grad()
 def host_predictions(system: nn.Module, images: torch.Tensor, *, device: torch.device) -> torch.Tensor:
     """Host predictions int64 [N] (on the CPU) for uint8 images [N, C, H, W]."""
-    with full_precision(device):
-        return batched_logits(system, images, device=device).argmax(1).cpu()
+    return batched_logits(system, images, device=device, fp32=True).argmax(1).cpu()
 
 
 def run_model_reuse(
