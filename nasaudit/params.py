@@ -294,20 +294,29 @@ def _convert(name: str, value: Any, base: str, fail) -> Any:
     return value
 
 
+BOUND_KEYS = ("gt", "min", "lt", "max")
+
+
+def out_of_bounds(value: Any, *, gt: Any = None, min: Any = None, lt: Any = None,  # noqa: A002
+                  max: Any = None) -> str | None:  # noqa: A002
+    """Why the number `value` lies outside the bounds ("must be <= 1, got 2"), or None if inside.
+    One rule for params, config tables and command-line flags."""
+    for bound, op, ok in ((gt, ">", lambda v, b: v > b), (min, ">=", lambda v, b: v >= b),
+                          (lt, "<", lambda v, b: v < b), (max, "<=", lambda v, b: v <= b)):
+        if bound is not None and not ok(value, bound):
+            return f"must be {op} {_show(bound)}, got {_show(value)}"
+    return None
+
+
 def _check_scalar(name: str, value: Any, meta: Mapping[str, Any], fail) -> None:
     if value is None:
         return
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise fail(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-    for key, op, ok in (
-        ("gt", ">", lambda v, b: v > b),
-        ("min", ">=", lambda v, b: v >= b),
-        ("lt", "<", lambda v, b: v < b),
-        ("max", "<=", lambda v, b: v <= b),
-    ):
-        if key in meta and not ok(value, meta[key]):
-            raise fail(f"{name} must be {op} {_show(meta[key])}, got {_show(value)}")
+    problem = out_of_bounds(value, **{k: meta[k] for k in BOUND_KEYS if k in meta})
+    if problem:
+        raise fail(f"{name} {problem}")
     if meta.get("odd") and value % 2 != 1:
         raise fail(f"{name} must be odd, got {_show(value)}")
     if meta.get("even") and value % 2 != 0:

@@ -60,6 +60,25 @@ __all__ = [
 ADV_TRAIN_METHODS = ("pgd",)
 
 
+# The ranges where the training recipe means something (field -> bounds), for a TOML [train]
+# table and the CLI's flags alike; counts are capped where they size a loop.
+TRAIN_BOUNDS: dict[str, dict[str, float]] = {
+    "epochs": {"min": 1, "max": 100_000},
+    "batch_size": {"min": 1, "max": 1 << 20},
+    "lr": {"gt": 0, "max": 100},
+    "momentum": {"min": 0, "max": 1},
+    "weight_decay": {"min": 0, "max": 1},
+    "cutout": {"min": 0, "max": 1024},
+    "drop_path_prob": {"min": 0, "lt": 1},
+    "auxiliary_weight": {"min": 0, "max": 100},
+    "grad_clip": {"min": 0},
+    "val_fraction": {"min": 0, "lt": 1},
+    "adv_eps": {"min": 0, "max": 1},
+    "adv_step": {"gt": 0, "max": 1},
+    "adv_iters": {"min": 1, "max": 10_000},
+}
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Training hyper-parameters; the defaults are the study's (paper) settings.
@@ -142,7 +161,11 @@ class TrainConfig:
     def validate(self, source: str = "train config") -> None:
         """Raise InputError(source, ...) for a wrongly typed or out-of-range setting."""
         self.check_types(source)
-        problems = []
+        from nasaudit.params import out_of_bounds
+
+        problems = [f"{name} {why}" for name, why in
+                    ((name, out_of_bounds(getattr(self, name), **bounds)) for name, bounds in TRAIN_BOUNDS.items())
+                    if why]
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1 (got {self.epochs})")
         if self.batch_size < 1:

@@ -84,6 +84,9 @@ def test_audit_refuses_a_foreign_sqlite_database(tmp_path, capsys):
         ("", BASE.replace("epochs = 1", "epochs = 1.5"), ["epochs must be an integer"]),
         ("", BASE.replace("epochs = 1", "epochs = 1\nflip = 1"), ["flip must be true or false"]),
         ("", BASE.replace("epochs = 1", "epochs = 1\nlr = -1"), ["lr must be > 0"]),
+        # The same ranges as the flags: a momentum of 2 in a config is refused like --momentum 2.
+        ("", BASE.replace("epochs = 1", "epochs = 1\nmomentum = 2"), ["momentum must be <= 1, got 2"]),
+        ("", BASE.replace("epochs = 1", "epochs = 1\nadv_eps = 2.0"), ["adv_eps must be <= 1, got 2"]),
         # Probe and attack values are checked by the modules' make_params, before any work.
         ("[probes.contour_param]\npoints = 4\n", BASE, ["[probes.contour_param]", "points"]),
         ("[attacks.pgd]\nn_inputs = -5\n", BASE, ["[attacks.pgd]", "n_inputs"]),

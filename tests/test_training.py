@@ -429,7 +429,7 @@ def test_cli_train_eval_resume_on_digits(tmp_path, capsys):
     [
         (["train", "--model", "no_such_model", "--epochs", "1"], "--model"),
         (["train", "--model", "tiny_cnn", "--C", "8", "--epochs", "1"], "manual baseline"),
-        (["train", "--model", "tiny_cnn", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "--model", "tiny_cnn", "--epochs", "0"], "--epochs: must be >= 1, got 0"),
         (["train", "--model", "darts", "--width", "8", "--epochs", "1"], "--width"),
         (
             ["train", "--model", "tiny_cnn", "--dataset", "cifar10", "--data-dir", "/nonexistent"],

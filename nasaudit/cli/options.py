@@ -73,17 +73,13 @@ def check_bounds(flag: str, value, *, min=None, max=None, gt=None, lt=None):  # 
     that `--momentum 2` fails like `momentum = 2` would (one line, exit code 2). None passes.
     """
     from nasaudit.errors import InputError
+    from nasaudit.params import out_of_bounds
 
     if value is None:
         return value
-    for bound, op, ok in (
-        (gt, ">", lambda v, b: v > b),
-        (min, ">=", lambda v, b: v >= b),
-        (lt, "<", lambda v, b: v < b),
-        (max, "<=", lambda v, b: v <= b),
-    ):
-        if bound is not None and not ok(value, bound):
-            raise InputError(flag, f"must be {op} {bound:g}, got {value:g}")
+    problem = out_of_bounds(value, min=min, max=max, gt=gt, lt=lt)
+    if problem:
+        raise InputError(flag, problem)
     if isinstance(value, float) and value != value:  # NaN passes every comparison above
         raise InputError(flag, "must be a number, got nan")
     return value

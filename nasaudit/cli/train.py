@@ -205,31 +205,20 @@ def _load_data(args: argparse.Namespace, seed: int = 0):
     )
 
 
-# Bounds of the training flags (field -> flag, bounds): the ranges where the recipe means
-# something, checked before anything is loaded. Counts are capped where they size a loop.
-_FLAG_BOUNDS = {
-    "epochs": ("--epochs", {"min": 1, "max": 100_000}),
-    "batch_size": ("--batch-size", {"min": 1, "max": 1 << 20}),
-    "lr": ("--lr", {"gt": 0, "max": 100}),
-    "momentum": ("--momentum", {"min": 0, "max": 1}),
-    "weight_decay": ("--weight-decay", {"min": 0, "max": 1}),
-    "cutout": ("--cutout", {"min": 0, "max": 1024}),
-    "drop_path_prob": ("--drop-path", {"min": 0, "lt": 1}),
-    "auxiliary_weight": ("--aux-weight", {"min": 0, "max": 100}),
-    "grad_clip": ("--grad-clip", {"min": 0}),
-    "val_fraction": ("--val-fraction", {"min": 0, "lt": 1}),
-    "adv_eps": ("--adv-eps", {"min": 0, "max": 1}),
-    "adv_step": ("--adv-step", {"gt": 0, "max": 1}),
-    "adv_iters": ("--adv-iters", {"min": 1, "max": 10_000}),
-}
+# The training flags whose ranges nasaudit.training.TRAIN_BOUNDS declares (field -> flag).
+_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
+          "weight_decay": "--weight-decay", "cutout": "--cutout", "drop_path_prob": "--drop-path",
+          "auxiliary_weight": "--aux-weight", "grad_clip": "--grad-clip", "val_fraction": "--val-fraction",
+          "adv_eps": "--adv-eps", "adv_step": "--adv-step", "adv_iters": "--adv-iters"}
 
 
 def _check_flag_bounds(args: argparse.Namespace) -> None:
     """InputError naming the flag for a value outside its range (e.g. --momentum 2)."""
     from nasaudit.cli.options import check_bounds, check_seed
+    from nasaudit.training import TRAIN_BOUNDS
 
-    for field, (flag, bounds) in _FLAG_BOUNDS.items():
-        check_bounds(flag, getattr(args, field), **bounds)
+    for field, flag in _FLAGS.items():
+        check_bounds(flag, getattr(args, field), **TRAIN_BOUNDS[field])
     check_seed("--seed", args.seed)
 
 
@@ -240,9 +229,9 @@ def run_train(args: argparse.Namespace) -> int:
     from nasaudit.training import TrainConfig, checkpoint_path, sidecar_path, train_on_dataset
 
     given = {k: getattr(args, k) for k in _STUDY_DEFAULTS if getattr(args, k) is not None}
+    _check_flag_bounds(args)  # first: the message names the flag
     config = TrainConfig(adv_train=args.adv_train, **given)
     config.validate("train options")
-    _check_flag_bounds(args)
     if args.resume and args.overwrite:
         raise InputError("--overwrite", "--resume continues the checkpoint, --overwrite replaces it: pick one")
     device = resolve_device(args.device)
