@@ -31,7 +31,8 @@ def _run(victim, data, **overrides):
 def test_registered_with_defaults():
     spec = ATTACKS["model_reuse"]
     p = spec.params_cls()
-    assert (p.host, p.n_targets, p.param_fraction, p.finetune_blocks) == ("linear", 10, 0.01, 1)
+    assert (p.host, p.n_targets, p.param_fraction, p.budget, p.finetune_blocks) == ("linear", 5, 0.05, 0.1, 1)
+    assert (p.region, p.margin, p.drift_weight) == ("classifier", 2.0, 10.0)
     with pytest.raises(InputError, match="host"):
         mr.make_params(mr.Params, {"host": "svm"})
     with pytest.raises(InputError, match="param_fraction"):
@@ -114,10 +115,11 @@ def test_adversary_never_reads_the_host_split(victim, trained_model):
 
 
 def test_perturbation_stays_within_budget_and_fraction(victim, trained_model):
-    """L0 <= the parameter fraction, relative L2 <= the budget; a larger budget moves the
-    targets' features closer to the target class's region (the adversary's own criterion)."""
+    """L0 <= the parameter fraction, relative L2 <= the budget; with the centroid region (and a
+    light drift term, so that the small budget binds), a larger budget moves the targets'
+    features closer to the target class's centre (the adversary's own criterion there)."""
     data = trained_model.data
-    small, large = _run(victim, data, budget=0.02), _run(victim, data, budget=0.2)
+    small, large = (_run(victim, data, budget=b, region="centroid", drift_weight=1.0) for b in (0.02, 0.2))
     for rec, budget in ((small, 0.02), (large, 0.2)):
         assert 0 < rec.param_l0 <= 0.05 + 1 / rec.n_parameters
         assert rec.param_l2 <= budget * (1 + 1e-5)
@@ -129,12 +131,32 @@ def test_perturbation_stays_within_budget_and_fraction(victim, trained_model):
     assert large.targets_in_region >= small.targets_in_region
 
 
-@pytest.mark.xfail(strict=True, reason="on the 6-epoch tiny_cnn the targets move toward the adversary's feature "
-                   "region but the retrained host does not follow: ASR stays near the clean rate")
+@pytest.mark.xfail(strict=True, reason="not yet effective on small models: tiny_cnn's host ASR stays near the "
+                   "clean rate with either region; on resnet18 width 8 it is 0.2-0.8 depending on the trained weights")
 def test_undefended_model_high_asr_small_accuracy_change(victim, trained_model):
     rec = _run(victim, trained_model.data, budget=0.2, iterations=60)
     assert rec.asr >= 0.6 and rec.asr > rec.clean_asr
     assert abs(rec.clean_accuracy_drop) <= 0.05
+
+
+def test_classifier_region_is_the_published_head_margin(victim, trained_model):
+    """The default region: a target is inside when the victim's own classifier head scores
+    the target class `margin` logits above every other class on its poisoned features; the
+    crafted primitive's targets_in_region is exactly that fraction (a dense check)."""
+    data = trained_model.data
+    params = mr.make_params(mr.Params, {**FAST, "iterations": 40})
+    splits = mr.make_splits(data, params, 0)
+    crafted = mr.craft_primitive(trained_model.model, data.test_images[splits.targets], data.train_images[splits.aux],
+                                 data.train_labels[splits.aux], data.train_images[splits.reference], params,
+                                 device=CPU, seed=0, progress=False)
+    with torch.no_grad():
+        z = trained_model.model.classifier(mr.features_of(crafted.primitive, data.test_images[splits.targets],
+                                                          device=CPU))
+    lead = z[:, 0] - z[:, 1:].max(1).values
+    assert crafted.targets_in_region == pytest.approx(float((lead >= params.margin).float().mean()))
+    assert crafted.iterations_done > 0
+    # The head is the clean model's and stays so: only the body is perturbed.
+    assert torch.equal(crafted.primitive.classifier.weight, trained_model.model.classifier.weight)
 
 
 def test_cli_model_reuse_json(trained_model, cifar_subset_dir, capsys):

@@ -113,6 +113,41 @@ def test_trojannn_excites_neurons_and_implants_backdoor(victim, trained_model):
     assert rec.cad < 0.1
 
 
+def test_badnet_implants_on_a_cifar_resnet_at_the_studys_settings(trained_resnet, torch_threads):
+    """The artifact's BadNet (2% of the images poisoned, 20 epochs) on a deep CIFAR network: an
+    opaque 3x3 checkerboard at the centre implants (measured: ASR 0.999, CAD -0.111: the short-
+    trained victim gains from the extra epochs; the clean model's rate is 0.089). At a corner it does not (resnet18 width 16,
+    10% for 5 epochs: ASR 0.17 bottom right, 0.19 top left), hence the default position."""
+    victim = Victim(trained_resnet.model, "resnet18", trained_resnet.train_config, {"width": 8})
+    with torch_threads(2):
+        rec = run_attack("backdoor", victim, trained_resnet.data, {"method": "badnet"}, device=CPU, seed=0,
+                         progress=False)
+    assert (rec.poison_fraction, rec.epochs, rec.transparency) == (0.02, 20, 0.0)
+    assert rec.params["position"] == "center"
+    assert rec.clean_model_asr < 0.2
+    assert rec.asr >= 0.9
+    assert rec.cad <= 0.05
+
+
+def test_trojannn_against_badnet_at_a_small_budget_is_in_the_notes(victim, trained_model):
+    """compare_badnet backdoors the same victim with BadNet at TrojanNN's poison fraction and
+    epochs, and the record says which implants better, with both ASRs. At 2% for 2 epochs on
+    the CIFAR-subset tiny_cnn, TrojanNN's 70%-transparent trigger does not beat BadNet's opaque
+    patch (measured: 0.088 vs 0.274; on resnet18 width 16 at 1% for 5 epochs, 0.087 vs 0.092),
+    unlike the study's claim; the record's note carries that."""
+    rec = run_attack("backdoor", victim, trained_model.data,
+                     {"epochs": 2, "lr": 0.05, "poison_fraction": 0.02, "compare_badnet": True},
+                     device=CPU, seed=0, progress=False)
+    alone = run_attack("backdoor", victim, trained_model.data,
+                       {"method": "badnet", "epochs": 2, "lr": 0.05, "poison_fraction": 0.02},
+                       device=CPU, seed=0, progress=False)
+    assert rec.badnet_asr == alone.asr  # the comparison is a real BadNet run at the same budget
+    verb = "beats" if rec.asr > alone.asr else "does not beat"
+    assert len(rec.notes) == 1 and rec.notes[0].startswith(f"TrojanNN {verb} BadNet")
+    assert f"ASR {rec.asr:.3f} vs {alone.asr:.3f}" in rec.notes[0]
+    assert "0.02 poisoned, 2 epochs" in rec.notes[0]
+
+
 def test_knockoff_ace_falls_with_budget(victim, trained_model):
     rec = run_attack("knockoff", victim, trained_model.data,
                      {"budgets": (150, 1500), "epochs": 6, "lr": 0.05,

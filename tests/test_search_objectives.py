@@ -209,18 +209,22 @@ def test_architect_alpha_gradient_with_objective_matches_numerical(mode, n_step,
 
 
 def test_finite_difference_mode_carries_the_objective_like_unrolled():
+    """With n_step 1, DARTS's finite-difference gradient is the unrolled one up to the central
+    difference's error (the virtual step is linear in the Hessian-vector product), with or
+    without a term. Measured: relative error 1.4e-4 without, 1.2e-3 with input_curvature;
+    the term itself moves the gradient by about the gradient's size."""
     m, w_opt, a_opt, train, val = _setup(1)
     term = parse_objective("input_curvature:1:h=0.05")
-    plain, _ = Architect(m, w_opt, a_opt, mode="finite_difference").finite_difference_grads(train, val)
-    fd, _ = Architect(m, w_opt, a_opt, mode="finite_difference", objectives=[term]).finite_difference_grads(train, val)
-    exact, _ = Architect(m, w_opt, a_opt, mode="unrolled", objectives=[term]).unrolled_grads(train, val)
     flat = lambda gs: torch.cat([g.flatten() for g in gs])  # noqa: E731
-    # The term moves the FD gradient by about the exact gradient's size, to near the exact
-    # unrolled gradient with the term (FD is an approximation: here ~17% off, as without terms
-    # at this alpha scale).
-    moved = (flat(fd) - flat(plain)).norm()
-    assert moved > 0.5 * flat(exact).norm()
-    assert (flat(fd) - flat(exact)).norm() < 0.25 * moved
+    grads = {}
+    for name, terms in (("plain", []), ("term", [term])):
+        fd, _ = Architect(m, w_opt, a_opt, mode="finite_difference", objectives=terms).finite_difference_grads(train, val)
+        exact, _ = Architect(m, w_opt, a_opt, mode="unrolled", objectives=terms).unrolled_grads(train, val)
+        grads[name] = flat(fd), flat(exact)
+    for name, tol in (("plain", 1e-3), ("term", 1e-2)):
+        fd, exact = grads[name]
+        assert (fd - exact).norm() < tol * exact.norm(), name
+    assert (grads["term"][1] - grads["plain"][1]).norm() > 0.5 * grads["term"][1].norm()
 
 
 def test_step_reports_each_term_and_search_cli_accepts_objectives(tmp_path):

@@ -255,7 +255,9 @@ class Params:
 
     method: "trojannn" | "badnet"; target_class: the backdoor's label;
     trigger_size: side of the square patch in pixels; transparency: None -> 0.7 for TrojanNN,
-    0.0 (opaque) for BadNet; position: "bottom_right" | "top_left" | "center"; pattern: BadNet's
+    0.0 (opaque) for BadNet; position: "center" | "bottom_right" | "top_left" (the centre by
+    default: pixels at the border reach a deep network's output through few paths, and a
+    corner patch does not implant on a CIFAR-subset ResNet); pattern: BadNet's
     mark (Gu et al.'s "checkerboard", or the artifact's "white" square);
     n_neuron, neuron_rule, trigger_lr (pixel units per step), trigger_iters, n_trigger_images:
     TrojanNN's trigger optimisation; poison_fraction: None -> 0.1 for TrojanNN, 0.02 for
@@ -270,7 +272,12 @@ class Params:
     transparency: float | None = param(
         None, min=0, lt=1, doc="none: 0.7 for TrojanNN, 0 (opaque) for BadNet"
     )
-    position: str = param("bottom_right", choices=POSITIONS, doc="where the patch goes")
+    position: str = param(
+        "center", choices=POSITIONS,
+        doc="where the patch goes; a corner patch is barely seen by a deep CIFAR network (resnet18 "
+        "width 16 on the CIFAR subset, BadNet at 10% for 5 epochs: ASR 0.17 bottom_right, 0.19 "
+        "top_left, 0.997 center)",
+    )
     pattern: str = param(
         "checkerboard", choices=PATTERNS,
         doc="BadNet's mark: checkerboard (Gu et al.'s) or white (the artifact's TrojanZoo "

@@ -18,19 +18,26 @@ references come from the pool only. The targets are test inputs whose true class
 target class; the remaining test inputs measure evasiveness.
 
 The adversary's method, after the paper:
-  1. the target class's feature region: centroid c of the references' features, radius r = the
-     `region_quantile` quantile of their distances to c;
+  1. the target class's feature region, from the clean primitive. region "classifier"
+     (default): where the published model's own classifier head, which the adversary holds with
+     the weights, scores the target class `margin` logits above every other class; region
+     "centroid" (the paper's feature-similarity reading): the ball around the references' mean
+     feature c whose radius is the `region_quantile` quantile of their distances to c. On the
+     small CIFAR-subset models tested, the ball is not where a retrained host votes for the
+     class: resnet18 at width 8, 5 targets, budget 0.1, drift_weight 10: host ASR 0.2 with the
+     centroid, 0.8 with the classifier;
   2. a saliency per primitive parameter: high when moving it pulls the targets' features (and
-     those of their semantic neighbours, random crops/flips) toward c, low when it also pulls the
-     auxiliary inputs of other classes there:
-     s = |g| / mean|g| - aux_weight |h| / mean|h|, g = dL_target/dw, h = dL_aux/dw, with
-     L_x = mean ||f(x) - c||^2 / spread^2; only the top `param_fraction` of the parameters by s
-     are ever changed;
+     those of their semantic neighbours, random crops/flips) into the region, low when it also
+     pulls the auxiliary inputs of other classes toward the target class's centroid c:
+     s = |g| / mean|g| - aux_weight |h| / mean|h|, g = dL_target/dw, h = dL_aux/dw; only the
+     top `param_fraction` of the parameters by s are ever changed;
   3. Adam steps on those parameters only (element-wise step step_fraction * budget *
-     ||w||_2 / sqrt(k), k the number selected) of the hinge mean max(0, d^2 - r^2) over the
-     targets and neighbours plus drift_weight * the features' drift on the auxiliary and
-     reference inputs, keeping ||dw||_2 <= budget ||w||_2 by projection; it stops as soon as
-     every target's features lie within r of c.
+     ||w||_2 / sqrt(k), k the number selected) of the targets' and neighbours' hinge (margin
+     shortfall, or d^2 - r^2 for the centroid) plus drift_weight * the features' drift on the
+     auxiliary and reference inputs (weighted high: with a weak drift term the poisoned
+     primitive keeps the anchors but moves every other input, and the host retrained on it no
+     longer agrees with the head the targets were steered by), keeping ||dw||_2 <= budget
+     ||w||_2 by projection; it stops as soon as every target is inside the region.
 
 The hosts on the clean and on the poisoned primitive are trained by the same function with the
 same seed, split and schedule, so with a zero budget their predictions are identical.
@@ -68,6 +75,7 @@ if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
 
 HOSTS = ("linear", "mlp")
+REGIONS = ("classifier", "centroid")
 # Containers are opened when listing a primitive's blocks; any other module with parameters is
 # one block, and a normalisation layer belongs to the block before it (a conv and its BN).
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -80,25 +88,32 @@ class Params:
     host's classifier and fine-tuning).
 
     The study runs no model-reuse experiment; the defaults follow the paper's setting (a few
-    targets, about 1% of the parameters changed, a small relative perturbation, a linear host
-    that fine-tunes the last block).
+    targets, a small relative perturbation of a few percent of the parameters, a linear host
+    that fine-tunes the last block), with the budget and fraction at which the attack works on
+    a small CIFAR-subset ResNet (resnet18 width 8: ASR 0.8 with 5 targets at budget 0.1 and 5%
+    of the parameters, 0.2 at budget 0.05 and 1%).
     """
 
     target_class: int = param(0, min=0, doc="the class the targets should be classified as")
-    n_targets: int = param(10, min=1, doc="test inputs (true class != target_class) to misclassify")
-    param_fraction: float = param(0.01, min=0, max=1, doc="fraction of the primitive's parameters "
+    n_targets: int = param(5, min=1, doc="test inputs (true class != target_class) to misclassify")
+    param_fraction: float = param(0.05, min=0, max=1, doc="fraction of the primitive's parameters "
                                   "that may change (the top by saliency)")
-    budget: float = param(0.05, min=0, doc="largest ||dw||_2 / ||w||_2 over the primitive")
+    budget: float = param(0.1, min=0, doc="largest ||dw||_2 / ||w||_2 over the primitive")
     iterations: int = param(200, min=1, doc="most perturbation steps (stops once in region)")
     step_fraction: float = param(0.1, gt=0, max=1, doc="Adam step (L2 of a full step), fraction of the budget")
-    aux_size: int = param(200, min=1, doc="auxiliary inputs the adversary holds (from its pool)")
+    aux_size: int = param(300, min=1, doc="auxiliary inputs the adversary holds (from its pool)")
     n_neighbors: int = param(4, min=0, doc="semantic neighbours (random crop/flip) per target (0: none)")
     neighbor_shift: int = param(2, min=0, doc="crop padding of the neighbours, pixels")
     aux_weight: float = param(1.0, min=0, doc="saliency penalty for moving auxiliary features")
-    drift_weight: float = param(1.0, min=0, doc="loss weight of the auxiliary/reference feature drift")
+    drift_weight: float = param(10.0, min=0, doc="loss weight of the auxiliary/reference feature drift")
     n_reference: int = param(50, min=1, doc="target-class inputs that define its feature region")
-    region_quantile: float = param(0.1, gt=0, max=1, doc="region radius: this quantile of the "
-                                   "references' distances to their mean feature")
+    region: str = param("classifier", choices=REGIONS, doc="the target class's feature region: "
+                        "classifier (the published model's own head votes for it by `margin`) or "
+                        "centroid (a ball around the references' mean feature)")
+    margin: float = param(2.0, min=0, doc="classifier region: the target class's logit lead over "
+                          "the next class")
+    region_quantile: float = param(0.1, gt=0, max=1, doc="centroid region radius: this quantile "
+                                   "of the references' distances to their mean feature")
     host: str = param("linear", choices=HOSTS, doc="the host's classifier on the features")
     host_hidden: int = param(128, min=1, doc="hidden units of the mlp host")
     host_fraction: float = param(0.5, gt=0, lt=1, doc="training images that form the host's split "
@@ -124,8 +139,8 @@ class ModelReuseRecord(AttackRecord):
     after fine-tuning; changed_predictions: non-target test inputs whose host prediction changed;
     param_l0: fraction of the primitive's parameters changed (param_l0_count of n_parameters);
     param_l2 = ||dw||_2 / ||w||_2 and param_linf = max|dw| / max|w| over the primitive;
-    targets_in_region: targets within the region radius at the end (the adversary's own
-    criterion); target_distance_before / _after: the targets' mean squared feature distance to
+    targets_in_region: targets inside the adversary's region at the end (its own
+    criterion, see `Params.region`); target_distance_before / _after: the targets' mean squared feature distance to
     the region's centre before and after, in units of the target class's mean squared spread; iterations_done: perturbation steps taken; targets: test indices of the targets;
     primitive_digest: sha256 prefix of the poisoned primitive's parameters.
     """
@@ -341,15 +356,16 @@ def craft_primitive(primitive: nn.Module, targets: torch.Tensor, aux_images: tor
                     aux_labels: torch.Tensor, references: torch.Tensor, params: Params, *,
                     device: torch.device, seed: int, progress: bool) -> Crafted:
     """Perturb a copy of `primitive` so that the features of `targets` (uint8 [T, C, H, W]) move
-    into the feature region of the target class, given by its `references` (uint8 [R, C, H, W]),
-    changing only the most salient `param_fraction` of the parameters within the relative L2
-    `budget`, while the features of the auxiliary inputs (uint8 [A, C, H, W], labels int64 [A])
-    and of the references stay put.
+    into the feature region of the target class, given by its `references` (uint8 [R, C, H, W])
+    and the auxiliary inputs (uint8 [A, C, H, W], labels int64 [A]), changing only the most
+    salient `param_fraction` of the parameters within the relative L2 `budget`, while the
+    features of the auxiliary inputs and of the references stay put.
 
-    The region is the ball around the references' mean feature c whose radius is the
-    `region_quantile` quantile of their distances to c (both from the clean primitive). This is
-    everything the adversary knows; the host's data is not an argument.
+    The region (see `Params.region`) is fixed from the clean primitive. This is everything the
+    adversary knows; the host's data is not an argument.
     """
+    if params.region not in REGIONS:
+        raise InputError("--param region", f"expected one of {REGIONS}, got {params.region!r}")
     model = copy.deepcopy(primitive).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -361,9 +377,10 @@ def craft_primitive(primitive: nn.Module, targets: torch.Tensor, aux_images: tor
         aug = Augment(crop_padding=params.neighbor_shift, flip=True)
         x_t = torch.cat([x_t] + [augment_batch(targets.to(device), aug, gen) for _ in range(params.n_neighbors)])
     n_t = targets.shape[0]
+    tc = params.target_class
     x_anchor = torch.cat([to_float(aux_images.to(device)), to_float(references.to(device))])
     n_aux = aux_images.shape[0]
-    x_other = x_anchor[:n_aux][aux_labels.to(device) != params.target_class]
+    x_other = x_anchor[:n_aux][aux_labels.to(device) != tc]
 
     with full_precision(device):
         with torch.no_grad():
@@ -373,17 +390,26 @@ def craft_primitive(primitive: nn.Module, targets: torch.Tensor, aux_images: tor
             spread2 = (f_ref - centre).pow(2).sum(1)
             # Squared distances in units of the class's mean squared spread: scale-free weights.
             scale = spread2.mean().clamp_min(1e-12)
-
         radius2 = torch.quantile(spread2, params.region_quantile) / scale
-
+        head = model.classifier  # the published model's own head, never changed
         def dist2(x: torch.Tensor) -> torch.Tensor:
             """Squared distances [N] of the features of images x to c, in units of `scale`."""
             return (model.features(x) - centre).pow(2).sum(1) / scale
 
+        def shortfall(x: torch.Tensor) -> torch.Tensor:
+            """How far [N] each image's features are from inside the region (0 inside)."""
+            if params.region == "centroid":
+                return (dist2(x) - radius2).clamp_min(0.0)
+            z = head(model.features(x))
+            others = z.clone()
+            others[:, tc] = -math.inf
+            return (params.margin - (z[:, tc] - others.max(1).values)).clamp_min(0.0)
+
         def finish(done: int) -> Crafted:
             with torch.no_grad():
-                d2 = dist2(x_t[:n_t])
-            return Crafted(model, done, float((d2 <= radius2).float().mean()), before, float(d2.mean()))
+                inside = float((shortfall(x_t[:n_t]) <= 0).float().mean())
+                after = float(dist2(x_t[:n_t]).mean())
+            return Crafted(model, done, inside, before, after)
 
         with torch.no_grad():
             before = float(dist2(x_t[:n_t]).mean())
@@ -396,7 +422,10 @@ def craft_primitive(primitive: nn.Module, targets: torch.Tensor, aux_images: tor
             return finish(0)
         for w in weights:
             w.requires_grad_(True)
-        # Saliency: pulls the targets toward c (g) without pulling the other classes along (h).
+        # Saliency: pulls the targets into the region (g) without pulling the other classes
+        # toward the target class (h). The centroid pull is the saliency's target term in both
+        # regions: at the clean primitive most targets are far outside, where the hinge and the
+        # pull point the same way, and the pull has no dead zone.
         g = torch.cat([t.abs().flatten() for t in torch.autograd.grad(dist2(x_t).mean(), weights)])
         if x_other.shape[0]:
             h = torch.cat([t.abs().flatten() for t in torch.autograd.grad(dist2(x_other).mean(), weights)])
@@ -411,13 +440,13 @@ def craft_primitive(primitive: nn.Module, targets: torch.Tensor, aux_images: tor
         sizes = [w.numel() for w in weights]
         done = 0
         for _ in tqdm(range(params.iterations), desc="model-reuse craft", disable=not progress):
-            d2 = dist2(x_t)
+            miss = shortfall(x_t)
             # One sync per step for the stopping rule; each step is a full forward/backward anyway.
-            if bool((d2[:n_t].detach() <= radius2).all()):
+            if bool((miss[:n_t].detach() <= 0).all()):
                 break
             drift = (model.features(x_anchor) - f_anchor0).pow(2).sum(1).mean() / scale
             # Targets (and neighbours) already inside the region stop pulling.
-            loss = (d2 - radius2).clamp_min(0.0).mean() + params.drift_weight * drift
+            loss = miss.mean() + params.drift_weight * drift
             grad = torch.cat([t.flatten() for t in torch.autograd.grad(loss, weights)]) * mask
             # Adam on the selected parameters: BN scales and conv weights differ in gradient
             # scale by orders of magnitude; an element-wise step of about lr moves the selection

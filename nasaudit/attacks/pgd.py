@@ -58,8 +58,9 @@ def _pgd_run(
     """One PGD run with per-sample early stopping.
 
     A sample succeeds as soon as the model predicts `label` (targeted) or anything but `label`
-    (untargeted); from then on it is frozen at that point. Frozen samples stay in the batch
-    (masked with torch.where) so the loop never synchronises with the host.
+    (untargeted); from then on it is frozen at that point. On an accelerator frozen samples stay
+    in the batch (masked with torch.where) so the loop never synchronises with the host; on the
+    CPU, where a sync is free and every sample costs a full pass, they leave the batch.
     Returns (x_adv [B, C, H, W], success bool [B], iteration of first success int64 [B], -1 if none).
     """
     x = x.detach()
@@ -68,28 +69,35 @@ def _pgd_run(
     first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     sign = -1.0 if targeted else 1.0  # descend the target's loss, ascend the true label's
     reduced = autocast_enabled(x.device)  # gradients may be bf16; success checks are not
+    compact = x.device.type == "cpu"
+    rows = torch.arange(x.shape[0], device=x.device)
     for t in range(iters + 1):
         last = t == iters
-        x_adv.requires_grad_(not last)
+        if compact:
+            rows = (~done).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+        xa = x_adv[rows].requires_grad_(not last)
         if not (last and reduced):  # the last pass only checks success: float32 below
             with torch.set_grad_enabled(not last):
-                logits = model(x_adv)
+                logits = model(xa)
         if reduced:
             # Success is decided on float32 logits: bf16 rounding can flip a near-tied argmax.
             with torch.no_grad(), full_precision(x.device):
-                pred = model(x_adv.detach()).argmax(1)
+                pred = model(xa.detach()).argmax(1)
         else:
             pred = logits.argmax(1)
-        hit = pred == label if targeted else pred != label
-        newly = hit & ~done
-        first = torch.where(newly, torch.full_like(first, t), first)
-        done = done | hit
+        lab = label[rows]
+        hit = pred == lab if targeted else pred != lab
+        newly = hit & ~done[rows]
+        first[rows] = torch.where(newly, torch.full_like(lab, t), first[rows])
+        done[rows] = done[rows] | hit
         if last:
             break
-        loss = F.cross_entropy(logits.float(), label, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        stepped = project_linf(x_adv.detach() + sign * step * grad.sign(), x, eps)
-        x_adv = torch.where(done.view(-1, 1, 1, 1), x_adv.detach(), stepped)
+        loss = F.cross_entropy(logits.float(), lab, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xa)
+        stepped = project_linf(xa.detach() + sign * step * grad.sign(), x[rows], eps)
+        x_adv[rows] = torch.where(done[rows].view(-1, 1, 1, 1), xa.detach(), stepped)
     return x_adv.detach(), done, first
 
 

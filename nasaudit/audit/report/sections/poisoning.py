@@ -50,8 +50,11 @@ def backdoor(report: Builder) -> Section:
     report.per_model_table(s, "backdoor", "Backdoor attack success and clean accuracy drop", metrics)
     extra = _backdoor_methods(report.data)
     if extra:
-        report.table(s, Table("backdoor_methods", ["model", "seed", "method", "ASR", "CAD", "clean-model ASR"],
+        report.table(s, Table("backdoor_methods", ["model", "seed", "method", "ASR", "CAD", "clean-model ASR",
+                                                   "BadNet ASR, same budget"],
                             extra, "Every backdoor run, per method (TrojanNN, BadNet)"))
+    for note in _backdoor_notes(report.data):
+        s.text(note)
     fig = group_points(report.figs, report.data, metrics, "backdoor", "Backdoor ASR and CAD per model and group", "")
     if fig:
         s.blocks.append(fig)
@@ -64,7 +67,13 @@ def _backdoor_methods(data: AuditData) -> list[list[Any]]:
     for r in data.results("attack", "backdoor"):
         rows.append([r.model, r.seed, r.result.get("method", r.params.get("method", "trojannn")),
                      num(r.result.get("asr")), num(r.result.get("cad")),
-                     num(r.result.get("clean_model_asr"))])
+                     num(r.result.get("clean_model_asr")), num(r.result.get("badnet_asr"))])
     return rows
+
+
+def _backdoor_notes(data: AuditData) -> list[str]:
+    """The runs' own notes (TrojanNN against BadNet at an equal budget), one line per run."""
+    return [f"{r.model} (seed {r.seed}): {note}" for r in data.results("attack", "backdoor")
+            for note in r.result.get("notes") or []]
 
 
