@@ -21,7 +21,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "seeds": [0],
     "dataset": {"name": "digits"},
     "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "drop_path_prob": 0.0},
-    "model_defaults": {"nas": {"C": 6, "layers": 3, "auxiliary": False}, "manual": {"width": 8}},
+    "model_defaults": {"nas": {"C": 4, "layers": 3, "auxiliary": False}, "manual": {"width": 8}},
     "searches": [
         {"name": "digits", "C": 4, "layers": 3, "batch_size": 32, "epochs": 1, "train_subset": 256,
          "probe_samples": 0, "log_every": 0, "checkpoint_every": 0},
