@@ -175,3 +175,6 @@ def test_cli_model_reuse_json(trained_model, cifar_subset_dir, capsys):
     assert out["param_l2"] <= 0.05 * (1 + 1e-5)
     assert main(["attack", "model-reuse", "--checkpoint", str(trained_model.checkpoint),
                  "--param", "host=svm"]) == 2
+    assert main(["attack", "model-reuse", "--checkpoint", str(trained_model.checkpoint),
+                 "--param", "region=ball"]) == 2
+    assert "region" in capsys.readouterr().err

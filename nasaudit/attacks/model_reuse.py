@@ -89,9 +89,9 @@ class Params:
 
     The study runs no model-reuse experiment; the defaults follow the paper's setting (a few
     targets, a small relative perturbation of a few percent of the parameters, a linear host
-    that fine-tunes the last block), with the budget and fraction at which the attack works on
-    a small CIFAR-subset ResNet (resnet18 width 8: ASR 0.8 with 5 targets at budget 0.1 and 5%
-    of the parameters, 0.2 at budget 0.05 and 1%).
+    that fine-tunes the last block), with the budget and fraction that did best on a small
+    CIFAR-subset ResNet (resnet18 width 8, 5 targets: ASR 0.2-0.8 at budget 0.1 and 5% of the
+    parameters, depending on the trained weights; 0.2 at budget 0.05 and 1%).
     """
 
     target_class: int = param(0, min=0, doc="the class the targets should be classified as")
@@ -139,9 +139,10 @@ class ModelReuseRecord(AttackRecord):
     after fine-tuning; changed_predictions: non-target test inputs whose host prediction changed;
     param_l0: fraction of the primitive's parameters changed (param_l0_count of n_parameters);
     param_l2 = ||dw||_2 / ||w||_2 and param_linf = max|dw| / max|w| over the primitive;
-    targets_in_region: targets inside the adversary's region at the end (its own
-    criterion, see `Params.region`); target_distance_before / _after: the targets' mean squared feature distance to
-    the region's centre before and after, in units of the target class's mean squared spread; iterations_done: perturbation steps taken; targets: test indices of the targets;
+    targets_in_region: targets inside the adversary's region at the end (its own criterion, see
+    `Params.region`); target_distance_before / _after: the targets' mean squared feature
+    distance to the target class's centroid before and after, in units of the class's mean
+    squared spread; iterations_done: perturbation steps taken; targets: test indices of the targets;
     primitive_digest: sha256 prefix of the poisoned primitive's parameters.
     """
 
@@ -392,6 +393,7 @@ def craft_primitive(primitive: nn.Module, targets: torch.Tensor, aux_images: tor
             scale = spread2.mean().clamp_min(1e-12)
         radius2 = torch.quantile(spread2, params.region_quantile) / scale
         head = model.classifier  # the published model's own head, never changed
+
         def dist2(x: torch.Tensor) -> torch.Tensor:
             """Squared distances [N] of the features of images x to c, in units of `scale`."""
             return (model.features(x) - centre).pow(2).sum(1) / scale
