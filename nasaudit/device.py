@@ -1,8 +1,9 @@
-"""Device selection and the per-device speed settings (AMP bf16 and channels_last on CUDA)."""
+"""Device selection and the per-device speed settings (AMP bf16 on CUDA, channels_last everywhere)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 
 import torch
@@ -57,11 +58,16 @@ def full_precision(device: torch.device | None = None) -> Iterator[None]:
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move a model to `device`, in channels_last memory format on CUDA."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    """Move a model to `device`, its 4-d weights in channels_last memory format.
+
+    A channels_last weight makes every conv (oneDNN on CPU, cuDNN on CUDA) run and return
+    channels_last, so the whole network follows, whatever the input's format. On this project's
+    2-core CPU (`benchmarks/memory_format.py`, batch 64) a training step was 1.63x faster for
+    darts_v2 (C=16, 8 cells), 1.24x for resnet18 at width 8 and 1.53x for tiny_cnn, and an eval
+    forward 2.0-2.7x faster for DARTS networks; nowhere slower by more than 1%. Results agree
+    with NCHW to fp32 rounding.
+    """
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -81,6 +87,13 @@ def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def stream_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed for the random stream named by `keys` under `seed` (sha256 of their text),
+    so that independent parts of one run never share, or shift, each other's draws."""
+    text = "/".join(str(k) for k in (seed, *keys)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
 
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

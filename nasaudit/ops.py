@@ -29,11 +29,38 @@ __all__ = [
     "Identity",
     "ReLUConvBN",
     "SepConv",
+    "StridedPointwiseConv",
     "Zero",
     "forward_after_relu",
     "starts_with_relu",
     "drop_path",
 ]
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   stride: tuple[int, int], groups: int = 1) -> torch.Tensor:
+    """An unpadded 1x1 conv at `stride`: [B, C_in, H, W] -> [B, C_out, ceil(H / s), ceil(W / s)].
+
+    Computed as subsampling, then a stride-1 conv: the same numbers, but it never reaches
+    torch 2.13's CPU kernel for the weight gradient of a strided 1x1 conv in channels_last, which
+    corrupts the heap (a segfault or "double free") when the batch is odd and there are few
+    input channels (measured with 4 and 8; 16 and more were fine).
+    """
+    if stride != (1, 1):
+        x = x[:, :, :: stride[0], :: stride[1]]
+    return F.conv2d(x, weight, bias, 1, 0, 1, groups)
+
+
+class StridedPointwiseConv(nn.Conv2d):
+    """nn.Conv2d(C_in, C_out, 1, stride) (same parameters and state dict) computed by
+    `pointwise_conv`, so a strided shortcut or reduction is safe in channels_last."""
+
+    def __init__(self, C_in: int, C_out: int, stride: int = 1, bias: bool = False):
+        super().__init__(C_in, C_out, 1, stride=stride, padding=0, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C_in, H, W] -> [B, C_out, ceil(H / stride), ceil(W / stride)]."""
+        return pointwise_conv(x, self.weight, self.bias, self.stride, self.groups)
 
 
 class ReLUConvBN(nn.Module):
@@ -166,8 +193,8 @@ class FactorizedReduce(nn.Module):
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even C_out, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_1 = StridedPointwiseConv(C_in, C_out // 2, stride=2)
+        self.conv_2 = StridedPointwiseConv(C_in, C_out // 2, stride=2)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

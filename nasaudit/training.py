@@ -414,7 +414,7 @@ def train_model(
     """Train `model` in place with the study's recipe and return it with its history.
 
     Args:
-        model: an ImageClassifier (pixels in [0, 1] in); moved to `device` (channels_last on CUDA).
+        model: an ImageClassifier (pixels in [0, 1] in); moved to `device` (channels_last weights).
         train_images: uint8 [N, C, H, W]; train_labels: int64 [N].
         config: hyper-parameters (`TrainConfig`).
         device: "cpu", "cuda", "auto" or a torch.device. On CUDA the forward runs in bf16 autocast.

@@ -35,7 +35,7 @@ from nasaudit.attacks.sampling import (
     target_classes,
 )
 from nasaudit.data import to_float
-from nasaudit.device import autocast, autocast_enabled, full_precision
+from nasaudit.device import autocast, autocast_enabled, full_precision, stream_seed
 from nasaudit.device import generator as make_generator
 from nasaudit.params import param
 
@@ -205,18 +205,24 @@ def _pgd_batches(
     device: torch.device,
     batch_size: int,
     bar: tqdm,
+    seed: int,
+    stream: str,
     **attack_kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`pgd_attack` over uint8 images [n, C, H, W] in batches, against labels [n] (on `device`).
 
-    attack_kwargs go to pgd_attack (targeted, eps, step, iters, restarts, random_start,
-    generator). Returns (success bool [n], iterations int64 [n], restart int64 [n]) on the CPU.
+    Each batch draws its random starts from its own generator, seeded by (seed, stream, batch
+    index): how many restarts one batch or one case used never shifts another's draws, so with
+    more restarts every input keeps its first restart and can only gain successes.
+    attack_kwargs go to pgd_attack (targeted, eps, step, iters, restarts, random_start).
+    Returns (success bool [n], iterations int64 [n], restart int64 [n]) on the CPU.
     """
     parts = []
-    for sl in batch_slices(images.shape[0], batch_size):
+    for i, sl in enumerate(batch_slices(images.shape[0], batch_size)):
         x = to_float(images[sl].to(device))
+        gen = make_generator(stream_seed(seed, stream, i), device)
         with autocast(device):
-            _, ok, it, rs = pgd_attack(model, x, labels[sl], **attack_kwargs)
+            _, ok, it, rs = pgd_attack(model, x, labels[sl], generator=gen, **attack_kwargs)
         parts.append((ok, it, rs))
         bar.update()
     return cat_batches(parts, (torch.bool, torch.long, torch.long))
@@ -241,7 +247,6 @@ def run_pgd(
             batch_size=params.batch_size,
         )
         x_all = data.test_images[kept]
-        gen = make_generator(seed, device)
         iters = case_iters(params)
         out: dict[str, dict[str, list | float]] = {}
         n_batches = len(batch_slices(len(kept), params.batch_size))
@@ -251,7 +256,7 @@ def run_pgd(
             ok, it, rs = _pgd_batches(
                 model, x_all, targets, device=device, batch_size=params.batch_size, bar=bar,
                 targeted=True, eps=params.eps, step=params.step, iters=iters[case],
-                restarts=params.restarts, random_start=params.random_start, generator=gen,
+                restarts=params.restarts, random_start=params.random_start, seed=seed, stream=case,
             )
             out[case] = {
                 "success": ok.tolist(),
@@ -328,12 +333,11 @@ def run_pgd_sweep(
         n_batches = len(batch_slices(len(kept), params.batch_size))
         bar = tqdm(total=n_batches * len(params.eps), desc="pgd sweep", disable=not progress)
         for eps in params.eps:
-            # Same generator seed for every eps: the sweep differs only in the radius.
+            # The same random starts for every eps: the sweep differs only in the radius.
             ok, _, _ = _pgd_batches(
                 model, x_all, y_all, device=device, batch_size=params.batch_size, bar=bar,
                 targeted=False, eps=eps, step=eps * params.step_fraction, iters=params.iters,
-                restarts=params.restarts, random_start=params.random_start,
-                generator=make_generator(seed, device),
+                restarts=params.restarts, random_start=params.random_start, seed=seed, stream="sweep",
             )
             success.append(ok.tolist())
             asr.append(float(ok.float().mean()) if ok.numel() else 0.0)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasaudit.models.base import init_fan_out
+from nasaudit.ops import pointwise_conv
 
 __all__ = ["BiTBody", "StdConv2d"]
 
@@ -38,6 +39,8 @@ class StdConv2d(nn.Conv2d):
         w = self.weight
         var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
         w = (w - mean) / torch.sqrt(var + self.eps)
+        if self.kernel_size == (1, 1) and self.padding == (0, 0) and self.dilation == (1, 1):
+            return pointwise_conv(x, w, self.bias, self.stride, self.groups)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nasaudit.models.base import init_fan_out
+from nasaudit.ops import StridedPointwiseConv
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNetBody"]
 
@@ -22,7 +23,7 @@ def _conv3x3(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Conv
 
 
 def _conv1x1(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+    return StridedPointwiseConv(c_in, c_out, stride=stride)
 
 
 class BasicBlock(nn.Module):
