@@ -92,8 +92,8 @@ def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
 def stream_seed(seed: int, *keys: object) -> int:
     """A 63-bit seed for the random stream named by `keys` under `seed` (sha256 of their text),
     so that independent parts of one run never share, or shift, each other's draws."""
-    text = "/".join(str(k) for k in (seed, *keys)).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+    text = ":".join(str(k) for k in ("nasaudit", seed, *keys)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

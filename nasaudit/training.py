@@ -15,7 +15,6 @@ weights as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -39,7 +38,15 @@ from nasaudit.checkpoint import (
     write_sidecar,
 )
 from nasaudit.data import to_float
-from nasaudit.device import autocast, generator, prepare_model, resolve_device, seeded, to_device
+from nasaudit.device import (
+    autocast,
+    generator,
+    prepare_model,
+    resolve_device,
+    seeded,
+    stream_seed,
+    to_device,
+)
 from nasaudit.errors import InputError
 from nasaudit.models.base import ImageClassifier, count_parameters
 
@@ -218,8 +225,7 @@ class TrainResult:
 
 def epoch_seed(seed: int, epoch: int, purpose: str = "") -> int:
     """A 63-bit seed for (run seed, epoch, purpose): independent streams that resume can replay."""
-    digest = hashlib.sha256(f"nasaudit:{seed}:{epoch}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return stream_seed(seed, epoch, purpose)
 
 
 def _channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
