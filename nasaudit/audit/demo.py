@@ -49,7 +49,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "knockoff": {"budgets": [100, 200], "epochs": 1, "each_model": "replica"},
         "membership": {"n_members": 16, "n_nonmembers": 16, "max_iter": 4, "max_eval": 80,
                        "init_eval": 10, "init_size": 10},
-        "model_reuse": {"n_targets": 4, "aux_size": 32, "n_reference": 16, "n_neighbors": 0,
+        "model_reuse": {"n_targets": 2, "aux_size": 32, "n_reference": 16, "n_neighbors": 0,
                         "iterations": 10, "param_fraction": 0.05, "budget": 0.1, "host_fraction": 0.3,
                         "host_epochs": 5, "finetune_epochs": 1},
     },

@@ -22,6 +22,7 @@ def model_reuse(report: Builder) -> Section:
               _field("clean_asr_after_finetune", "clean-host rate after fine-tuning")]
     evasive = [_field("clean_accuracy_drop", "clean accuracy drop"),
                _field("changed_predictions", "changed predictions"),
+               _field("changed_predictions_floor", "changed by the host's seed alone"),
                _field("finetune_accuracy_drop", "accuracy drop after fine-tuning")]
     size = [_field("param_l0", "L0 (fraction changed)"), _field("param_l2", "relative L2"),
             _field("param_linf", "relative L-inf"), _field("targets_in_region", "targets in region")]
@@ -37,6 +38,8 @@ def model_reuse(report: Builder) -> Section:
         s.blocks.append(fig)
     s.text("Both hosts are trained with the same seed, split and schedule on data the adversary never "
            "reads; ASR counts targets (test inputs whose true class is not the target) classified as "
-           "the target class. The study reports no NAS-vs-manual direction for this attack; the "
+           "the target class. Unless the audit sets joint=true, each target has its own poisoned "
+           "primitive and host (the paper's setting), and the evasiveness and size rows are means over "
+           "those primitives. The study reports no NAS-vs-manual direction for this attack; the "
            "headline row only shows the difference.")
     return s
