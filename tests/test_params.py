@@ -129,7 +129,7 @@ def test_counts_are_at_least_one_and_radii_positive():
     counts = ("n_", "iters", "restarts", "batch", "epochs", "budgets", "points", "chunk",
               "max_", "init_", "trigger_size")
     # Counts where 0 is a documented setting ("0: off"): they must accept it, and say so.
-    zero_means_off = {"n_neighbors", "finetune_epochs"}
+    zero_means_off = {"n_neighbors", "finetune_epochs", "anchor_batch"}
     for label, cls in _registries().items():
         for f in dataclasses.fields(cls):
             if label.endswith("model_reuse") and f.name in zero_means_off:
