@@ -188,7 +188,7 @@ def test_cli_model_reuse_json(trained_model, cifar_subset_dir, capsys):
 
     args = ["attack", "model-reuse", "--checkpoint", str(trained_model.checkpoint), "--data-dir",
             str(cifar_subset_dir), "--json", "--no-progress"]
-    for key, value in {**FAST, "budget": 0.05, "iterations": 5}.items():
+    for key, value in {**FAST, "budget": 0.05, "iterations": 5, "joint": "true"}.items():
         args += ["--param", f"{key}={value}"]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
@@ -197,6 +197,10 @@ def test_cli_model_reuse_json(trained_model, cifar_subset_dir, capsys):
                 "param_l2", "param_linf"):
         assert isinstance(out[key], float), key
     assert out["param_l2"] <= 0.05 * (1 + 1e-5)
+    assert out["joint"] is True and out["n_primitives"] == 1 and len(out["targets"]) == 2
+    assert 0 <= out["changed_predictions_floor"] <= 1
+    assert main(["attack", "model-reuse", "--checkpoint", str(trained_model.checkpoint),
+                 "--param", "anchor_batch=-1"]) == 2
     assert main(["attack", "model-reuse", "--checkpoint", str(trained_model.checkpoint),
                  "--param", "host=svm"]) == 2
     assert main(["attack", "model-reuse", "--checkpoint", str(trained_model.checkpoint),

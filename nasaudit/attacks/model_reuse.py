@@ -637,11 +637,12 @@ def run_model_reuse(
         hosts = [train_host(primitive, host_x, host_y, data.num_classes, params, seed=seed, device=device,
                             progress=progress) for primitive in [clean] + [c.primitive for c in crafted]]
         eval_x, eval_y = data.test_images[splits.evaluation], data.test_labels[splits.evaluation]
+        preds = [host_predictions(h.system, eval_x, device=device) for h in hosts]
+        tuned = [host_predictions(h.tuned, eval_x, device=device) for h in hosts]
         # The host's own training noise: a clean host whose seed alone differs.
         reseeded = train_host(clean, host_x, host_y, data.num_classes, dataclasses.replace(params, finetune_epochs=0),
                               seed=stream_seed(seed, "model_reuse", "host_seed"), device=device, progress=progress)
-        floor = float((host_predictions(reseeded.system, eval_x, device=device)
-                       != host_predictions(hosts[0].system, eval_x, device=device)).float().mean())
+        floor = float((host_predictions(reseeded.system, eval_x, device=device) != preds[0]).float().mean())
 
         def hits(system: nn.Module, group: torch.Tensor) -> torch.Tensor:
             return host_predictions(system, data.test_images[group], device=device) == tc
@@ -651,8 +652,6 @@ def run_model_reuse(
             systems = [(h.tuned if tuned else h.system) for h in (hosts[1:] if poisoned else hosts[:1] * len(groups))]
             return float(torch.cat([hits(sy, g) for sy, g in zip(systems, groups, strict=True)]).float().mean())
 
-        preds = [host_predictions(h.system, eval_x, device=device) for h in hosts]
-        tuned = [host_predictions(h.tuned, eval_x, device=device) for h in hosts]
         acc = [float((p == eval_y).float().mean()) for p in preds]
         acc_ft = [float((p == eval_y).float().mean()) for p in tuned]
         sizes = [perturbation_size(clean, c.primitive) for c in crafted]
