@@ -4,4 +4,6 @@ import sys
 
 from nasaudit.cli import main
 
-sys.exit(main())
+# Guarded: the processes engine's spawned workers import the parent's __main__ module.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -94,9 +94,13 @@ def test_run_table_and_engine_choice() -> None:
     assert choose_engine(plain, None, None, None) == ("local", None)
     assert choose_engine(plain, None, None, 1) == ("local", None)
     assert choose_engine(plain, None, None, 4) == ("ray", None)  # --workers N: local Ray
+    assert choose_engine(plain, "processes", None, 4) == ("processes", None)  # N processes
+    processes = config_from_dict({**BASE, "run": {"engine": "processes"}})
+    assert choose_engine(processes, None, None, None) == ("processes", None)
     for args, message in (((plain, "local", "auto", None), "add --engine ray"),
+                          ((plain, "processes", "auto", None), "add --engine ray"),
                           ((plain, None, "auto", 2), "give one of them"),
-                          ((plain, "local", None, 2), "Ray engine"),
+                          ((plain, "local", None, 2), "processes or Ray engine"),
                           ((plain, None, None, 0), "must be >= 1")):
         with pytest.raises(InputError, match=message):
             choose_engine(*args)

@@ -9,7 +9,6 @@ processes do not oversubscribe the two cores.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,53 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 ray = pytest.importorskip("ray")
 
-from nasaudit.audit.config import load_config  # noqa: E402
 from nasaudit.audit.plan import build_plan  # noqa: E402
 from nasaudit.audit.runner import dry_run, run_audit  # noqa: E402
 from nasaudit.audit.store import Store  # noqa: E402
 from nasaudit.audit.units import checkpoint_file  # noqa: E402
-
-# 2 models x (analyze, train, clean, pgd, membership) = 10 units; tiny_cnn trains in ~1 s/epoch.
-TINY = """
-name = "tiny_ray"
-out_dir = "out"
-seeds = [0]
-
-[dataset]
-name = "digits"
-
-[train]
-epochs = 2
-batch_size = 64
-lr = 0.05
-drop_path_prob = 0.0
-
-[model_defaults.manual]
-width = 4
-
-[[models]]
-name = "tiny_cnn"
-
-[[models]]
-name = "resnet18"
-
-[attacks.pgd]
-n_inputs = 16
-restarts = 1
-
-[attacks.membership]
-n_members = 8
-n_nonmembers = 8
-max_iter = 2
-max_eval = 20
-init_eval = 5
-init_size = 5
-"""
-TOTAL = 10
+from tests.engine_helpers import TINY, TOTAL, one_thread  # noqa: E402
+from tests.engine_helpers import comparable as _comparable  # noqa: E402
+from tests.engine_helpers import make_config as _config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,40 +50,6 @@ def cluster():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-@contextlib.contextmanager
-def one_thread():
-    """torch on one intra-op thread, as in the Ray tasks (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _config(root: Path, text: str = TINY):
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "audit.toml").write_text(text)
-    return load_config(root / "audit.toml")
-
-
-def _comparable(result: dict | None, out_dir: Path) -> dict | None:
-    """A record without what legitimately differs between runs: timings, hosts, paths."""
-    if result is None:
-        return None
-    text = json.dumps(result, sort_keys=True).replace(str(out_dir), "OUT")
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()
-                    if not any(t in k for t in ("seconds", "time", "host"))}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(json.loads(text))
 
 
 def _rows(db: Path) -> dict[str, tuple[float, float]]:

@@ -55,7 +55,7 @@ Schema (every table but ``[dataset]`` and ``[[models]]`` is optional)::
     at_init = true                      # also measure at initialisation (default true)
 
     [run]                               # how to execute (never part of a result); flags win
-    engine = "ray"                      # "local" (default) | "ray"
+    engine = "ray"                      # "local" (default) | "processes" | "ray"
     address = "auto"                    # Ray cluster to join; unset: start a local one
     [run.resources]                     # per unit kind: search, train, retrain, light, analyze
     light = { gpu = 0.25, cpu = 1 }
@@ -185,13 +185,13 @@ def _check_train_table(value: Any, where: str, source: str) -> dict:
 
 # The [run] table: how the audit is executed (never part of a result's key). Flags win.
 #   [run]
-#   engine = "ray"                      # "local" (default) | "ray"
+#   engine = "ray"                      # "local" (default) | "processes" | "ray"
 #   address = "auto"                    # Ray cluster to join ("auto" | "HOST:PORT"); none = start one
 #   [run.resources]                     # what one unit of each kind asks the cluster for
 #   train = { gpu = 1, cpu = 2 }
 #   light = { gpu = 0.25 }
 RUN_KEYS = frozenset({"engine", "address", "resources"})
-ENGINES = ("local", "ray")
+ENGINES = ("local", "processes", "ray")
 # Unit kinds: searches, training, the retraining attacks (poison, backdoor, knockoff), the
 # light units that only read a checkpoint (clean accuracy, probes, PGD, NES, membership), and
 # the model analysis (no GPU).
@@ -208,7 +208,7 @@ DEFAULT_RESOURCES: dict[str, dict[str, float]] = {
 
 @dataclass(frozen=True)
 class RunSpec:
-    """The [run] table: engine ("local" | "ray" | None = not set), Ray address, resources."""
+    """The [run] table: engine ("local" | "processes" | "ray" | None = not set), Ray address, resources."""
 
     engine: str | None = None
     address: str | None = None

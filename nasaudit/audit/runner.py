@@ -3,7 +3,8 @@
 * `nasaudit.audit.plan`: the unit graph, built up front from the config alone (`build_plan`),
   and `--dry-run`'s table (`describe_plan`);
 * `nasaudit.audit.units`: doing one unit (`execute_unit`), the same code on every engine;
-* `nasaudit.audit.engines`: executing a plan, `local` (this process) or `ray` (a cluster).
+* `nasaudit.audit.engines`: executing a plan, `local` (this process), `processes` (worker
+  processes of this machine) or `ray` (a cluster).
 
 `run_audit` is the entry point. The driver (this process) is the only writer of
 results.sqlite: it commits every unit's row the moment the unit's outcome arrives, so a kill -9
@@ -27,6 +28,9 @@ from nasaudit.audit.engines import ENGINE_NAMES, drive
 from nasaudit.audit.plan import Plan, build_plan, describe_plan, validate_config
 from nasaudit.audit.store import DB_NAME, Store
 from nasaudit.errors import InputError
+
+# Worker processes of the processes engine when --workers is not given.
+DEFAULT_PROCESS_WORKERS = 2
 
 __all__ = ["AuditSummary", "choose_engine", "dry_run", "run_audit", "validate_config"]
 
@@ -69,19 +73,20 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
 
 def choose_engine(config: AuditConfig, engine: str | None, address: str | None,
                   workers: int | None) -> tuple[str, str | None]:
-    """(engine, address): flags win over [run]; `--workers N` > 1 means a local Ray cluster."""
+    """(engine, address): flags win over [run]. `--workers N` > 1 alone means a local Ray
+    cluster; with `--engine processes` it is the number of worker processes."""
     if workers is not None and workers < 1:
         raise InputError("--workers", "must be >= 1")
     if workers is not None and workers > 1 and address is not None:
         raise InputError("--workers", "--workers starts a local Ray cluster and --address joins one; give one of them")
     if workers is not None and workers > 1 and engine == "local":
-        raise InputError("--workers", "several workers run on the Ray engine; drop --engine local")
+        raise InputError("--workers", "several workers run on the processes or Ray engine; drop --engine local")
     chosen = engine or ("ray" if workers is not None and workers > 1 else None) or config.run.engine or "local"
     if chosen not in ENGINE_NAMES:
-        raise InputError("--engine", f"unknown engine {chosen!r}; choose {' or '.join(ENGINE_NAMES)}")
-    if chosen == "local" and address is not None:
+        raise InputError("--engine", f"unknown engine {chosen!r}; choose {', '.join(ENGINE_NAMES)}")
+    if chosen != "ray" and address is not None:
         raise InputError("--address", "names a Ray cluster; add --engine ray")
-    if chosen == "local":
+    if chosen != "ray":
         return chosen, None
     return chosen, (address or (config.run.address if workers is None or workers <= 1 else None))
 
@@ -126,8 +131,10 @@ def run_audit(
         resume: continue an interrupted training or search from its own checkpoint rather than
             restarting it. Finished units are always skipped, with or without resume; a unit
             retried after its Ray worker died always resumes.
-        workers: N > 1 starts a local Ray cluster with N GPUs (N CPU slots without GPUs).
-        engine: "local" | "ray" (default: the config's [run].engine, else local).
+        workers: on the processes engine, the number of worker processes (default
+            DEFAULT_PROCESS_WORKERS); otherwise N > 1 starts a local Ray cluster with N GPUs (N
+            CPU slots without GPUs).
+        engine: "local" | "processes" | "ray" (default: the config's [run].engine, else local).
         address: a Ray cluster to join ("auto" or "HOST:PORT"); default [run].address, else a
             new local cluster.
     """
@@ -169,25 +176,36 @@ def run_audit(
 def _execute(plan: Plan, store: Store, summary: AuditSummary, *, engine: str, address: str | None,
              workers: int | None, device: str, resume: bool, progress: bool, run_id: str) -> None:
     """Run the plan's unfinished units on `engine`; fills in summary's counts."""
-    # Loaded once, up front: a missing data set is one clear error, not a failed unit per model.
-    data = _load_data(plan.config)
     before = set(store.done_keys())
-    if engine == "local":
+    run = dict(device=device, resume=resume, run_id=run_id, progress=progress)
+    summary.hosts = [socket.gethostname()]
+    if engine == "processes":
+        import torch
+
+        from nasaudit.audit.engines.processes import ProcessExecutor, threads_per_worker
+
+        count = workers or DEFAULT_PROCESS_WORKERS
+        threads = threads_per_worker(count, torch.get_num_threads())
+        # The workers start (importing torch) while this process loads the data set.
+        with ProcessExecutor(plan, workers=count, threads=threads) as executor:
+            executor.share_data(_load_data(plan.config))
+            scheduler = drive(plan, store, executor, **run)
+    elif engine == "local":
         from nasaudit.audit.engines.local import LocalExecutor
 
-        executor = LocalExecutor(plan, data, progress)
-        scheduler = drive(plan, store, executor, device=device, resume=resume, run_id=run_id, progress=progress)
-        summary.hosts = [socket.gethostname()]
+        # Loaded once, up front: a missing data set is one clear error, not a failed unit per model.
+        scheduler = drive(plan, store, LocalExecutor(plan, _load_data(plan.config), progress), **run)
     else:
         from nasaudit.audit.engines.ray_engine import RayCluster, RayExecutor, check_shared_storage
 
+        data = _load_data(plan.config)
         with RayCluster(address, workers, device) as cluster:
             summary.ray_start_seconds = cluster.start_seconds
             summary.hosts = check_shared_storage(plan.config.out_dir, run_id)
             executor = RayExecutor(plan, data, gpus=cluster.gpus(), device=device)
-            scheduler = drive(plan, store, executor, device=device, resume=resume, run_id=run_id,
-                              progress=progress)
+            scheduler = drive(plan, store, executor, **run)
     summary.ran = len(scheduler.done - before)
     summary.failed = len(scheduler.failed)
     summary.blocked = len(scheduler.blocked)
+
 

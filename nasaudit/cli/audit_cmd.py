@@ -22,15 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(finished units are always skipped)")
     p.add_argument("--only", metavar="MODEL,...", help="audit only these model labels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--engine", choices=("local", "ray"), default=None,
-                   help="local: units one by one in this process; ray: units as Ray tasks on a "
-                        "cluster (default: the config's [run] engine, else local)")
+    p.add_argument("--engine", choices=("local", "processes", "ray"), default=None,
+                   help="local: units one by one in this process; processes: units on --workers "
+                        "processes of this machine (default 2), the cores split among them; ray: "
+                        "units as Ray tasks on a cluster (default: the config's [run] engine, else "
+                        "local)")
     p.add_argument("--address", metavar="auto|HOST:PORT", default=None,
                    help="join this Ray cluster (with --engine ray; default: [run] address, else "
                         "start a local one)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="shorthand for --engine ray on a local Ray cluster with N GPUs (N CPU "
-                        "slots on a machine without GPUs)")
+                   help="with --engine processes: N worker processes; otherwise shorthand for "
+                        "--engine ray on a local Ray cluster with N GPUs (N CPU slots on a machine "
+                        "without GPUs)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (every unit, its status in the store, its resources, what "
                         "it waits on) and exit without running or writing anything")
@@ -69,8 +72,8 @@ def run_audit_command(args: argparse.Namespace) -> int:
 
         print(dry_run(config))
         return 0
-    choose_engine(config, args.engine, args.address, args.workers)  # a bad flag writes nothing
-    if (args.engine or config.run.engine) == "ray" or (args.workers or 1) > 1:
+    engine, _ = choose_engine(config, args.engine, args.address, args.workers)  # a bad flag writes nothing
+    if engine == "ray":
         from nasaudit.audit.engines.ray_engine import import_ray
 
         import_ray()  # one line with the install command when Ray is missing

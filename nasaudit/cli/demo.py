@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--quick", action="store_true", help="even smaller budgets (a smoke test)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes running the units, the cores split among them "
+                        "(default: 2 on a CPU with 2 or more cores, else 1; 1 runs them in this "
+                        "process)")
     p.set_defaults(func=run_demo_command)
 
 
@@ -32,7 +36,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     claim_output_dir(args.out, "demo", source="--out")
     summary = run_demo(args.out, device=args.device, quick=args.quick,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, workers=args.workers)
     print(summarize(summary.out_dir))
     print()
     print(f"demo: {summary.total} units ({summary.ran} run now, {summary.failed} failed) "

@@ -6,7 +6,9 @@ An engine is an *executor* with two operations, `submit(job)` and `wait() -> [(j
 done, and commits every outcome to results.sqlite the moment it arrives. The driver is the only
 writer, so a kill -9 of the driver loses at most the units in flight, and a rerun skips the rest.
 
-* `local` (`engines/local.py`): units one after another in this process (today's path);
+* `local` (`engines/local.py`): units one after another in this process;
+* `processes` (`engines/processes.py`): units on N worker processes of this machine, the
+  cores split among them (small networks, which cannot keep several cores busy alone);
 * `ray` (`engines/ray_engine.py`): units as Ray tasks with per-kind resources (GPU for
   training, a fraction of a GPU for the light attacks), retried when their worker dies.
 """
@@ -20,7 +22,7 @@ from typing import Protocol
 from nasaudit.audit.plan import STAGES, Plan, Scheduler, Unit
 from nasaudit.audit.units import UnitJob, UnitOutcome, prepare_model, record_outcome
 
-ENGINE_NAMES = ("local", "ray")
+ENGINE_NAMES = ("local", "processes", "ray")
 
 
 class Executor(Protocol):

@@ -1,0 +1,107 @@
+"""The processes engine: two spawned one-thread workers give the same records as the local
+engine on one thread, really run in other processes, and survive a worker killed mid-unit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasaudit.audit.demo import default_workers
+from nasaudit.audit.engines.processes import threads_per_worker
+from nasaudit.audit.plan import build_plan
+from nasaudit.audit.runner import run_audit
+from nasaudit.audit.store import Store
+from nasaudit.audit.units import checkpoint_file
+from nasaudit.errors import InputError
+from tests.engine_helpers import TINY, TOTAL, one_thread
+from tests.engine_helpers import comparable as _comparable
+from tests.engine_helpers import make_config as _config
+
+
+def _marker_pids(out_dir: Path) -> dict[str, int]:
+    return {p.stem: json.loads(p.read_text())["pid"] for p in (out_dir / "work" / ".attempts").rglob("*.json")}
+
+
+def test_processes_records_equal_local_and_run_in_two_workers(tmp_path: Path) -> None:
+    local_cfg = _config(tmp_path / "local")
+    proc_cfg = _config(tmp_path / "processes")
+    with one_thread():  # the workers run one thread each: the same floating-point work
+        local = run_audit(local_cfg, device="cpu", engine="local", progress=False, report=False)
+        remote = run_audit(proc_cfg, device="cpu", engine="processes", workers=2, progress=False,
+                           report=False)
+    assert local.failed == remote.failed == 0 and local.ran == remote.ran == TOTAL
+    assert remote.engine == "processes"
+    with Store(local_cfg.out_dir) as a, Store(proc_cfg.out_dir) as b:
+        rows_a = {r.unit_key: r for r in a.units()}
+        rows_b = {r.unit_key: r for r in b.units()}
+    assert sorted(rows_a) == sorted(rows_b)
+    for key, row in rows_a.items():
+        assert _comparable(row.result, local_cfg.out_dir) == _comparable(rows_b[key].result, proc_cfg.out_dir), \
+            f"{row.model} {row.stage} {row.name} differs between engines"
+    # The units that leave an attempt marker (training) ran in the workers, not in the driver;
+    # the two trainings are independent, so both workers took one.
+    pids = set(_marker_pids(proc_cfg.out_dir).values())
+    assert os.getpid() not in pids and len(pids) == 2
+    # The two models' runs overlapped in time: the workers ran side by side.
+    spans = sorted((r.started, r.finished) for r in rows_b.values() if r.stage == "train")
+    assert spans[1][0] < spans[0][1]
+
+
+def test_worker_killed_mid_training_is_retried_and_resumes(tmp_path: Path) -> None:
+    """SIGKILL the worker that trains: the pool restarts, the unit runs again and resumes from
+    its last epoch checkpoint, and the store ends with every unit done once."""
+    cfg = _config(tmp_path, TINY.replace("epochs = 2", "epochs = 6").replace('[[models]]\nname = "resnet18"\n', ""))
+    plan = build_plan(cfg)
+    train = next(u for u in plan.units if u.stage == "train" and u.model == "tiny_cnn")
+    ckpt = checkpoint_file(cfg, plan.models[train.group_key], "digits")
+    box: dict = {}
+    driver = threading.Thread(target=lambda: box.update(summary=run_audit(
+        cfg, device="cpu", engine="processes", workers=2, progress=False, report=False)))
+    driver.start()
+    killed = None
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and driver.is_alive() and killed is None:
+            pid = _marker_pids(cfg.out_dir).get(train.key)
+            if pid is not None and ckpt.with_suffix(".json").is_file():
+                epoch = json.loads(ckpt.with_suffix(".json").read_text()).get("epoch", 0)
+                if epoch >= 1:
+                    killed, epoch_at_kill = pid, epoch
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+    finally:
+        driver.join(timeout=300)
+    assert killed is not None and killed != os.getpid(), "training ended before it could be killed"
+    assert 1 <= epoch_at_kill < 6
+    summary = box["summary"]
+    assert summary.failed == 0 and summary.blocked == 0 and summary.ran == summary.total == 5
+    with Store(cfg.out_dir) as store:
+        rows = [r for r in store.units(status=None) if r.unit_key == train.key]
+    assert len(rows) == 1 and rows[0].status == "done"
+    assert rows[0].result["epochs_done"] == 6
+    history_epochs = [h["epoch"] for h in rows[0].result["history"]]
+    assert history_epochs == sorted(set(history_epochs))  # resumed: no epoch twice
+    marker = json.loads(next((cfg.out_dir / "work" / ".attempts").rglob(f"{train.key}.json")).read_text())
+    assert marker["attempt"] == 2 and marker["pid"] != killed  # a second attempt, in a new worker
+
+
+def test_thread_split_and_demo_default() -> None:
+    assert [threads_per_worker(2, t) for t in (1, 2, 3, 8)] == [1, 1, 1, 4]
+    assert default_workers("cpu", 2) == 2 and default_workers("cpu", 1) == 1
+    assert default_workers("cpu", None) == 1
+    if torch.cuda.is_available():
+        assert default_workers("cuda", 8) == 1
+
+
+def test_demo_rejects_zero_workers(tmp_path: Path) -> None:
+    from nasaudit.audit.demo import run_demo
+
+    with pytest.raises(InputError, match="must be >= 1"):
+        run_demo(tmp_path / "d", device="cpu", quick=True, progress=False, workers=0)
