@@ -19,6 +19,7 @@ from nasaudit.audit.plan import build_plan
 from nasaudit.audit.runner import run_audit
 from nasaudit.audit.store import Store
 from nasaudit.audit.units import checkpoint_file
+from nasaudit.cli import main
 from nasaudit.errors import InputError
 from tests.engine_helpers import TINY, TOTAL, one_thread
 from tests.engine_helpers import comparable as _comparable
@@ -34,13 +35,14 @@ def test_processes_records_equal_local_and_run_in_two_workers(tmp_path: Path) ->
     proc_cfg = _config(tmp_path / "processes")
     with one_thread():  # the workers run one thread each: the same floating-point work
         local = run_audit(local_cfg, device="cpu", engine="local", progress=False, report=False)
-        remote = run_audit(proc_cfg, device="cpu", engine="processes", workers=2, progress=False,
-                           report=False)
-    assert local.failed == remote.failed == 0 and local.ran == remote.ran == TOTAL
-    assert remote.engine == "processes"
+        # From the CLI, as a user runs it.
+        code = main(["audit", str(proc_cfg.source), "--engine", "processes", "--workers", "2",
+                     "--device", "cpu", "--no-progress", "--no-report"])
+    assert code == 0 and local.failed == 0 and local.ran == TOTAL
     with Store(local_cfg.out_dir) as a, Store(proc_cfg.out_dir) as b:
         rows_a = {r.unit_key: r for r in a.units()}
         rows_b = {r.unit_key: r for r in b.units()}
+        assert b.get_meta("runs")[-1]["engine"] == "processes"
     assert sorted(rows_a) == sorted(rows_b)
     for key, row in rows_a.items():
         assert _comparable(row.result, local_cfg.out_dir) == _comparable(rows_b[key].result, proc_cfg.out_dir), \
@@ -100,8 +102,12 @@ def test_thread_split_and_demo_default() -> None:
         assert default_workers("cuda", 8) == 1
 
 
-def test_demo_rejects_zero_workers(tmp_path: Path) -> None:
+def test_demo_rejects_zero_workers(tmp_path: Path, capsys) -> None:
     from nasaudit.audit.demo import run_demo
 
     with pytest.raises(InputError, match="must be >= 1"):
         run_demo(tmp_path / "d", device="cpu", quick=True, progress=False, workers=0)
+    assert main(["demo", "--out", str(tmp_path / "cli"), "--quick", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and "must be >= 1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cli").exists()  # a bad flag writes nothing
