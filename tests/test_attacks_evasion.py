@@ -68,6 +68,27 @@ def test_targeted_pgd_successes_hit_target_within_budget(trained_model):
     assert (adv - x).abs().max() <= 8 / 255 + 1e-6
 
 
+def test_cpu_gradient_chunks_change_only_the_speed(trained_model, monkeypatch):
+    """On the CPU PGD computes logits and input gradients in cache-sized chunks of rows. The
+    oracle: the same run in one pass (samples are independent under a summed loss)."""
+    import copy
+
+    import nasaudit.attacks.pgd as pgd
+
+    x, _, logits = _inputs(trained_model, 48)
+    target = target_classes(logits, "least_likely")
+    model = copy.deepcopy(trained_model.model).double()  # no fp32 near-ties in max-pool windows
+    runs = []
+    for chunk in (5, 10**6):
+        monkeypatch.setattr(pgd, "CPU_GRADIENT_CHUNK", chunk)
+        runs.append(pgd_attack(model, x.double(), target, targeted=True, eps=8 / 255,
+                               step=2 / 255, iters=5, restarts=2, generator=generator(3)))
+    (adv_c, ok_c, it_c, rs_c), (adv_1, ok_1, it_1, rs_1) = runs
+    assert ok_1.any() and not ok_1.all()
+    assert torch.equal(ok_c, ok_1) and torch.equal(it_c, it_1) and torch.equal(rs_c, rs_1)
+    torch.testing.assert_close(adv_c, adv_1, rtol=0, atol=1e-12)
+
+
 def test_pgd_sweep_asr_grows_with_eps(victim, trained_model):
     eps = (0.5 / 255, 2 / 255, 32 / 255)
     rec = run_attack("pgd_sweep", victim, trained_model.data,
@@ -187,3 +208,28 @@ def test_cli_attack_json_and_errors(trained_model, cifar_subset_dir, capsys):
     assert "pgd_sweep on tiny_cnn" in out and "asr:" in out
     assert main([*argv, "--param", "nope=1"]) == 2
     assert "unknown parameter" in capsys.readouterr().err
+
+
+def test_cli_attack_bf16_runs_the_gradient_passes_in_bf16(trained_model, cifar_subset_dir, capsys,
+                                                        monkeypatch):
+    """--bf16 opens bf16 autocast around the attack (seen inside the victim's forward), and the
+    ASR stays close to float32's on the same inputs (successes are confirmed in float32)."""
+    from nasaudit.cli import main
+
+    seen = []  # the output dtype of every pass through the victim's linear head
+    forward = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: (
+        lambda out: (seen.append(out.dtype), out)[1])(forward(self, x)))
+    argv = ["attack", "pgd", "--checkpoint", str(trained_model.checkpoint), "--data-dir",
+            str(cifar_subset_dir), "--device", "cpu", "--no-progress", "--json",
+            "--param", "n_inputs=40", "--param", "cases=most_likely"]
+    runs = {}
+    for flag in ("", "--bf16"):
+        seen.clear()
+        assert main([*argv, flag] if flag else argv) == 0
+        runs[flag] = json.loads(capsys.readouterr().out)
+        assert (torch.bfloat16 in seen) == bool(flag) and torch.float32 in seen
+    fp32, bf16 = runs[""]["success"]["most_likely"], runs["--bf16"]["success"]["most_likely"]
+    assert len(fp32) == len(bf16) > 10
+    agree = sum(a == b for a, b in zip(fp32, bf16, strict=True)) / len(fp32)
+    assert agree >= 0.8 and sum(bf16) > 0

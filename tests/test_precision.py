@@ -86,22 +86,32 @@ def test_hopskipjump_label_oracle_is_float32_under_autocast(trained_model):
 
 
 def test_pgd_success_is_decided_on_float32_logits(trained_model):
-    """Gradients may be bf16 under autocast, but every success check is a float32 forward."""
+    """Gradients may be bf16 under autocast, but every success is confirmed by a float32
+    forward, which on the CPU sees only the samples the bf16 pass called successful."""
     from nasaudit.attacks.pgd import pgd_attack
 
     model = trained_model.model
-    x = _inputs(trained_model, 8)
-    target = torch.arange(8) % 10
-    with _bf16(), _logged(model) as log:
-        pgd_attack(model, x, target, targeted=True, eps=8 / 255, step=2 / 255, iters=2,
-                   restarts=1, random_start=False)
-    n_layers = len(log.handles)
-    passes = [log.dtypes[i : i + n_layers] for i in range(0, len(log.dtypes), n_layers)]
-    # Per step: one bf16 forward for the gradient, then one float32 forward for the check;
-    # the final check is float32 too.
-    kinds = [p[-1] for p in passes]
-    assert kinds.count(torch.bfloat16) == 2 and kinds.count(torch.float32) == 3
-    assert kinds[-1] == torch.float32
+    x = _inputs(trained_model, 16)
+    target = torch.arange(16) % 10
+    passes = []  # (dtype, batch) of every forward, read at the classifier's output
+    handle = model.classifier.register_forward_hook(
+        lambda m, i, out: passes.append((out.dtype, out.shape[0])))
+    try:
+        with _bf16():
+            adv, ok, _, _ = pgd_attack(model, x, target, targeted=True, eps=16 / 255,
+                                       step=4 / 255, iters=4, restarts=1, random_start=False)
+    finally:
+        handle.remove()
+    assert ok.any() and not ok.all()  # both outcomes occur, so both paths ran
+    with torch.no_grad():  # the oracle: every reported success is one in float32
+        assert torch.equal(model(adv).argmax(1) == target, ok)
+    kinds = [d for d, _ in passes]
+    assert kinds.count(torch.bfloat16) >= 2 and kinds[-1] == torch.float32
+    # Every float32 pass but the final check sees at most the samples of the bf16 pass before it.
+    for (d, n), (d_prev, n_prev) in zip(passes[1:-1], passes[:-2], strict=True):
+        if d == torch.float32:
+            assert d_prev == torch.bfloat16 and n <= n_prev
+    assert any(d == torch.float32 and n < len(x) for d, n in passes[:-1])
 
 
 def test_search_finite_difference_hvp_is_float32_under_autocast():

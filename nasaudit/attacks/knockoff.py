@@ -39,6 +39,7 @@ from nasaudit.attacks.common import (
 from nasaudit.data import to_float
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
+from nasaudit.models.inference import inference_model
 from nasaudit.params import param
 
 if TYPE_CHECKING:
@@ -294,8 +295,8 @@ def run_knockoff(
     name = params.replica or victim.model_name
     kwargs = (params.replica_kwargs if params.replica_kwargs is not None
               else (victim.model_kwargs if not params.replica else {}))
-    model = victim.model.eval()
     with timed() as elapsed:
+        model = inference_model(victim.model)  # only queried for labels or probabilities
         if params.sampling == "random":
             idx, outputs, counts = random_queries(model, data.train_images, data.train_labels,
                                                   budgets[-1], device=device, seed=seed)

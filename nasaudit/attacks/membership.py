@@ -32,6 +32,7 @@ from nasaudit.data import to_float
 from nasaudit.device import full_precision
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
+from nasaudit.models.inference import inference_model
 from nasaudit.params import param
 
 if TYPE_CHECKING:
@@ -355,8 +356,8 @@ def run_membership(
     params = make_params(Params, params)
     if params.norm.lower() not in ("l2", "2"):
         raise InputError("--param norm", f"only the L2 boundary distance is implemented, got {params.norm!r}")
-    model = victim.model.eval()
     with timed() as elapsed:
+        model = inference_model(victim.model)
         if params.members_from == "train":
             pool = _member_pool(victim, data)
             members = pool[candidate_indices(len(pool), params.n_members, seed)]

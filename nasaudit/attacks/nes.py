@@ -41,6 +41,7 @@ from nasaudit.attacks.sampling import (
 from nasaudit.data import to_float
 from nasaudit.device import full_precision
 from nasaudit.device import generator as make_generator
+from nasaudit.models.inference import inference_model
 from nasaudit.params import param
 
 if TYPE_CHECKING:
@@ -226,9 +227,9 @@ def run_nes(
 ) -> NESRecord:
     """Targeted NES on seeded, correctly classified test inputs; returns an NESRecord."""
     params = make_params(Params, params)
-    model = victim.model.eval()
-    oracle = ProbabilityOracle(model, device, params.query_batch)
     with timed() as elapsed:
+        model = inference_model(victim.model)
+        oracle = ProbabilityOracle(model, device, params.query_batch)
         candidates, kept, logits = select_correct(
             model, data.test_images, data.test_labels, params.n_inputs, seed, device=device
         )

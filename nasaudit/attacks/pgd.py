@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from nasaudit.adversarial import pgd_untargeted as pgd_untargeted  # re-exported: public API
 from nasaudit.adversarial import project_linf, uniform_start
 from nasaudit.attacks.common import (
+    CPU_GRADIENT_CHUNK,
     AttackRecord,
     Victim,
     batch_slices,
@@ -37,6 +38,7 @@ from nasaudit.attacks.sampling import (
 from nasaudit.data import to_float
 from nasaudit.device import autocast, autocast_enabled, full_precision, stream_seed
 from nasaudit.device import generator as make_generator
+from nasaudit.models.inference import inference_model
 from nasaudit.params import param
 
 if TYPE_CHECKING:
@@ -61,6 +63,9 @@ def _pgd_run(
     (untargeted); from then on it is frozen at that point. On an accelerator frozen samples stay
     in the batch (masked with torch.where) so the loop never synchronises with the host; on the
     CPU, where a sync is free and every sample costs a full pass, they leave the batch.
+    Under bf16 autocast success is still decided on float32 logits: the samples the bf16
+    forward calls successful are confirmed by a float32 forward of those samples only, and the
+    final check is a float32 forward of all the rest (a sample bf16 misses is only stopped later).
     Returns (x_adv [B, C, H, W], success bool [B], iteration of first success int64 [B], -1 if none).
     """
     x = x.detach()
@@ -70,6 +75,7 @@ def _pgd_run(
     sign = -1.0 if targeted else 1.0  # descend the target's loss, ascend the true label's
     reduced = autocast_enabled(x.device)  # gradients may be bf16; success checks are not
     compact = x.device.type == "cpu"
+    chunk = CPU_GRADIENT_CHUNK if compact else None
     rows = torch.arange(x.shape[0], device=x.device)
     for t in range(iters + 1):
         last = t == iters
@@ -77,28 +83,65 @@ def _pgd_run(
             rows = (~done).nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-        xa = x_adv[rows].requires_grad_(not last)
+        xa, lab = x_adv[rows], label[rows]
         if not (last and reduced):  # the last pass only checks success: float32 below
-            with torch.set_grad_enabled(not last):
-                logits = model(xa)
-        if reduced:
-            # Success is decided on float32 logits: bf16 rounding can flip a near-tied argmax.
-            with torch.no_grad(), full_precision(x.device):
-                pred = model(xa.detach()).argmax(1)
+            logits, grad = _logits_and_grad(model, xa, lab, grad=not last, chunk=chunk)
+        if not reduced:
+            hit = _hits(logits.argmax(1), lab, targeted)
+        elif last or not compact:
+            # Float32 for every sample: the final check, and on an accelerator (no host sync).
+            hit = _hits(_fp32_predict(model, xa), lab, targeted)
         else:
-            pred = logits.argmax(1)
-        lab = label[rows]
-        hit = pred == lab if targeted else pred != lab
+            # On the CPU a float32 pass costs more per sample than the bf16 step itself (AMX),
+            # so only the samples bf16 calls successful are confirmed in float32.
+            hit = _confirmed_hits(model, xa, logits, lab, targeted)
         newly = hit & ~done[rows]
         first[rows] = torch.where(newly, torch.full_like(lab, t), first[rows])
         done[rows] = done[rows] | hit
         if last:
             break
-        loss = F.cross_entropy(logits.float(), lab, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, xa)
-        stepped = project_linf(xa.detach() + sign * step * grad.sign(), x[rows], eps)
-        x_adv[rows] = torch.where(done[rows].view(-1, 1, 1, 1), xa.detach(), stepped)
+        stepped = project_linf(xa + sign * step * grad.sign(), x[rows], eps)
+        x_adv[rows] = torch.where(done[rows].view(-1, 1, 1, 1), xa, stepped)
     return x_adv.detach(), done, first
+
+
+def _logits_and_grad(model: nn.Module, xa: torch.Tensor, lab: torch.Tensor, *, grad: bool,
+                     chunk: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [B, K] (detached) of xa [B, C, H, W] and, when `grad`, the gradient of the summed
+    cross-entropy against lab [B] with respect to xa, in chunks of `chunk` rows (None: one
+    pass). Samples are independent (a summed loss), so chunking changes only the speed."""
+    logits_parts, grad_parts = [], []
+    for sl in batch_slices(xa.shape[0], chunk or max(xa.shape[0], 1)):
+        xs = xa[sl].detach().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            logits = model(xs)
+        if grad:
+            loss = F.cross_entropy(logits.float(), lab[sl], reduction="sum")
+            grad_parts.append(torch.autograd.grad(loss, xs)[0])
+        logits_parts.append(logits.detach())
+    return torch.cat(logits_parts), torch.cat(grad_parts) if grad else None
+
+
+def _fp32_predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Float32 argmax int64 [B] of images x [B, C, H, W], also inside an autocast region."""
+    with torch.no_grad(), full_precision(x.device):
+        return model(x.detach()).argmax(1)
+
+
+def _hits(pred: torch.Tensor, lab: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Success bool [B]: pred == lab when targeted, pred != lab otherwise."""
+    return pred == lab if targeted else pred != lab
+
+
+def _confirmed_hits(model: nn.Module, xa: torch.Tensor, logits: torch.Tensor, lab: torch.Tensor,
+                    targeted: bool) -> torch.Tensor:
+    """Success bool [B]: the samples the bf16 logits [B, K] call successful, each confirmed by a
+    float32 forward of those samples only."""
+    hit = _hits(logits.detach().argmax(1), lab, targeted)
+    claimed = hit.nonzero().squeeze(1)
+    if claimed.numel():
+        hit[claimed] = _hits(_fp32_predict(model, xa[claimed]), lab[claimed], targeted)
+    return hit
 
 
 def pgd_attack(
@@ -240,8 +283,8 @@ def run_pgd(
 ) -> PGDRecord:
     """Targeted PGD on seeded, correctly classified test inputs; returns a PGDRecord."""
     params = make_params(Params, params)
-    model = victim.model.eval()
     with timed() as elapsed:
+        model = inference_model(victim.model)
         candidates, kept, logits = select_correct(
             model, data.test_images, data.test_labels, params.n_inputs, seed, device=device,
             batch_size=params.batch_size,
@@ -321,8 +364,8 @@ def run_pgd_sweep(
 ) -> PGDSweepRecord:
     """Untargeted PGD ASR as a function of eps on seeded, correctly classified test inputs."""
     params = make_params(SweepParams, params)
-    model = victim.model.eval()
     with timed() as elapsed:
+        model = inference_model(victim.model)
         candidates, kept, _ = select_correct(
             model, data.test_images, data.test_labels, params.n_inputs, seed, device=device,
             batch_size=params.batch_size,
