@@ -229,6 +229,7 @@ def test_cli_attack_bf16_runs_the_gradient_passes_in_bf16(trained_model, cifar_s
         assert main([*argv, flag] if flag else argv) == 0
         runs[flag] = json.loads(capsys.readouterr().out)
         assert (torch.bfloat16 in seen) == bool(flag) and torch.float32 in seen
+        assert runs[flag]["autocast"] == ("bf16" if flag else "off")  # the output says so
     fp32, bf16 = runs[""]["success"]["most_likely"], runs["--bf16"]["success"]["most_likely"]
     assert len(fp32) == len(bf16) > 10
     agree = sum(a == b for a, b in zip(fp32, bf16, strict=True)) / len(fp32)

@@ -17,6 +17,7 @@ Nothing is evaluated. A bad value is one error line (exit code 2).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -99,12 +100,12 @@ def parse_params(params_cls: type, items: list[str]) -> Any:
     return make_params(params_cls, dict(split_param(item) for item in items), source="--param")
 
 
-def _summary(record: Any) -> str:
-    """A readable multi-line summary: scalars and short per-case metrics, long vectors counted."""
-    data = record.to_dict()
+def _summary(data: dict[str, Any]) -> str:
+    """A readable multi-line summary of a record's dict: scalars and short per-case metrics,
+    long vectors counted."""
     lines = [f"{data['attack']} on {data['model_name']} ({data['dataset']}), seed {data['seed']}, "
-             f"{data['seconds']:.1f} s"]
-    skip = {"kind", "attack", "model_name", "dataset", "seed", "seconds", "params"}
+             f"{data['seconds']:.1f} s, autocast {data['autocast']}"]
+    skip = {"kind", "attack", "model_name", "dataset", "seed", "seconds", "params", "autocast"}
     for key, value in data.items():
         if key in skip:
             continue
@@ -181,8 +182,10 @@ def run(args: argparse.Namespace) -> int:
             name, victim, data, params, device=device, seed=args.seed,
             progress=not args.no_progress, work_dir=args.work_dir,
         )
-    text = record.to_json()
+    # The output says which precision produced it (CUDA opens bf16 autocast by itself).
+    data = {**record.to_dict(), "autocast": "bf16" if args.bf16 or device.type == "cuda" else "off"}
+    text = json.dumps(data, indent=2, sort_keys=True)
     if output is not None:
         atomic_write_text(output, text + "\n")
-    print(text if args.json else _summary(record), file=sys.stdout)
+    print(text if args.json else _summary(data), file=sys.stdout)
     return 0
