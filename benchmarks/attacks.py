@@ -10,7 +10,8 @@ Prints, for the same model and inputs:
   * label-only boundary distance (HopSkipJump, L2, reduced budget): inputs per second of
     `nasaudit.attacks.membership.boundary_distances` vs ART's HopSkipJump as
     LabelOnlyDecisionBoundary runs it (one input at a time, numpy in and out);
-and the ratios. The victim is --model trained briefly on the embedded digits data unless --checkpoint is
+and the ratios, then each side's float32 forward rate (ms per image, GFLOP/s), which bounds
+HopSkipJump. The victim is --model trained briefly on the embedded digits data unless --checkpoint is
 given; with --cifar, two CIFAR-size victims instead, darts_v2 (C=16, 8 cells) and resnet18 (full
 width), each trained briefly on the CIFAR-10 subset (--data-dir). Inputs are the victim's
 correctly classified test images. --bf16 adds both PGDs under bf16 autocast (their throughput,
@@ -197,8 +198,39 @@ def bench_hsj(model, x, y, device, budget: dict) -> tuple[float, float, float, f
     return ours, theirs, float(queries.float().mean()), art_queries, art_failed
 
 
+def bench_forward(model, x, device, reps: int = 3) -> dict:
+    """Float32 forward rate of each side's model (ms per image, GFLOP/s), the bound of a
+    label-only attack: ours the folded channels_last copy in chunks of 64 images (as the
+    attacks run it), ART's the model as given in NCHW batches of 256 (its HopSkipJump batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nasaudit.attacks.common import batched_logits
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x[:1].to(device))
+    gflop = counter.get_total_flops() / 1e9
+    fast = inference_model(model)
+    xs = x.repeat((256 + len(x) - 1) // len(x), 1, 1, 1)[:256].to(device)
+    runs = {"ours": lambda: batched_logits(fast, xs, device=device, batch_size=256, fp32=True),
+            "art": lambda: model(xs)}
+    best = {}
+    with torch.no_grad():
+        for _ in range(reps):  # interleaved, best of `reps`: the machine's speed drifts
+            for side, run in runs.items():
+                _sync(device)
+                t = time.perf_counter()
+                run()
+                _sync(device)
+                best[side] = min(best.get(side, float("inf")), time.perf_counter() - t)
+    out = {"gflop_per_image": gflop}
+    for side, seconds in best.items():
+        out[f"{side}_ms_per_image"] = seconds / len(xs) * 1e3
+        out[f"{side}_gflops"] = gflop * len(xs) / seconds
+    return out
+
+
 def bench_bf16(model, x, y, device, iters: int, batch: int) -> dict:
-    """Our attacks under bf16 autocast (AMX on a recent Xeon, tensor cores on a GPU) against
+    """Our attacks under bf16 autocast (AVX-512 BF16 or AMX on a recent CPU, tensor cores on a GPU) against
     float32 on the same inputs and seeds: the untargeted PGD primitive's input-iterations per
     second, and the study's targeted PGD (c2, 3 iterations, 5 restarts) inputs per second, both
     ASRs and the fraction of inputs whose success agrees (success is always decided in fp32)."""
@@ -266,6 +298,11 @@ def run_victim(args: argparse.Namespace, device: torch.device, label: str, model
           f"queries/input, gave up on {failed})   ratio {ours / art:5.2f}x")
     print(f"HSJ  queries/s: nasaudit {ours * q:9.0f}   ART {art * q_art:9.0f}   ratio "
           f"{ours * q / (art * q_art):5.2f}x", flush=True)
+    f = out["forward"] = bench_forward(model, x, device)
+    print(f"forward fp32 ({f['gflop_per_image']:.3f} GFLOP/image): nasaudit "
+          f"{f['ours_ms_per_image']:.2f} ms/image ({f['ours_gflops']:.0f} GFLOP/s)   ART's model "
+          f"{f['art_ms_per_image']:.2f} ms/image ({f['art_gflops']:.0f} GFLOP/s)   ratio "
+          f"{f['art_ms_per_image'] / f['ours_ms_per_image']:5.2f}x", flush=True)
     if args.bf16:
         b = bench_bf16(model, x, y, device, args.iters, args.batch)
         out["bf16"] = b

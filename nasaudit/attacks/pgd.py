@@ -92,7 +92,7 @@ def _pgd_run(
             # Float32 for every sample: the final check, and on an accelerator (no host sync).
             hit = _hits(_fp32_predict(model, xa), lab, targeted)
         else:
-            # On the CPU a float32 pass costs more per sample than the bf16 step itself (AMX),
+            # On the CPU a float32 pass costs more per sample than the bf16 step itself (AVX-512 BF16),
             # so only the samples bf16 calls successful are confirmed in float32.
             hit = _confirmed_hits(model, xa, logits, lab, targeted)
         newly = hit & ~done[rows]

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--bf16", action="store_true",
         help="run the victim's passes under bf16 autocast on any device (the default on CUDA; on "
-        "a CPU with AMX bf16 units, PGD on a full-width resnet18 ran 3.7x faster); success "
+        "a CPU with AVX-512 BF16 instructions, PGD on a full-width resnet18 ran 3.7x faster); success "
         "checks and the finite-difference and boundary oracles stay float32",
     )
     parser.add_argument("--work-dir", default=None, help="checkpoints of retraining attacks (resumable)")
