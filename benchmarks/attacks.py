@@ -16,7 +16,8 @@ given; with --cifar, two CIFAR-size victims instead, darts_v2 (C=16, 8 cells) an
 width), each trained briefly on the CIFAR-10 subset (--data-dir). Inputs are the victim's
 correctly classified test images. --bf16 adds both PGDs under bf16 autocast (their throughput,
 and the per-input success agreement of the study's targeted PGD with float32 on the same inputs
-and seeds). --json writes
+and seeds). --repeat R runs each attack figure R times and prints the medians (default 3 on
+digits, whose runs last a fraction of a second, 1 with --cifar). --json writes
 every figure to a file (benchmarks/gpu_check.sh collects them).
 """
 
@@ -272,17 +273,27 @@ def bench_bf16(model, x, y, device, iters: int, batch: int) -> dict:
     return out
 
 
+def _median_of(repeat: int, bench) -> tuple:
+    """`bench()` (a tuple of figures, each side timed in turn) run `repeat` times; each figure's
+    median. Runs of a fraction of a second (the digits victim) swing by 1.5x between calls on
+    this project's machine; alternating the sides inside each run keeps drift from favouring one."""
+    runs = [bench() for _ in range(repeat)]
+    return tuple(float(np.median([run[i] for run in runs])) for i in range(len(runs[0])))
+
+
 def run_victim(args: argparse.Namespace, device: torch.device, label: str, model, x, y) -> dict:
     """Every benchmark on one victim; prints its lines and returns its figures."""
     x, y = x[: args.n], y[: args.n]
-    out: dict = {"victim": label, "n": len(x)}
+    out: dict = {"victim": label, "n": len(x), "repeat": args.repeat}
+    if args.repeat > 1:
+        print(f"each attack figure: median of {args.repeat} runs", flush=True)
     print(f"victim {label}: {len(x)} correctly classified test inputs")
-    ours, art = bench_pgd(model, x, y, device, args.iters, args.batch)
+    ours, art = _median_of(args.repeat, lambda: bench_pgd(model, x, y, device, args.iters, args.batch))
     out["pgd"] = {"ours": ours, "art": art, "ratio": ours / art}
     print(f"PGD  (n={len(x)}, iters={args.iters}):  nasaudit {ours:9.1f} input-it/s   "
           f"ART {art:9.1f} input-it/s   ratio {ours / art:5.2f}x", flush=True)
 
-    ours, art, a1, a2 = bench_pgd_study(model, x, device, args.batch)
+    ours, art, a1, a2 = _median_of(args.repeat, lambda: bench_pgd_study(model, x, device, args.batch))
     out["pgd_targeted"] = {"ours": ours, "art": art, "ratio": ours / art, "asr_ours": a1, "asr_art": a2}
     print(f"PGD  targeted c2, 3 it, 5 restarts (n={len(x)}): nasaudit {ours:8.1f} inputs/s "
           f"(ASR {a1:.2f})   ART {art:8.1f} inputs/s (ASR {a2:.2f})   ratio {ours / art:5.2f}x",
@@ -290,7 +301,8 @@ def run_victim(args: argparse.Namespace, device: torch.device, label: str, model
 
     budget = {"max_iter": args.hsj_iter, "max_eval": 2500, "init_eval": 100, "init_size": 100}
     xs, ys = x[: args.hsj_n], y[: args.hsj_n]
-    ours, art, q, q_art, failed = bench_hsj(model, xs, ys, device, budget)
+    ours, art, q, q_art, failed = _median_of(args.repeat, lambda: bench_hsj(model, xs, ys, device, budget))
+    failed = int(failed)
     out["hsj"] = {"ours": ours, "art": art, "ratio": ours / art, "queries_ours": q,
                   "queries_art": q_art, "art_gave_up": failed}
     print(f"HSJ  (n={len(xs)}, max_iter={args.hsj_iter}, init_eval 100): nasaudit {ours:7.2f} "
@@ -340,12 +352,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hsj-n", type=int, default=16, help="HopSkipJump inputs")
     parser.add_argument("--hsj-iter", type=int, default=5, help="HopSkipJump iterations")
     parser.add_argument("--bf16", action="store_true", help="bf16 vs fp32 targeted PGD agreement")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per attack figure, median printed (default 3 digits, 1 --cifar)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes and small victims (CI: proves the script runs)")
     parser.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = parser.parse_args(argv)
     if args.train_epochs is None:
         args.train_epochs = 2 if args.cifar else 3
+    if args.repeat is None:
+        args.repeat = 1 if args.cifar or args.tiny else 3
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.cifar and args.data_dir is None:
         args.data_dir = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset")
     victims = [("darts_v2", {"C": 16, "layers": 8, "auxiliary": False}), ("resnet18", {})]

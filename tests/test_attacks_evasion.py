@@ -167,7 +167,7 @@ def test_nes_succeeds_without_victim_gradients(trained_model):
         p.requires_grad_(True)
         p.grad = None
     guarded = _Guarded(model).eval()
-    params = NESParams(n_inputs=14, cases=("most_likely",), n_query=100, restarts=2)
+    params = NESParams(n_inputs=40, cases=("most_likely",), n_query=100, restarts=2)
     rec = run_attack("nes", Victim(guarded, "tiny_cnn"), trained_model.data, params, device=CPU,
                      seed=0, progress=False)
     assert guarded.calls > 0

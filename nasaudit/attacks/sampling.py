@@ -48,7 +48,9 @@ def select_correct(
         logits: float [n_kept, K] on `device`, the clean logits of the kept inputs.
     """
     candidates = candidate_indices(images.shape[0], n, seed)
-    logits = batched_logits(model, images[candidates], device=device, batch_size=batch_size)
+    # float32 even under --bf16: which inputs are attacked must not depend on the precision.
+    logits = batched_logits(model, images[candidates], device=device, batch_size=batch_size,
+                            fp32=True)
     correct = (logits.argmax(1) == labels[candidates].to(device)).cpu()
     return candidates, candidates[correct], logits[correct.to(device)]
 
