@@ -17,6 +17,7 @@ from nasaudit.ops import (
     SepConv,
     Zero,
     drop_path,
+    subsample,
 )
 
 ALL_OPS = (
@@ -117,6 +118,74 @@ def test_factorized_reduce_matches_darts_on_even_sizes():
     torch.testing.assert_close(fr(x), expected)
     with pytest.raises(ValueError):
         FactorizedReduce(4, 5)
+
+
+def test_factorized_reduce_matches_the_padded_darts_form_with_gradients_on_odd_sizes():
+    """On odd sizes the reference is DARTS's shifted map padded by one zero row and column
+    (`pad(x[:, :, 1:, 1:], (0, 1, 0, 1))`), both convs at stride 2: outputs, input gradients
+    and weight gradients agree, in both memory formats."""
+    gen = generator(1)
+    for size, layout in ((7, torch.contiguous_format), (9, torch.channels_last), (8, torch.channels_last)):
+        with seeded(0):
+            fr = FactorizedReduce(4, 6).eval().to(memory_format=layout)
+        x = torch.randn(3, 4, size, size + 2, generator=gen)
+        a = x.clone().contiguous(memory_format=layout).requires_grad_()
+        b = x.clone().requires_grad_()
+        ya = fr(a)
+        r = torch.relu(b)
+        w1, w2 = fr.conv_1.weight.detach().clone(), fr.conv_2.weight.detach().clone()
+        yb = fr.bn(torch.cat([
+            torch.nn.functional.conv2d(r, w1, stride=2),
+            torch.nn.functional.conv2d(torch.nn.functional.pad(r[:, :, 1:, 1:], (0, 1, 0, 1)), w2, stride=2),
+        ], dim=1))
+        assert ya.shape == yb.shape == (3, 6, -(-size // 2), -(-(size + 2) // 2))
+        weights = torch.randn(ya.shape, generator=gen)
+        (ya * weights).sum().backward()
+        (yb * weights).sum().backward()
+        torch.testing.assert_close(ya, yb)
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("start,stride", [(0, 2), (1, 2), (1, 3), (2, 2)])
+def test_subsample_matches_slicing_and_keeps_the_gradient_layout(start, stride):
+    """Values and gradients equal plain slicing (the oracle); the gradient reaching a
+    channels_last intermediate is channels_last (torch's slicing backward gives NCHW)."""
+    gen = generator(2)
+    x = torch.randn(3, 5, 9, 8, generator=gen)
+    out_grad = torch.randn(x[..., start::stride, start::stride].shape, generator=gen)
+    grads = {}
+    leaf = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    hidden = leaf * 1.0  # a non-leaf: a leaf's .grad is restrided by autograd's accumulation
+    hidden.register_hook(lambda g: grads.__setitem__("ours", g))
+    ours = subsample(hidden, start, stride)
+    ours.backward(out_grad)
+    ref_leaf = x.clone().requires_grad_()
+    ref = ref_leaf[..., start::stride, start::stride]
+    ref.backward(out_grad)
+    torch.testing.assert_close(ours, ref.detach())
+    torch.testing.assert_close(grads["ours"], ref_leaf.grad)
+    assert grads["ours"].is_contiguous(memory_format=torch.channels_last)
+    nonzero = grads["ours"] != 0
+    assert int(nonzero.sum()) == int((out_grad != 0).sum())
+    with torch.no_grad():
+        assert subsample(hidden, start, stride).grad_fn is None
+    assert subsample(hidden, 0, 1) is hidden
+
+
+def test_subsample_under_vmap_and_fx():
+    """Per-sample gradients through torch.func (the gradient-variance probe's path) equal the
+    dense oracle, and torch.fx traces through it as one call (the inference rewrite)."""
+    xs = torch.randn(4, 2, 3, 7, 6, generator=generator(3))
+    per_sample = torch.func.vmap(torch.func.grad(lambda t: subsample(t, 1, 2).pow(2).sum()))(xs)
+    expected = torch.zeros_like(xs)
+    expected[..., 1::2, 1::2] = 2 * xs[..., 1::2, 1::2]
+    torch.testing.assert_close(per_sample, expected)
+    with seeded(0):
+        fr = FactorizedReduce(4, 6).eval()
+    traced = torch.fx.symbolic_trace(fr)
+    assert "subsample" in traced.code
+    x = torch.randn(2, 4, 7, 7, generator=generator(4))
+    torch.testing.assert_close(traced(x), fr(x))
 
 
 def test_drop_path_is_per_sample_and_unbiased():
