@@ -5,8 +5,12 @@
     python benchmarks/attacks.py --tiny --cifar --bf16   # seconds: proves the script runs
 
 Prints, for the same model and inputs:
-  * PGD (L-inf, eps 8/255, step 2/255, random start): input-iterations per second of
-    `nasaudit.attacks.pgd.pgd_untargeted` vs ART's ProjectedGradientDescentPyTorch;
+  * PGD (L-inf, eps 8/255, step 2/255, random start), each side against ART's
+    ProjectedGradientDescentPyTorch: input-iterations per second of the untargeted primitive
+    `nasaudit.attacks.pgd.pgd_untargeted` (every iteration for every input, like ART, as
+    adversarial training runs it); then inputs per second and ASR of `pgd_attack` as the
+    audit's attacks run it (early stopping), untargeted (10 iterations, as the eps sweep) and
+    the study's targeted setting (most likely wrong class, 3 iterations, 5 restarts);
   * label-only boundary distance (HopSkipJump, L2, reduced budget): inputs per second of
     `nasaudit.attacks.membership.boundary_distances` vs ART's HopSkipJump as
     LabelOnlyDecisionBoundary runs it (one input at a time, numpy in and out);
@@ -131,10 +135,13 @@ def bench_pgd(model, x, y, device, iters: int, batch: int) -> tuple[float, float
     return ours, theirs
 
 
-def bench_pgd_study(model, x, device, batch: int) -> tuple[float, float, float, float]:
-    """The study's targeted setting (target c2, 3 iterations, 5 restarts): (ours, ART) inputs
-    per second and (ours, ART) ASR. Ours stops each input at its first success and restarts
-    only unsolved inputs; ART runs every restart in full for every input."""
+def bench_pgd_attack(model, x, device, batch: int, *, targeted: bool, iters: int,
+                     restarts: int) -> tuple[float, float, float, float]:
+    """PGD as the audit's attacks run it (`pgd_attack`: early stopping, restarts only for
+    unsolved inputs) against ART's PGD at the same eps, step, iterations and restarts: (ours,
+    ART) inputs per second and (ours, ART) ASR on x [N, 3, 32, 32]. Targeted: towards each
+    input's most likely wrong class (the study's c2); untargeted: away from the model's label
+    (x is correctly classified, so that is the true label). ART runs every restart in full."""
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
     from nasaudit.attacks.pgd import pgd_attack
@@ -144,30 +151,32 @@ def bench_pgd_study(model, x, device, batch: int) -> tuple[float, float, float, 
     eps, step = 8 / 255, 2 / 255
     xd = x.to(device)
     with torch.no_grad():
-        target = target_classes(model(xd), "most_likely")
+        logits = model(xd)
+    label = target_classes(logits, "most_likely") if targeted else logits.argmax(1)
     gen = generator(0, device)
     _sync(device)
     t = time.perf_counter()
     fast = inference_model(model)
     oks = []
     for s in range(0, len(xd), batch):
-        oks.append(pgd_attack(fast, xd[s : s + batch], target[s : s + batch], targeted=True,
-                              eps=eps, step=step, iters=3, restarts=5, generator=gen)[1])
+        oks.append(pgd_attack(fast, xd[s : s + batch], label[s : s + batch], targeted=targeted,
+                              eps=eps, step=step, iters=iters, restarts=restarts, generator=gen)[1])
     _sync(device)
     ours = len(x) / (time.perf_counter() - t)
     ours_asr = float(torch.cat(oks).float().mean())
 
     art = ProjectedGradientDescentPyTorch(
-        _art_classifier(model, device), norm=np.inf, eps=eps, eps_step=step, max_iter=3,
-        targeted=True, num_random_init=5, batch_size=batch, verbose=False,
+        _art_classifier(model, device), norm=np.inf, eps=eps, eps_step=step, max_iter=iters,
+        targeted=targeted, num_random_init=restarts, batch_size=batch, verbose=False,
     )
-    tn = np.eye(10, dtype=np.float32)[target.cpu().numpy()]
+    onehot = np.eye(logits.shape[1], dtype=np.float32)[label.cpu().numpy()]
     t = time.perf_counter()
-    adv = art.generate(x.numpy(), tn)
+    adv = art.generate(x.numpy(), onehot)
     theirs = len(x) / (time.perf_counter() - t)
     with torch.no_grad():
         pred = model(torch.from_numpy(adv).to(device)).argmax(1)
-    return ours, theirs, ours_asr, float((pred == target).float().mean())
+    hit = pred == label if targeted else pred != label
+    return ours, theirs, ours_asr, float(hit.float().mean())
 
 
 def bench_hsj(model, x, y, device, budget: dict) -> tuple[float, float, float, float, int]:
@@ -290,14 +299,17 @@ def run_victim(args: argparse.Namespace, device: torch.device, label: str, model
     print(f"victim {label}: {len(x)} correctly classified test inputs")
     ours, art = _median_of(args.repeat, lambda: bench_pgd(model, x, y, device, args.iters, args.batch))
     out["pgd"] = {"ours": ours, "art": art, "ratio": ours / art}
-    print(f"PGD  (n={len(x)}, iters={args.iters}):  nasaudit {ours:9.1f} input-it/s   "
+    print(f"PGD  primitive (n={len(x)}, iters={args.iters}, no early stop):  nasaudit {ours:9.1f} input-it/s   "
           f"ART {art:9.1f} input-it/s   ratio {ours / art:5.2f}x", flush=True)
 
-    ours, art, a1, a2 = _median_of(args.repeat, lambda: bench_pgd_study(model, x, device, args.batch))
-    out["pgd_targeted"] = {"ours": ours, "art": art, "ratio": ours / art, "asr_ours": a1, "asr_art": a2}
-    print(f"PGD  targeted c2, 3 it, 5 restarts (n={len(x)}): nasaudit {ours:8.1f} inputs/s "
-          f"(ASR {a1:.2f})   ART {art:8.1f} inputs/s (ASR {a2:.2f})   ratio {ours / art:5.2f}x",
-          flush=True)
+    attacks = (("pgd_attack", f"untargeted attack, {args.iters} it, early stop", False, args.iters, 1),
+               ("pgd_targeted", "targeted c2, 3 it, 5 restarts", True, 3, 5))
+    for key, title, targeted, iters, restarts in attacks:
+        ours, art, a1, a2 = _median_of(args.repeat, lambda t=targeted, i=iters, r=restarts: (
+            bench_pgd_attack(model, x, device, args.batch, targeted=t, iters=i, restarts=r)))
+        out[key] = {"ours": ours, "art": art, "ratio": ours / art, "asr_ours": a1, "asr_art": a2}
+        print(f"PGD  {title} (n={len(x)}): nasaudit {ours:8.1f} inputs/s (ASR {a1:.2f})   "
+              f"ART {art:8.1f} inputs/s (ASR {a2:.2f})   ratio {ours / art:5.2f}x", flush=True)
 
     budget = {"max_iter": args.hsj_iter, "max_eval": 2500, "init_eval": 100, "init_size": 100}
     xs, ys = x[: args.hsj_n], y[: args.hsj_n]

@@ -83,6 +83,7 @@ rows.append(("search step (first order, n_step 1)", line))
 for v in attacks["victims"]:
     name = v["victim"].split(" (")[0]
     rows.append((f"PGD vs ART, {name}", f"{v['pgd']['ratio']:.2f}x ({v['pgd']['ours']:.0f} vs {v['pgd']['art']:.0f} input-it/s)"))
+    rows.append((f"PGD attack (early stop) vs ART, {name}", f"{v['pgd_attack']['ratio']:.2f}x"))
     rows.append((f"targeted PGD vs ART, {name}", f"{v['pgd_targeted']['ratio']:.2f}x"))
     rows.append((f"HopSkipJump vs ART, {name}", f"{v['hsj']['ratio']:.2f}x"))
     if "bf16" in v:

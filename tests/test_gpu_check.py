@@ -25,6 +25,7 @@ def test_gpu_check_tiny_prints_every_row(cifar_subset_dir):
     assert len(rules) >= 2, proc.stdout[-2000:]
     table = "\n".join(lines[rules[-2] + 1 : rules[-1]])
     for row in ("search step (first order, n_step 1)", "PGD vs ART, darts_v2",
+                "PGD attack (early stop) vs ART, darts_v2",
                 "targeted PGD vs ART, resnet18", "HopSkipJump vs ART, resnet18",
                 "bf16 vs fp32 PGD ASR, darts_v2", "smoke audit --dry-run", "peak host RSS"):
         assert row in table, row
