@@ -34,3 +34,21 @@ def test_gpu_check_tiny_prints_every_row(cifar_subset_dir):
     assert speed > 0
     agreement = float(table.split("agreement ")[1].split()[0])
     assert 0.0 <= agreement <= 1.0
+
+
+def test_attack_benchmark_medians_and_repeat_bound():
+    """benchmarks/attacks.py: `_median_of` takes each figure's median across runs (not the
+    median run), and `--repeat 0` is refused with argparse's exit code 2 before any work."""
+    import importlib.util
+
+    path = SCRIPT.parent / "attacks.py"
+    spec = importlib.util.spec_from_file_location("bench_attacks", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = iter([(1.0, 20.0), (5.0, 10.0), (3.0, 30.0), (9.0, 0.0)])  # medians from different runs
+    assert bench._median_of(3, lambda: next(runs)) == (3.0, 20.0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(path), "--repeat", "0"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "--repeat must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
