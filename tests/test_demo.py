@@ -29,6 +29,11 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     missing = [t for t, b in zip(titles, bodies, strict=True) if "_No data" in b]
     assert missing == ["Mitigation comparison (Table 4)", "Trade-off: accuracy, robustness and search cost (sweeps)"]
     assert "| searched | nas |" in md and "| resnet18 | manual |" in md
+    # Two NAS models against one manual model cannot carry a verdict; the headline says so and why.
+    headline = md.split("## Headline: NAS minus manual", 1)[1].split("\n## ", 1)[0]
+    assert "No verdict is possible with 2 NAS against 1 manual models" in headline
+    assert "smallest p-value a permutation test over so few models can give is 0.667" in headline
+    assert "| agrees |" not in headline and "| disagrees |" not in headline
     assert (out / "report.html").is_file() and (out / "results.sqlite").is_file()
     # Running the demo again into the same directory reuses every finished unit.
     assert main(["demo", "--out", str(out), "--quick", "--no-progress", "--device", "cpu"]) == 0

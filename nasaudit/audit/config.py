@@ -43,6 +43,9 @@ Schema (every table but ``[dataset]`` and ``[[models]]`` is optional)::
     reference = true                    # also a plain-DARTS point "knobs-darts" (default true)
     kwargs = { C = 16 }                 # model settings of the sweep's networks (over model_defaults.nas)
 
+    [report]
+    accuracy_tolerance = 0.05           # a larger NAS-manual clean-accuracy gap confounds verdicts
+    accept_accuracy_gap = false         # true: give verdicts over a larger gap anyway
     [report.weighting]                  # the trade-off section's "best balance" (weights >= 0)
     clean_acc = 1.0                     # also pgd_asr_ml, nes_asr_ml, membership_auc,
     pgd_asr_ml = 1.0                    # backdoor_asr, search_seconds, search_steps
@@ -112,7 +115,11 @@ SEARCH_KEYS = frozenset({"name", "seed"})  # + SearchConfig fields
 SWEEP_KEYS = frozenset({"name", "seed", "reference", "kwargs", "train"})
 # [report] weighting = { clean_acc = 1.0, pgd_asr_ml = 1.0, ... }: the "best balance" sentence
 # of the trade-off section (keys: TRADEOFF_METRICS and search_seconds; weights >= 0).
-REPORT_KEYS = frozenset({"weighting"})
+REPORT_KEYS = frozenset({"weighting", "accuracy_tolerance", "accept_accuracy_gap"})
+# Groups whose mean clean accuracies differ by more than this (a fraction) are not compared on
+# their vulnerability unless [report] accept_accuracy_gap = true: a model that has barely learned
+# its task is not a fair subject for "more vulnerable".
+ACCURACY_TOLERANCE = 0.05
 TRADEOFF_METRICS = ("clean_acc", "pgd_asr_ml", "nes_asr_ml", "membership_auc", "backdoor_asr")
 WEIGHTING_KEYS = frozenset({*TRADEOFF_METRICS, "search_seconds", "search_steps"})
 # SearchConfig fields whose single value is itself a list: swept only as a list of lists.
@@ -608,6 +615,12 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
     for key, value in weighting.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise InputError(source, f"[report.weighting].{key} must be a number >= 0, got {value!r}")
+    report = data.get("report", {})
+    tolerance = report.get("accuracy_tolerance", ACCURACY_TOLERANCE)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance <= 1:
+        raise InputError(source, f"[report].accuracy_tolerance must be a fraction in [0, 1], got {tolerance!r}")
+    if not isinstance(report.get("accept_accuracy_gap", False), bool):
+        raise InputError(source, "[report].accept_accuracy_gap must be true or false")
     _check_sweeps(data.get("sweeps", []), source)
 
     searches: list[SearchSpec] = []

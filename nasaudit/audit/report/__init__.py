@@ -7,20 +7,22 @@ line instead of being empty.
 
 Statistics:
   * per model, a metric is the mean over its seeds;
-  * the headline difference is mean(NAS group) - mean(manual group), with a hierarchical
-    bootstrap 95% CI: resample models within each group, then seeds within each model;
-  * correlations are Spearman's rho across models (robust to the metrics' different scales).
+  * the headline difference is mean(NAS group) - mean(manual group) over model means, tested
+    by an exact permutation test over the model labels (Holm over the headline's metrics) with
+    the 95% interval that inverts the same test;
+  * correlations are Spearman's rho across models, with exact permutation p-values and
+    Benjamini-Hochberg over the table.
 
 Layout: `metrics` (what number a record gives), `data` (reading the store), `stats`
-(bootstrap, verdicts, correlations), `document` (sections, tables, figures and their
+(permutation tests, verdicts, correlations), `document` (sections, tables, figures and their
 markdown/HTML/CSV renderings), `figures` (matplotlib), `builder` (state shared by sections),
 `sections/` (one module per family of results) and `write` (putting it together).
 """
 
 from nasaudit.audit.report.data import AuditData
 from nasaudit.audit.report.metrics import METRIC_BY_KEY, METRICS, Metric
-from nasaudit.audit.report.stats import bootstrap_diff, spearman, verdict
+from nasaudit.audit.report.stats import permutation_test, spearman, verdict
 from nasaudit.audit.report.write import build_sections, write_report
 
-__all__ = ["AuditData", "METRICS", "METRIC_BY_KEY", "Metric", "bootstrap_diff", "build_sections", "spearman",
+__all__ = ["AuditData", "METRICS", "METRIC_BY_KEY", "Metric", "build_sections", "permutation_test", "spearman",
            "verdict", "write_report"]

@@ -54,6 +54,27 @@ class Builder:
             if any(r[0] in members for r in rows):
                 rows.append([f"mean ({g})", g] + [
                     mean_of([mm[k] for k in members if k in mm]) for mm in means] + [""])
-        self.table(section, Table(name, ["model", "group"] + [m.title for m in metrics] + ["seeds"], rows, caption))
+        rated = [m for m in metrics if m.count is not None]
+        if rated:
+            for row in rows:
+                row += [self.pooled_rate(m, row[0]) for m in rated]
+        self.table(section, Table(name, ["model", "group"] + [m.title for m in metrics] + ["seeds"]
+                                  + [f"{m.title}: successes/n, 95% CI" for m in rated], rows, caption))
+
+    def pooled_rate(self, metric: Metric, label: str) -> str | None:
+        """A model's rate pooled over its seeds as "k/n, low-high" (exact 95% interval), flagged
+        when it rests on few inputs; None for a group-mean row or a record without its n."""
+        from nasaudit.rates import Rate
+
+        k = n = 0
+        for row in self.data.primary(metric.stage, metric.name):
+            counted = metric.rate(row.result) if row.model == label else None
+            if counted is not None:
+                k, n = k + counted[0], n + counted[1]
+        if not n:
+            return None
+        rate = Rate(k, n)
+        low, high = rate.interval
+        return f"{k}/{n}, {low:.2f}-{high:.2f}" + (" [few inputs]" if rate.few else "")
 
     # -- sections --------------------------------------------------------------------------

@@ -110,48 +110,65 @@ def group_points(figs: Figures, data: AuditData, metrics: list[Metric], stem: st
 
 
 VERDICT_COLORS = {"agrees": "tab:green", "disagrees": "tab:red", "inconclusive": "tab:gray",
-                  "no direction": "tab:blue"}
+                  "no direction": "tab:blue", "no verdict possible": "tab:olive", "confounded": "tab:purple"}
 
 
 def forest_plot(figs: Figures, rows: list, stem: str, caption: str, *, xlabel: str) -> Figure | None:
     """A forest plot: one row per Comparison (nasaudit.audit.report.comparison), the difference
-    as a point with its 95% CI as a bar, the study's direction as a marker at the row's end,
-    coloured by verdict. Rows are grouped by the metric's family, one panel per family with its
-    own x-axis (families have different units). Returns None when `rows` is empty."""
+    as a point with its 95% interval as a bar (an arrow where it is unbounded), the study's
+    direction as a marker at the row's end, coloured by verdict. Differences are standardised
+    by the pooled sd of the units so that metrics of different units share an axis; where no row
+    can be standardised (one unit per side), one panel per unit in the metrics' own units.
+    Returns None when `rows` is empty."""
     import matplotlib.patches as mpatches
 
     if not rows:
         return None
-    families: dict[str, list] = {}
-    for c in rows:
-        families.setdefault(c.metric.family, []).append(c)
-    heights = [len(v) + 0.8 for v in families.values()]
-    fig, axes = figs.new(8.0, 0.32 * sum(heights) + 1.4, len(families), 1)
+    standard = [c for c in rows if c.standardised is not None]
+    if standard:
+        panels: dict[str, list] = {}
+        for c in standard:
+            panels.setdefault(c.metric.family, []).append((c, c.standardised))
+        omitted = len(rows) - len(standard)
+        if omitted:
+            caption += f" ({omitted} metric(s) without spread between units omitted)"
+    else:
+        panels = {}
+        for c in rows:
+            panels.setdefault(c.metric.unit or "value", []).append((c, (c.point, c.low, c.high)))
+        xlabel = "difference in the panel's unit"
+    heights = [len(v) + 0.8 for v in panels.values()]
+    fig, axes = figs.new(8.0, 0.32 * sum(heights) + 1.4, len(panels), 1)
     axes = np.atleast_1d(axes)
     fig.set_layout_engine("constrained")
-    for ax, (family, comps) in zip(axes, families.items(), strict=True):
+    for ax, (title, comps) in zip(axes, panels.items(), strict=True):
         ys = np.arange(len(comps))[::-1]
-        for y, c in zip(ys, comps, strict=True):
+        finite = [v for _, (pt, lo, hi) in comps for v in (pt, lo, hi) if v is not None]
+        lo_lim, hi_lim = min(finite + [0.0]), max(finite + [0.0])
+        span = max(hi_lim - lo_lim, 1e-12)
+        left, right = lo_lim - 0.1 * span, hi_lim + 0.1 * span
+        for y, (c, (pt, lo, hi)) in zip(ys, comps, strict=True):
             color = VERDICT_COLORS[c.verdict_class]
-            if c.low is not None and c.high is not None:
-                ax.plot([c.low, c.high], [y, y], color=color, lw=3, alpha=0.6, solid_capstyle="butt")
-            ax.plot([c.point], [y], "o", color=color, ms=5, zorder=3)
+            a, b = left if lo is None else lo, right if hi is None else hi
+            ax.plot([a, b], [y, y], color=color, lw=3, alpha=0.6, solid_capstyle="butt")
+            for end, open_end, marker in ((a, lo is None, "<"), (b, hi is None, ">")):
+                if open_end:
+                    ax.plot([end], [y], marker, color=color, ms=5, alpha=0.6)
+            ax.plot([pt], [y], "o", color=color, ms=5, zorder=3)
         ax.axvline(0.0, color="black", lw=0.8)
-        lo, hi = ax.get_xlim()
-        span = max(hi - lo, 1e-12)
-        ax.set_xlim(lo - 0.08 * span, hi + 0.08 * span)
-        for y, c in zip(ys, comps, strict=True):
+        ax.set_xlim(left - 0.06 * span, right + 0.06 * span)
+        for y, (c, _) in zip(ys, comps, strict=True):
             if c.direction in ("higher", "lower"):
                 # The study's direction: a triangle at the side of the axis it points to.
-                right = c.direction == "higher"
-                ax.plot([hi + 0.04 * span if right else lo - 0.04 * span], [y], ">" if right else "<",
-                        color="black", ms=6, zorder=4)
-        ax.set_yticks(ys, [c.metric.label for c in comps], fontsize=7)
+                to_right = c.direction == "higher"
+                ax.plot([right + 0.03 * span if to_right else left - 0.03 * span], [y],
+                        ">" if to_right else "<", color="black", ms=6, zorder=4)
+        ax.set_yticks(ys, [f"{c.metric.label} (n={c.n_a}/{c.n_b})" for c, _ in comps], fontsize=7)
         ax.set_ylim(-0.7, len(comps) - 0.3)
-        ax.set_title(family, fontsize=8, loc="left")
+        ax.set_title(title, fontsize=8, loc="left")
         ax.tick_params(axis="x", labelsize=7)
     axes[-1].set_xlabel(xlabel, fontsize=8)
     handles = [mpatches.Patch(color=v, label=k) for k, v in VERDICT_COLORS.items()]
     handles.append(axes[0].plot([], [], ">", color="black", label="study's direction")[0])
-    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
     return figs.save(fig, stem, caption)

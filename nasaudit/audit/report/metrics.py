@@ -52,8 +52,18 @@ def sweep_mean(record: dict) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def log10_or_none(value: float | None) -> float | None:
-    return math.log10(value) if value is not None and value > 0 else None
+def length(*keys: str) -> Callable[[dict], int | None]:
+    """A count reader: the length of the list at `keys` in a record (None when absent)."""
+    def read(record: dict) -> int | None:
+        value = at_path(record, *keys)
+        return len(value) if isinstance(value, list) else None
+    return read
+
+
+def net_of_clean(record: dict) -> float | None:
+    """A backdoor's ASR minus the same trigger's ASR on the clean model (the trigger alone)."""
+    asr, clean = num(record.get("asr")), num(record.get("clean_model_asr"))
+    return None if asr is None or clean is None else asr - clean
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,15 @@ class Metric:
     vulnerability: bool = False
     note: str = ""
     unit: str = ""  # shown in plot labels: "fraction", "nats", "log10", ...
+    count: Callable[[dict], int | None] | None = None  # a rate's denominator in one record
+
+    def rate(self, record: dict) -> tuple[int, int] | None:
+        """(successes, n) behind this metric's value in `record`, for a rate with a recorded n."""
+        value = self.read(record)
+        n = self.count(record) if self.count is not None and value is not None else None
+        if not n:
+            return None
+        return int(round(value * n)), int(n)
 
     @property
     def family(self) -> str:
@@ -106,23 +125,26 @@ def _unit_of(key: str) -> str:
     return ""
 
 
+FLATTER = "NAS flatter (Fig. 11, Remark 2)"
+
 METRICS: tuple[Metric, ...] = (
     Metric("clean_acc", "clean test accuracy", "clean", "clean_accuracy",
-           lambda r: num(r.get("test_acc")), None, False, "comparable (95-97% on CIFAR-10)"),
+           lambda r: num(r.get("test_acc")), None, False, "comparable (95-97% on CIFAR-10)",
+           count=lambda r: r.get("n_test") if isinstance(r.get("n_test"), int) else None),
     Metric("pgd_asr_ml", "PGD ASR, most-likely target", "attack", "pgd",
-           lambda r: first_num(r, ("asr", "most_likely")), "higher", True),
+           lambda r: first_num(r, ("asr", "most_likely")), "higher", True, count=length("success", "most_likely")),
     Metric("pgd_asr_ll", "PGD ASR, least-likely target", "attack", "pgd",
-           lambda r: first_num(r, ("asr", "least_likely")), "higher", True),
+           lambda r: first_num(r, ("asr", "least_likely")), "higher", True, count=length("success", "least_likely")),
     Metric("nes_asr_ml", "NES ASR, most-likely target", "attack", "nes",
-           lambda r: first_num(r, ("asr", "most_likely")), "higher", True),
+           lambda r: first_num(r, ("asr", "most_likely")), "higher", True, count=length("success", "most_likely")),
     Metric("nes_asr_ll", "NES ASR, least-likely target", "attack", "nes",
-           lambda r: first_num(r, ("asr", "least_likely")), "higher", True),
+           lambda r: first_num(r, ("asr", "least_likely")), "higher", True, count=length("success", "least_likely")),
     Metric("pgd_sweep_asr", "untargeted PGD ASR, mean over the eps sweep", "attack", "pgd_sweep",
            sweep_mean, "higher", True),
     Metric("poison_cad", "poisoning CAD at the largest p", "attack", "poison",
            lambda r: last_num(r, "cad"), "higher", True),
-    Metric("backdoor_asr", "backdoor ASR (first configured method)", "attack", "backdoor",
-           lambda r: num(r.get("asr")), "higher", True),
+    Metric("backdoor_asr", "backdoor ASR net of the clean model's (first configured method)", "attack",
+           "backdoor", net_of_clean, "higher", True),
     Metric("backdoor_cad", "backdoor CAD (first configured method)", "attack", "backdoor",
            lambda r: num(r.get("cad")), "lower", True),
     Metric("knockoff_ace", "Knockoff ACE at the largest budget (own architecture)", "attack", "knockoff",
@@ -133,19 +155,20 @@ METRICS: tuple[Metric, ...] = (
            lambda r: num(r.get("auc")), "higher", True),
     # The study cites the model-reuse attack (its ref. 30) but measures no direction for it.
     Metric("model_reuse_asr", "model-reuse ASR (host on the poisoned primitive)", "attack", "model_reuse",
-           lambda r: num(r.get("asr")), None, True),
+           lambda r: num(r.get("asr")), None, True, count=length("targets")),
     Metric("gradvar_init", "log10 gradient variance at initialisation", "probe_init", "gradvar",
            lambda r: num(r.get("log10_variance")), "lower", False, "NAS > 100x lower at init"),
     Metric("gradvar_trained", "log10 gradient variance after training", "probe", "gradvar",
            lambda r: num(r.get("log10_variance")), None, False),
+    # The study's explanation (Fig. 11, Remark 2): NAS models are flatter in parameter and input space.
     Metric("curvature_param", "top Hessian eigenvalue, parameters", "probe", "curvature",
-           lambda r: num(r.get("param_top_eigenvalue")), None, False),
+           lambda r: num(r.get("param_top_eigenvalue")), "lower", False, FLATTER),
     Metric("curvature_input", "top Hessian eigenvalue, input (mean)", "probe", "curvature",
-           lambda r: num(r.get("input_top_eigenvalue_mean")), None, False),
+           lambda r: num(r.get("input_top_eigenvalue_mean")), "lower", False, FLATTER),
     Metric("contour_param", "parameter-space contour: mean loss increase", "probe", "contour_param",
-           lambda r: num(r.get("mean_increase")), None, False),
+           lambda r: num(r.get("mean_increase")), "lower", False, FLATTER),
     Metric("contour_input", "input-space contour: mean loss increase", "probe", "contour_input",
-           lambda r: num(r.get("mean_increase")), None, False),
+           lambda r: num(r.get("mean_increase")), "lower", False, FLATTER),
 )
 METRICS = tuple(m if m.unit else dataclasses.replace(m, unit=_unit_of(m.key)) for m in METRICS)
 METRIC_BY_KEY = {m.key: m for m in METRICS}

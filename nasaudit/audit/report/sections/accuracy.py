@@ -24,9 +24,11 @@ def clean_accuracy(report: Builder) -> Section:
         accs = list(values[label].values())
         info = report.data.info.get(label, {})
         rows.append([label, report.data.group.get(label), info.get("parameters"),
-                     float(np.mean(accs)), float(np.std(accs)) if len(accs) > 1 else None, len(accs)])
-    report.table(s, Table("clean_accuracy", ["model", "group", "parameters", "test accuracy", "sd over seeds", "seeds"],
-                        rows, "Clean test accuracy"))
+                     float(np.mean(accs)), float(np.std(accs)) if len(accs) > 1 else None, len(accs),
+                     report.pooled_rate(m, label)])
+    report.table(s, Table("clean_accuracy", ["model", "group", "parameters", "test accuracy", "sd over seeds", "seeds",
+                                             "correct/n over seeds, 95% CI"],
+                        rows, "Clean test accuracy and parameter count (capacity is the other confound)"))
     return s
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.document import Section, Table
 from nasaudit.audit.report.metrics import CELL_METRICS, METRICS, at_path, num
-from nasaudit.audit.report.stats import benjamini_hochberg, spearman
+from nasaudit.audit.report.stats import ALPHA, benjamini_hochberg, spearman, spearman_smallest_p
 
 
 def correlations(report: Builder) -> Section:
@@ -43,11 +43,9 @@ def correlations(report: Builder) -> Section:
         row.append(q)
     report.table(s, Table("correlations", ["vulnerability metric", "property", "models", "Spearman rho", "p",
                                            "q (BH)"],
-                        rows, "Spearman correlation across models; q: Benjamini-Hochberg adjusted p"))
-    n_tests = sum(r[4] is not None for r in rows)
-    found = sum(r[5] is not None and r[5] < 0.05 for r in rows)
-    s.text(f"{n_tests} correlations are tested; q controls the false discovery rate over all of them "
-           f"(Benjamini-Hochberg). {found} have q < 0.05; read a raw p < 0.05 with q >= 0.05 as noise.")
+                        rows, "Spearman correlation across models (one value per model: the mean over its "
+                              "seeds); p: exact permutation p-value; q: Benjamini-Hochberg adjusted p"))
+    s.text(significance_note(rows, n_col=2, p_col=4, q_col=5, unit="models"))
     if np.isfinite(matrix).any():
         fig, ax = report.figs.new(1.1 * len(explain) + 3.5, 0.45 * len(vuln) + 2)
         im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")
@@ -60,3 +58,21 @@ def correlations(report: Builder) -> Section:
     s.text("Cell metrics exist for genotype models only, so those correlations run across genotypes; probe "
            "correlations run across all models.")
     return s
+
+
+def significance_note(rows: list[list], *, n_col: int, p_col: int, q_col: int, unit: str) -> str:
+    """What a table of correlations over `unit`s can say: how many are tested, how many hold
+    under Benjamini-Hochberg, and, when the counts are too small, that none can."""
+    tested = [r for r in rows if r[p_col] is not None]
+    if not tested:
+        return (f"No correlation is defined: it needs at least 3 {unit} with different values on both sides.")
+    most = max(r[n_col] for r in tested)
+    best_q = len(tested) * spearman_smallest_p(most)
+    found = sum(r[q_col] is not None and r[q_col] < ALPHA for r in rows)
+    text = (f"{len(tested)} correlations are tested over at most {most} {unit} (the unit of replication); q "
+            f"controls the false discovery rate over all of them (Benjamini-Hochberg). {found} have q < {ALPHA}.")
+    if best_q >= ALPHA:
+        text += (f" None can: with {most} {unit} the smallest exact p-value of a rank correlation is "
+                 f"{spearman_smallest_p(most):.3g}, and {len(tested)} tests need it below "
+                 f"{ALPHA / len(tested):.2g}.")
+    return text

@@ -27,16 +27,22 @@ def mitigation(report: Builder) -> Section:
                 # For metrics where NAS is worse when higher, a mitigation helps by lowering.
                 better = "better" if (c.point < 0) == (c.metric.direction == "higher") else "worse"
             rows.append([variant, base, c.metric.title, c.b_mean, c.a_mean, c.point, c.low, c.high, better,
-                         c.direction or "-", c.verdict])
+                         c.direction or "-", c.verdict, f"{c.n_a}/{c.n_b}", c.p, c.p_holm])
         forest = forest_plot(report.figs, comparisons, f"mitigation_forest_{len(s.blocks)}",
-                             f"{variant} minus {base} per metric: point, 95% CI over seeds (bar; needs two seeds "
-                             "per side), the study's Table 4 direction (triangle), verdict (colour)",
-                             xlabel=f"{variant} - {base}")
+                             f"{variant} minus {base} per metric, standardised by the pooled sd over seeds: point, "
+                             "95% permutation interval over seeds (bar), the study's Table 4 direction (triangle), "
+                             "verdict (colour)",
+                             xlabel=f"{variant} - {base} (pooled sd over seeds)")
         if forest is not None:
             s.blocks.append(forest)
     report.table(s, Table("mitigation", ["variant", "base", "metric", "base value", "variant value", "delta",
-                                         "CI 2.5%", "CI 97.5%", "security", "study: variant is", "this run"],
+                                         "CI 2.5%", "CI 97.5%", "security", "study: variant is", "this run",
+                                         "seeds variant/base", "p", "p (Holm)"],
                           rows, "Mitigated variants against their base genotype"))
+    s.text("Each side is one architecture, so its seeds (independently trained models) are the units: an exact "
+           "permutation test over the seed labels, the 95% interval that inverts it, and Holm over each "
+           "variant's metrics (family-wise error 5%). A clear verdict needs enough seeds: with 2 per side the "
+           "smallest p is 1/3, so none is possible; the same clean-accuracy tolerance as the headline applies.")
     depth_rows = []
     for variant, base in pairs:
         for label in (base, variant):

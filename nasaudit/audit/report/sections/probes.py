@@ -6,7 +6,7 @@ import numpy as np
 
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import locate_file
-from nasaudit.audit.report.document import Figure, Section
+from nasaudit.audit.report.document import Figure, Section, Table
 from nasaudit.audit.report.figures import group_color
 from nasaudit.audit.report.metrics import METRIC_BY_KEY, at_path
 
@@ -31,7 +31,35 @@ def gradvar(report: Builder) -> Section:
     s.blocks.append(report.figs.save(fig, "gradvar", "Gradient variance at initialisation (grey) and after training"))
     if not vi:
         s.text("At initialisation: " + report.why_missing("probe", "gradvar", "probe_init"))
+    _gradvar_conditions(report, s)
     return s
+
+
+def _gradvar_conditions(report: Builder, s: Section) -> None:
+    """Which weights and which batch-norm running statistics each variance was measured with:
+    eval mode reads the running statistics, and fresh ones (mean 0, var 1) make every batch norm
+    the identity, so an uncalibrated number at initialisation is not comparable to a calibrated
+    one."""
+    cells: dict[str, dict[str, set[str]]] = {}
+    for stage in ("probe_init", "probe"):
+        for row in report.data.primary(stage, "gradvar"):
+            slot = cells.setdefault(row.model, {})
+            slot.setdefault(f"{stage} init", set()).add(str(row.result.get("init", "not recorded")))
+            slot.setdefault(f"{stage} bn", set()).add(str(row.result.get("bn_stats", "not recorded")))
+    if not cells:
+        return
+    keys = ("probe_init init", "probe_init bn", "probe init", "probe bn")
+    rows = [[label, report.data.group.get(label, "?"),
+             *("; ".join(sorted(cells[label].get(k, ()))) or "-" for k in keys)]
+            for label in report.data.order if label in cells]
+    report.table(s, Table(
+        "gradvar_conditions",
+        ["model", "group", "init: weights", "init: batch-norm statistics",
+         "trained: weights", "trained: batch-norm statistics"],
+        rows,
+        "What each gradient variance was measured on (eval mode reads the batch-norm running "
+        "statistics; fresh ones are the identity unless calibrated on training batches)",
+    ))
 
 
 def contours(report: Builder) -> Section:
@@ -44,6 +72,11 @@ def contours(report: Builder) -> Section:
                          + report.why_missing("probe", "curvature"))
     report.per_model_table(s, "flatness", "Flatness (mean loss increase over the grid) and top Hessian eigenvalues",
                          have)
+    s.text("The study's explanation (Figure 11, Remark 2) is that NAS models are flatter in parameter and "
+           "input space, so the headline expects NAS lower on all four. Later work reads input-space "
+           "smoothness the other way: AdvRush (Mok et al., ICCV 2021) searches for a smoother input loss "
+           "landscape to make cells more robust, so a flatter NAS model here is not by itself evidence that "
+           "flatness makes it more vulnerable.")
     thumbs = _thumbnails(report)
     if thumbs:
         s.blocks.append(thumbs)

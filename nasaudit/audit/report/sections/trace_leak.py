@@ -8,7 +8,8 @@ from typing import Any
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import mean_of, normal_cell_metrics
 from nasaudit.audit.report.document import Section, Table
-from nasaudit.audit.report.stats import spearman
+from nasaudit.audit.report.sections.correlations import significance_note
+from nasaudit.audit.report.stats import ALPHA, benjamini_hochberg, spearman
 
 LEVEL_ORDER = ("ops", "shapes", "ops_timing", "timing_noisy")
 CELL_METRICS = ("depth", "width", "skip_connects", "parameter_free_ops")
@@ -89,20 +90,22 @@ def _correlations(report: Builder, s: Section, by_model: dict[str, list[dict[str
             if not labels:  # the level did not run
                 continue
             rho, p = spearman([cells[m][metric] for m in labels], [leak[m] for m in labels])
-            rows.append([metric, title, rho, p, len(labels)])
-            if rho is not None and p is not None and p < 0.05:
-                more = "more" if rho * sign > 0 else "less"
-                findings.append(f"cells with a larger {metric} leak {more} ({title}: rho {rho:.2f}, p {p:.2g})")
+            rows.append([metric, title, rho, p, len(labels), sign])
     if not rows:
         return
+    for row, q in zip(rows, benjamini_hochberg([r[3] for r in rows]), strict=True):
+        sign = row.pop()
+        row.append(q)
+        if q is not None and q < ALPHA:
+            more = "more" if row[2] * sign > 0 else "less"
+            findings.append(f"cells with a larger {row[0]} leak {more} ({row[1]}: rho {row[2]:.2f}, q {q:.2g})")
     report.table(s, Table(
         "trace_leak_vs_cells",
-        ["cell metric", "leakage (normal cell)", "Spearman rho", "p", "genotypes"],
+        ["cell metric", "leakage (normal cell)", "Spearman rho", "p", "genotypes", "q (BH)"],
         rows,
-        "Do shallow, wide, skip-heavy cells leak more? Normal-cell metrics against the normal cell's leakage",
+        "Do shallow, wide, skip-heavy cells leak more? Normal-cell metrics against the normal cell's leakage "
+        "(exact permutation p; q: Benjamini-Hochberg over this table)",
     ))
+    s.text(significance_note(rows, n_col=4, p_col=3, q_col=5, unit="genotypes"))
     if findings:
-        s.text("Significant at p < 0.05 (uncorrected): " + "; ".join(findings) + ".")
-    else:
-        s.text("No cell metric correlates with the leakage at p < 0.05 across these genotypes "
-               "(a correlation needs at least 3 genotype models with different metrics).")
+        s.text("Holding at q < 0.05: " + "; ".join(findings) + ".")
