@@ -471,6 +471,7 @@ def test_cli_gradvar_at_kaiming_init_and_errors(capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "kaiming init" in text and "gradient variance (Eq. 14)" in text
+    assert "weights: kaiming; batch-norm statistics: calibrated (512 images)" in text
     assert main(["probe", "gradvar", "--dataset", "digits", "--device", "cpu"]) == 2
     assert "give --model" in capsys.readouterr().err
 
@@ -518,6 +519,9 @@ name = "darts_v2"
 [[models]]
 name = "resnet18"
 
+[[models]]
+name = "bit_m_r50x1"
+
 [probes.gradvar]
 n_samples = 16
 chunk_size = 8
@@ -535,8 +539,13 @@ def _cli_gradvar(capsys, *extra: str) -> dict:
 
 def test_audit_at_init_gradvar_equals_cli_kaiming_value(tmp_path, capsys):
     """The audit's probe_init unit and `nasaudit probe gradvar` measure the same weights: one
-    number for one model and seed, Kaiming by default, and recorded as such."""
+    number for one model and seed, Kaiming by default with calibrated batch norms, and recorded
+    as such, also for GroupNorm-only BiT (no batch-norm counter tells that it is untrained).
+    The report shows which init and batch-norm statistics each number was measured under."""
+    import csv
+
     from nasaudit.audit.config import load_config
+    from nasaudit.audit.report import write_report
     from nasaudit.audit.runner import run_audit
     from nasaudit.audit.store import Store
 
@@ -548,25 +557,40 @@ def test_audit_at_init_gradvar_equals_cli_kaiming_value(tmp_path, capsys):
         trained = {row.model: row.result for row in store.units(stage="probe")}
     finally:
         store.close()
-    assert set(at_init) == {"darts_v2", "resnet18"}
+    assert set(at_init) == {"darts_v2", "resnet18", "bit_m_r50x1"}
     cli = {
         "darts_v2": _cli_gradvar(capsys, "--model", "darts_v2", "--C", "4", "--layers", "2",
                                  "--no-auxiliary"),
         "resnet18": _cli_gradvar(capsys, "--model", "resnet18", "--width", "4"),
+        "bit_m_r50x1": _cli_gradvar(capsys, "--model", "bit_m_r50x1", "--width", "4"),
     }
+    bn_at_init = {"darts_v2": "calibrated (512 images)", "resnet18": "calibrated (512 images)",
+                  "bit_m_r50x1": "none (no batch norm)"}
     for name in cli:
         assert at_init[name]["init"] == cli[name]["init"] == "kaiming"
+        assert at_init[name]["bn_stats"] == cli[name]["bn_stats"] == bn_at_init[name]
         assert at_init[name]["variance"] == pytest.approx(cli[name]["variance"], rel=1e-9)
         assert at_init[name]["variance_per_param"] == pytest.approx(
             at_init[name]["variance"] / at_init[name]["n_params"], rel=1e-12)
         # A trained network is never re-initialised.
         assert trained[name]["init"] == "trained"
+        assert trained[name]["bn_stats"] == ("none (no batch norm)" if name == "bit_m_r50x1"
+                                             else "trained")
         assert trained[name]["variance"] != pytest.approx(at_init[name]["variance"], rel=1e-3)
+    write_report(tmp_path / "out")
+    with open(tmp_path / "out" / "report_files" / "tables" / "gradvar_conditions.csv",
+              newline="") as handle:
+        shown = {row["model"]: row for row in csv.DictReader(handle)}
+    assert shown["bit_m_r50x1"]["init: weights"] == "kaiming"
+    assert shown["darts_v2"]["init: batch-norm statistics"] == "calibrated (512 images)"
+    assert shown["resnet18"]["trained: batch-norm statistics"] == "trained"
     builtin = _cli_gradvar(capsys, "--model", "darts_v2", "--C", "4", "--layers", "2",
                            "--no-auxiliary", "--init", "builtin")
     assert builtin["init"] == "builtin"
-    # The DARTS network's own init (PyTorch defaults) is a different measurement altogether.
-    assert abs(builtin["log10_variance"] - cli["darts_v2"]["log10_variance"]) > 0.3
+    # The DARTS network's own init (PyTorch defaults) is a different measurement (calibrated
+    # batch norms normalise away much of the weight scale, not all of it).
+    assert builtin["bn_stats"] == "calibrated (512 images)"
+    assert abs(builtin["log10_variance"] - cli["darts_v2"]["log10_variance"]) > 0.1
 
 
 def test_gradvar_init_applies_only_to_untrained_models():
@@ -581,16 +605,131 @@ def test_gradvar_init_applies_only_to_untrained_models():
     rec = run_probe("gradvar", model, data, params, device="cpu", seed=1, progress=False)
     assert rec.init == "kaiming"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
-    same = run_probe("gradvar", model, data, {**params, "init": "builtin"}, device="cpu",
-                     seed=1, progress=False)
+    same = run_probe("gradvar", model, data, {**params, "init": "builtin", "calibrate_bn": 0},
+                     device="cpu", seed=1, progress=False)
     assert same.init == "builtin" and same.variance != pytest.approx(rec.variance, rel=1e-3)
+    # _tiny_model's hand-set statistics are not the identity; calibration off keeps them.
+    assert rec.bn_stats == "calibrated (120 images)" and same.bn_stats == "as given (uncalibrated)"
     model.body[1].num_batches_tracked += 1  # as after one training step
     assert is_untrained(model) is False
     trained = run_probe("gradvar", model, data, params, device="cpu", seed=1,
                         progress=False)
     assert trained.init == "trained" and trained.variance == pytest.approx(same.variance)
+    assert trained.bn_stats == "trained" and trained.bn_calibration_images == 0
     forced = run_probe("gradvar", model, data, params, device="cpu", seed=1,
                        progress=False, at_init=True)
     assert forced.init == "kaiming" and forced.variance == pytest.approx(rec.variance)
-    no_bn = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    assert forced.bn_stats == rec.bn_stats
+    no_bn = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
     assert is_untrained(no_bn) is None
+    plain = run_probe("gradvar", no_bn, data, params, device="cpu", seed=1, progress=False,
+                      at_init=True)
+    assert plain.init == "kaiming" and plain.bn_stats == "none (no batch norm)"
+    assert plain.bn_calibration_images == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Batch-norm statistics of the at-init gradient variance
+
+
+def _bn_input(model: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What `bn` receives when eval-mode `model` runs on x (float [N, C, H, W])."""
+    seen = []
+    handle = bn.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_gradvar_at_init_is_measured_with_calibrated_batch_norm():
+    """An untrained model's identity batch norms (running mean 0, var 1) are replaced by
+    statistics of seeded training images outside the measured sample before Eq. 14; the number
+    equals a dense reference on the calibrated model and differs from the identity-BN one."""
+    from nasaudit.data import to_float
+    from nasaudit.device import generator, seeded
+    from nasaudit.probes.gradvar import kaiming_init
+
+    model, data = _tiny_model(), _fake_dataset()
+    bn_name = "body.1"
+    model.get_submodule(bn_name).reset_running_stats()  # as a constructor leaves them
+    params = {"n_samples": 16, "chunk_size": 8, "calibrate_bn": 1, "calibration_batch_size": 48}
+    rec = run_probe("gradvar", model, data, params, device="cpu", seed=2, progress=False)
+    ident = run_probe("gradvar", model, data, {**params, "calibrate_bn": 0}, device="cpu",
+                      seed=2, progress=False)
+    assert torch.equal(model.get_submodule(bn_name).running_var, torch.ones(4))  # caller's: as is
+    assert (rec.init, rec.bn_stats, rec.bn_calibration_images) == (
+        "kaiming", "calibrated (48 images)", 48)
+    assert (ident.bn_stats, ident.bn_calibration_images) == ("identity (uncalibrated)", 0)
+
+    order = torch.randperm(120, generator=generator(2))
+    measured, calibration = order[:16], order[16:64]
+    ref = copy.deepcopy(model)
+    with seeded(2):
+        kaiming_init(ref)
+    x, y = to_float(data.train_images[measured]), data.train_labels[measured]
+
+    def variance(net):
+        g = _reference_grads(net, x, y)
+        return float(((g - g.mean(0)) ** 2).sum(1).mean())
+
+    assert ident.variance == pytest.approx(variance(ref), rel=1e-5)
+    bn = ref.get_submodule(bn_name)
+    h = _bn_input(ref, bn, to_float(data.train_images[calibration]))
+    bn.running_mean.copy_(h.mean((0, 2, 3)))
+    bn.running_var.copy_(h.var((0, 2, 3), unbiased=True))
+    assert not torch.allclose(bn.running_var, torch.ones(4), rtol=0.05)
+    assert rec.variance == pytest.approx(variance(ref), rel=1e-5)
+    assert rec.variance != pytest.approx(ident.variance, rel=1e-2)
+
+
+def test_calibrate_batch_norm_averages_batches_with_only_batch_norm_in_train_mode():
+    """Cumulative average of the per-batch statistics (momentum=None), dropout left off, flags
+    and momentum restored, a trailing batch of one skipped."""
+    from nasaudit.probes.gradvar import calibrate_batch_norm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.9), nn.BatchNorm2d(4, momentum=0.3))
+    net.train()
+    images = torch.randint(0, 256, (9, 3, 6, 6), dtype=torch.uint8)
+    assert calibrate_batch_norm(net, images, batch_size=4, device=torch.device("cpu")) == 8
+    bn = net[2]
+    assert net.training and net[1].training and bn.momentum == 0.3
+    assert int(bn.num_batches_tracked) == 2
+    with torch.no_grad():
+        h = net[0](images[:8].float() / 255)  # no dropout: what eval mode feeds the batch norm
+    means = [h[i : i + 4].mean((0, 2, 3)) for i in (0, 4)]
+    variances = [h[i : i + 4].var((0, 2, 3), unbiased=True) for i in (0, 4)]
+    torch.testing.assert_close(bn.running_mean, (means[0] + means[1]) / 2)
+    torch.testing.assert_close(bn.running_var, (variances[0] + variances[1]) / 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        calibrate_batch_norm(net, images, batch_size=1, device=torch.device("cpu"))
+
+
+def test_calibration_removes_the_nas_vs_manual_sign_artefact_at_init():
+    """Small digits case: with identity batch norms a DARTS network's at-init variance is far
+    above the manual baselines'; with calibrated statistics (same weights) it is below."""
+    from nasaudit.data import load_dataset
+    from nasaudit.device import seeded
+    from nasaudit.models.registry import build_model
+
+    data = load_dataset("digits")
+    log10 = {}
+    for name, kwargs in (("darts_v2", {"C": 8, "layers": 5, "auxiliary": False}),
+                         ("vgg13_bn", {"width": 8}), ("resnet18", {"width": 8})):
+        with seeded(0):
+            net = build_model(name, data.num_classes, mean=data.mean, std=data.std, **kwargs)
+        for batches in (2, 0):
+            rec = run_probe("gradvar", net, data, {"n_samples": 32, "chunk_size": 16,
+                                                   "calibrate_bn": batches},
+                            device="cpu", seed=0, progress=False, at_init=True)
+            log10[name, batches] = rec.log10_variance
+
+    def nas_minus_manual(batches):
+        return log10["darts_v2", batches] - (log10["vgg13_bn", batches]
+                                             + log10["resnet18", batches]) / 2
+
+    assert nas_minus_manual(0) > 1.0
+    assert nas_minus_manual(2) < 0.0

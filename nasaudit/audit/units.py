@@ -402,8 +402,11 @@ def _do(job: UnitJob, ctx: UnitContext, device, resume: bool) -> dict[str, Any]:
         net = _fresh_model(job, ctx, device).eval() if unit.stage == "probe_init" else _trained(job, ctx, device)
         out_dir = (config.out_dir / "probes" / f"{job.model.label}-s{unit.seed}"
                    / f"{unit.stage}-{unit.name}-{unit.key[:10]}")
+        # Say whether the network is untrained rather than let the probe guess from batch-norm
+        # counters (a GroupNorm-only model has none): the same init as `nasaudit probe`.
         return _result_dict(run_probe(unit.name, net, data, params, device=device, seed=unit.seed,
-                                      out_dir=out_dir, progress=job.progress))
+                                      out_dir=out_dir, progress=job.progress,
+                                      at_init=unit.stage == "probe_init"))
     if unit.stage == "attack":
         from nasaudit.attacks import run_attack
         from nasaudit.attacks.common import Victim

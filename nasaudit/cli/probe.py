@@ -11,7 +11,8 @@ Examples:
         --noise 0.05 --json
 
 Without --checkpoint the model is built fresh (seeded, Kaiming-initialised by default), which is
-the study's "at initialisation" measurement.
+the study's "at initialisation" measurement; gradvar then calibrates the fresh batch norms on a few
+training batches first (--calibrate-bn) and prints which init and batch-norm statistics it used.
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ _PROBE_OPTIONS: tuple[tuple[str, str, str, list[tuple[str, str, Any, Any, str]]]
             ),
             ("--artifact-clip", "artifact_clip", float, 5.0, "clip before the artifact's variant"),
             ("--split", "split", str, "train", "train | test"),
+            (
+                "--calibrate-bn",
+                "calibrate_bn",
+                int,
+                8,
+                "fresh model: batches of the split that set the batch-norm running statistics "
+                "before measuring (0: off, every batch norm stays the identity)",
+            ),
+            (
+                "--calibration-batch-size",
+                "calibration_batch_size",
+                int,
+                64,
+                "images per calibration batch",
+            ),
         ],
     ),
     (
@@ -260,6 +276,7 @@ def _summary(record: Any) -> str:
             f"{d['artifact_var_sum']:.6g} (clip {d['params']['artifact_clip']}, "
             f"{d['clipped_fraction']:.1%} clipped); {d['n_samples']} samples, "
             f"{d['n_params']:,} parameters"
+            f"\nweights: {d['init']}; batch-norm statistics: {d['bn_stats']}"
         )
     if d["kind"] == "probe_contour":
         return (

@@ -11,6 +11,11 @@ The reusable core is `per_sample_grad_variance`: any nn.Module, any subset of it
 (the search uses it on a supernet's weights), per-sample gradients by `torch.func` (vmap over
 grad) in chunks, and streaming float64 statistics so that hundreds of samples on a big model fit
 in memory (only a few parameter-sized accumulators are kept, never all gradients).
+
+The probe (`run_gradvar`) measures in eval mode. A freshly built network's batch norms hold
+running mean 0 and variance 1, i.e. are the identity, a network that never exists in training;
+so before an at-initialisation measurement the probe calibrates them on a few training batches
+(`calibrate_batch_norm`, weights unchanged) and records which statistics it used.
 """
 
 from __future__ import annotations
@@ -308,6 +313,15 @@ class GradVarParams:
         "at initialisation compare) or builtin (each constructor's own); a trained model is "
         "never re-initialised",
     )
+    calibrate_bn: int = param(
+        8, min=0, max=4096,
+        doc="untrained model with batch norm: batches of the split whose statistics replace the "
+        "fresh running mean 0 / var 1 before measuring (weights unchanged); 0: off, every "
+        "batch norm stays the identity, a network training never produces",
+    )
+    calibration_batch_size: int = param(
+        64, min=2, max=4096, doc="images per batch-norm calibration batch"
+    )
 
 
 @dataclasses.dataclass
@@ -320,6 +334,12 @@ class GradVarRecord(Record):
     "kaiming" or "builtin" (an untrained model, re-initialised or not by params.init),
     "trained" (a trained model, never re-initialised), or "as_given" (a model without batch
     norm whose training state cannot be told and the caller did not say: left as it came).
+    bn_stats: the batch-norm running statistics the eval-mode measurement used:
+    "calibrated (N images)" (an untrained model's statistics estimated on N seeded images of the
+    split, params.calibrate_bn), "identity (uncalibrated)" (an untrained model's fresh mean 0 /
+    var 1: every batch norm is the identity), "as given (uncalibrated)" (an untrained model's own
+    non-identity statistics, calibration off), "trained", or "none (no batch norm)".
+    bn_calibration_images: N (0 when not calibrated).
     """
 
     kind = "probe_gradvar"
@@ -338,6 +358,8 @@ class GradVarRecord(Record):
     variance_per_param: float = float("nan")
     log10_variance_per_param: float = float("nan")
     init: str = "as_given"
+    bn_stats: str = "not recorded"  # records written before the field existed
+    bn_calibration_images: int = 0
     per_tensor: dict = dataclasses.field(default_factory=dict)
     model: str | None = None
     checkpoint: str | None = None
@@ -359,23 +381,41 @@ def run_gradvar(
     (an ImageDataset). Writes gradvar.png (per-tensor variances) into out_dir when given.
 
     at_init: whether `model` is untrained; None detects it (`is_untrained`: batch norm counters
-    at 0). An untrained model is measured with `params.init`: "kaiming" re-initialises a copy
-    inside `seeded(seed)` (the caller's model is not changed), so the CLI and the audit's
-    `probe_init` unit give the same number for the same model and seed.
+    at 0). An untrained model is measured on a copy (the caller's model is not changed) with
+    `params.init`: "kaiming" re-initialises it inside `seeded(seed)`, so the CLI and the audit's
+    `probe_init` unit give the same number for the same model and seed. Its batch norms are then
+    calibrated (`calibrate_batch_norm`) on `params.calibrate_bn` batches of seeded images of the
+    split, taken from outside the measured samples when the split is large enough: eval mode with
+    fresh running statistics would measure a network whose every batch norm is the identity.
     """
     from nasaudit.device import seeded
 
     params = make_params(GradVarParams, params, source="probe gradvar")
     images = data.train_images if params.split == "train" else data.test_images
     labels = data.train_labels if params.split == "train" else data.test_labels
-    idx = sample_indices(images.shape[0], params.n_samples, seed)
+    n_total = int(images.shape[0])
+    # One seeded permutation: its head is the measured sample (as `sample_indices` draws it),
+    # the calibration images come next, wrapping onto the head only for a small split.
+    order = sample_indices(n_total, n_total, seed)
+    idx = order[: min(params.n_samples, n_total)]
     fresh = is_untrained(model) if at_init is None else bool(at_init)
     init = {True: params.init, False: "trained", None: "as_given"}[fresh]
-    if init == "kaiming":
+    has_bn = bool(batch_norm_layers(model))
+    calibrate = fresh is True and has_bn and params.calibrate_bn > 0
+    if init == "kaiming" or calibrate:
         model = copy.deepcopy(model)
+    if init == "kaiming":
         with seeded(seed):
             kaiming_init(model)
     model = model.to(device)
+    n_calibration = 0
+    if calibrate:
+        n_wanted = min(params.calibrate_bn * params.calibration_batch_size, n_total)
+        cal_idx = order.roll(-len(idx))[:n_wanted]
+        n_calibration = calibrate_batch_norm(
+            model, images[cal_idx], batch_size=params.calibration_batch_size, device=device
+        )
+    bn_stats = _bn_stats_label(model, has_bn, fresh, n_calibration)
     stats = per_sample_grad_variance(
         model,
         None,
@@ -401,6 +441,8 @@ def run_gradvar(
         variance_per_param=stats["variance"] / max(1, stats["n_params"]),
         log10_variance_per_param=stats["log10_variance"] - math.log10(max(1, stats["n_params"])),
         init=init,
+        bn_stats=bn_stats,
+        bn_calibration_images=n_calibration,
         seed=seed,
         params=dataclasses.asdict(params),
         per_tensor=stats["per_tensor"],
@@ -410,6 +452,66 @@ def run_gradvar(
             _plot_per_tensor(stats["per_tensor"], Path(out_dir) / "gradvar.png")
         )
     return record
+
+
+def _bn_stats_label(model: nn.Module, has_bn: bool, fresh: bool | None, n_calibration: int) -> str:
+    """GradVarRecord.bn_stats: which batch-norm running statistics the measurement used."""
+    if not has_bn:
+        return "none (no batch norm)"
+    if fresh is not True:
+        return "trained"
+    if n_calibration > 0:
+        return f"calibrated ({n_calibration} images)"
+    identity = all(
+        bool((bn.running_mean == 0).all()) and bool((bn.running_var == 1).all())
+        for bn in batch_norm_layers(model)
+    )
+    return "identity (uncalibrated)" if identity else "as given (uncalibrated)"
+
+
+def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch norms of `model` that keep running statistics (the ones eval mode reads)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+        and m.running_mean is not None
+    ]
+
+
+def calibrate_batch_norm(
+    model: nn.Module, images: Tensor, *, batch_size: int, device: torch.device
+) -> int:
+    """Re-estimate, in place, the running mean and variance of every batch norm of `model` from
+    `images` (uint8 [N, C, H, W], or float in [0, 1]); weights are not changed.
+
+    Statistics are reset, then accumulated as a cumulative average over batches of
+    `batch_size` (momentum=None), under no_grad, with only the batch norms in train mode: dropout,
+    drop path and auxiliary heads stay as in eval mode, so the statistics are those of the network
+    the eval-mode probe measures. Momentum and training flags are restored. Returns the number of
+    images used (a trailing batch of one is skipped: batch statistics need two).
+    """
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 for batch statistics, got {batch_size}")
+    bns = batch_norm_layers(model)
+    n = int(images.shape[0])
+    n_used = n if n % batch_size != 1 else n - 1
+    if not bns or n_used < 2:
+        return 0
+    momenta = [bn.momentum for bn in bns]
+    with eval_mode(model), torch.no_grad():
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        try:
+            for start in range(0, n_used, batch_size):
+                model(to_float(images[start : min(start + batch_size, n_used)].to(device)))
+        finally:
+            for bn, momentum in zip(bns, momenta, strict=True):
+                bn.momentum = momentum
+    return n_used
 
 
 MAX_TENSOR_LABELS = 60
