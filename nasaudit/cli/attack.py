@@ -12,6 +12,11 @@ Table 5; `nasaudit attack --help` lists them). Values are parsed by the field's 
 against its constraints by `nasaudit.params.make_params` before anything is loaded: numbers and
 fractions ("8/255"), comma separated lists ("0,0.1,0.2"), true/false, none, or JSON for dicts.
 Nothing is evaluated. A bad value is one error line (exit code 2).
+
+Every rate in the summary (ASR, accuracies, ...) is shown with its count and n and a 95% exact
+interval, e.g. "0.250 (1/4, 95% CI 0.01-0.81) [few inputs]"; `--json` adds them under "rates".
+A run on fewer than 20 inputs, or against a victim whose clean accuracy is near chance, prints a
+"warning:" line on stderr (the exit code stays 0).
 """
 
 from __future__ import annotations
@@ -100,16 +105,189 @@ def parse_params(params_cls: type, items: list[str]) -> Any:
     return make_params(params_cls, dict(split_param(item) for item in items), source="--param")
 
 
-def _summary(data: dict[str, Any]) -> str:
+# ---------------------------------------------------------------------------- rates and their n
+#
+# Every rate the summary prints is a count over a denominator; this table is the one place that
+# says which record field is a rate over which count. A field may hold one rate, a dict of rates
+# (per target case) or a list of rates (aligned with the record's `_AXES` list). A count is a
+# record field (a list: its length) or one of the test-split counts below, which the records do
+# not store (the CLI has the data set the attack ran on). Fields left out (cad, auc, advantages,
+# param_l0, ...) are differences, areas or exact counts, not sampled proportions.
+TEST = "test"                    # every test input of the data set
+TEST_NOT_TARGET = "test_not_target"  # test inputs whose true class != the record's target_class
+TEST_NOT_TARGETS = "test_not_targets"  # test inputs minus the record's `targets`
+RATE_COUNTS: dict[str, dict[str, str]] = {
+    "pgd": {"asr": "indices", "clean_accuracy": "candidates"},
+    "pgd_sweep": {"asr": "indices", "clean_accuracy": "candidates"},
+    "nes": {"asr": "indices", "clean_accuracy": "candidates"},
+    "poison": {"test_accuracy": TEST, "victim_test_accuracy": TEST},
+    "backdoor": {
+        "asr": TEST_NOT_TARGET, "clean_model_asr": TEST_NOT_TARGET, "badnet_asr": TEST_NOT_TARGET,
+        "clean_accuracy": TEST, "backdoor_accuracy": TEST,
+    },
+    "knockoff": {"replica_accuracy": TEST, "agreement": TEST, "victim_accuracy": TEST},
+    "membership": {
+        "member_accuracy": "member_indices", "nonmember_accuracy": "nonmember_indices",
+        "tpr_at_fpr": "member_indices",
+    },
+    # Per-primitive means (joint=False) are shown as a rate over the inputs each was measured on.
+    "model_reuse": {
+        "asr": "targets", "clean_asr": "targets", "asr_after_finetune": "targets",
+        "clean_asr_after_finetune": "targets", "targets_in_region": "targets",
+        "clean_accuracy": TEST_NOT_TARGETS, "poisoned_accuracy": TEST_NOT_TARGETS,
+        "clean_accuracy_after_finetune": TEST_NOT_TARGETS,
+        "poisoned_accuracy_after_finetune": TEST_NOT_TARGETS,
+        "changed_predictions": TEST_NOT_TARGETS, "changed_predictions_floor": TEST_NOT_TARGETS,
+    },
+}
+# The list a list of rates is aligned with, and the label of one entry.
+_AXES: dict[str, tuple[str, str]] = {
+    "pgd_sweep": ("eps", "eps"), "poison": ("fractions", "p"), "knockoff": ("budgets", "budget"),
+}
+# The record field holding the victim's own clean accuracy (on held-out inputs). model_reuse
+# records only its hosts' accuracies: the CLI measures the victim itself (`_victim_accuracy`).
+VICTIM_ACCURACY: dict[str, str | None] = {
+    "pgd": "clean_accuracy", "pgd_sweep": "clean_accuracy", "nes": "clean_accuracy",
+    "poison": "victim_test_accuracy", "backdoor": "clean_accuracy", "knockoff": "victim_accuracy",
+    "membership": "nonmember_accuracy", "model_reuse": None,
+}
+# What each count is, and how to get more of it (for the few-inputs warning).
+_COUNT_TEXT: dict[str, tuple[str, str]] = {
+    "indices": ("attacked inputs", "--param n_inputs"),
+    "candidates": ("candidates", "--param n_inputs"),
+    "member_indices": ("members", "--param n_members"),
+    "nonmember_indices": ("non-members", "--param n_nonmembers"),
+    "targets": ("targets", "--param n_targets"),
+    TEST: ("test inputs", "a data set with more test inputs"),
+    TEST_NOT_TARGET: ("test inputs not of the target class", "a data set with more test inputs"),
+    TEST_NOT_TARGETS: ("non-target test inputs", "a data set with more test inputs"),
+}
+# Test inputs the CLI classifies to check a victim whose record holds no clean accuracy, and
+# the name of that rate in the output.
+VICTIM_CHECK_INPUTS = 1000
+CLI_VICTIM_ACCURACY = "victim_accuracy_cli"
+
+
+def rate_counts(attack: str, record: dict[str, Any], test_labels: Any) -> dict[str, int]:
+    """The denominators of `attack`'s rates: count name (see RATE_COUNTS) -> n.
+
+    record: the record's dict; test_labels: int64 [N] labels of the test split it ran on.
+    """
+    counts: dict[str, int] = {}
+    for count in set(RATE_COUNTS.get(attack, {}).values()):
+        if count == TEST:
+            counts[count] = int(len(test_labels))
+        elif count == TEST_NOT_TARGET:
+            counts[count] = int((test_labels != int(record["target_class"])).sum())
+        elif count == TEST_NOT_TARGETS:
+            counts[count] = int(len(test_labels)) - len(record["targets"])
+        else:
+            value = record[count]
+            counts[count] = len(value) if isinstance(value, list) else int(value)
+    return counts
+
+
+def record_rates(attack: str, record: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+    """Every rate of a record as a `nasaudit.rates.Rate`, by name: "asr" for a single rate,
+    "asr.most_likely" for a dict entry, "asr[2]" for the third entry of a list. Fields that are
+    missing or None (badnet_asr without compare_badnet) and non-finite values are left out."""
+    import math
+
+    from nasaudit.rates import rate_from_fraction
+
+    rates = {}
+    for field, count in RATE_COUNTS.get(attack, {}).items():
+        value = record.get(field)
+        if isinstance(value, dict):
+            entries = {f"{field}.{key}": v for key, v in value.items()}
+        elif isinstance(value, list):
+            entries = {f"{field}[{i}]": v for i, v in enumerate(value)}
+        else:
+            entries = {field: value}
+        for name, fraction in entries.items():
+            if isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0 <= fraction <= 1:
+                rates[name] = rate_from_fraction(fraction, counts[count])
+    return rates
+
+
+def rates_json(rates: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{name: {successes, n, value, low, high}} of `record_rates` output (JSON-ready)."""
+    out = {}
+    for name, rate in rates.items():
+        low, high = rate.interval
+        out[name] = {"successes": rate.successes, "n": rate.n, "value": rate.value,
+                     "low": low, "high": high}
+    return out
+
+
+def rate_warnings(attack: str, counts: dict[str, int], victim_accuracy: Any,
+                  num_classes: int, accuracy_on: str) -> list[str]:
+    """One-line warnings (each starting "warning:"): rates over fewer than FEW_INPUTS inputs,
+    and a victim whose clean accuracy (a Rate; `accuracy_on` names what its n counts) is near
+    chance for `num_classes` classes (`nasaudit.rates.near_chance`)."""
+    from nasaudit.rates import FEW_INPUTS, near_chance
+
+    lines = []
+    fields = RATE_COUNTS.get(attack, {})
+    few = [count for count in dict.fromkeys(fields.values()) if counts[count] < FEW_INPUTS]
+    if few:
+        parts = []
+        for count in few:
+            names = ", ".join(f for f, c in fields.items() if c == count)
+            parts.append(f"{names} over {counts[count]} {_COUNT_TEXT[count][0]}")
+        hints = " / ".join(dict.fromkeys(_COUNT_TEXT[count][1] for count in few))
+        lines.append(f"warning: {attack} rates rest on fewer than {FEW_INPUTS} inputs ("
+                     + "; ".join(parts) + f"): read the 95% intervals, not the values; raise {hints}")
+    if victim_accuracy is not None and victim_accuracy.n > 0 and near_chance(victim_accuracy.value, num_classes):
+        low, high = victim_accuracy.interval
+        lines.append(
+            f"warning: the victim is near chance: clean accuracy {victim_accuracy.value:.3f} "
+            f"({victim_accuracy.successes}/{victim_accuracy.n} {accuracy_on}, 95% CI {low:.2f}-{high:.2f}) "
+            f"against a chance level of {1 / num_classes:.3f} ({num_classes} classes); its attack "
+            "rates say little about the architecture (train it longer or check the checkpoint)"
+        )
+    return lines
+
+
+def _victim_accuracy(model: Any, dataset: Any, seed: int, device: Any) -> Any:
+    """The victim's clean accuracy as a Rate on at most VICTIM_CHECK_INPUTS seeded test inputs
+    (for records that hold none)."""
+    from nasaudit.attacks.sampling import select_correct
+    from nasaudit.rates import Rate
+
+    candidates, kept, _ = select_correct(model, dataset.test_images, dataset.test_labels,
+                                         VICTIM_CHECK_INPUTS, seed, device=device)
+    return Rate(len(kept), len(candidates))
+
+
+def _summary(data: dict[str, Any], rates: dict[str, Any] | None = None) -> str:
     """A readable multi-line summary of a record's dict: scalars and short per-case metrics,
-    long vectors counted."""
+    long vectors counted; every rate in `rates` (see `record_rates`) with its n and 95% interval."""
+    rates = rates or {}
     lines = [f"{data['attack']} on {data['model_name']} ({data['dataset']}), seed {data['seed']}, "
              f"{data['seconds']:.1f} s, autocast {data['autocast']}"]
     skip = {"kind", "attack", "model_name", "dataset", "seed", "seconds", "params", "autocast"}
+    axis, label = _AXES.get(data["attack"], (None, None))
     for key, value in data.items():
         if key in skip:
             continue
-        lines.append(f"  {key}: {_short(value)}")
+        if key in rates:
+            lines.append(f"  {key}: {rates[key]}")
+        elif isinstance(value, dict) and value and all(f"{key}.{k}" in rates for k in value):
+            lines.append(f"  {key}:")
+            lines += [f"    {k}: {rates[f'{key}.{k}']}" for k in value]
+        elif isinstance(value, list) and value and all(f"{key}[{i}]" in rates for i in range(len(value))):
+            lines.append(f"  {key}:")
+            along = data.get(axis) if axis else None
+            for i in range(len(value)):
+                where = (f"{label}={_short(along[i])}" if isinstance(along, list) and len(along) == len(value)
+                         else f"[{i}]")
+                lines.append(f"    {where}: {rates[f'{key}[{i}]']}")
+        else:
+            lines.append(f"  {key}: {_short(value)}")
+    if CLI_VICTIM_ACCURACY in rates:
+        lines.append(f"  {CLI_VICTIM_ACCURACY} (the victim on seeded test inputs, measured by the CLI): "
+                     f"{rates[CLI_VICTIM_ACCURACY]}")
     lines.append("  params: " + ", ".join(f"{k}={_short(v)}" for k, v in data["params"].items()))
     return "\n".join(lines)
 
@@ -128,7 +306,8 @@ def _short(value: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Check the parameters, load the victim and the data, run the attack, print a summary or
-    the JSON record."""
+    the JSON record (plus "rates": every rate with its n and 95% exact (Clopper-Pearson) interval), then warn on
+    stderr when rates rest on fewer than FEW_INPUTS inputs or the victim is near chance."""
     import contextlib
     import os
     from pathlib import Path
@@ -183,9 +362,22 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress, work_dir=args.work_dir,
         )
     # The output says which precision produced it (CUDA opens bf16 autocast by itself).
-    data = {**record.to_dict(), "autocast": "bf16" if args.bf16 or device.type == "cuda" else "off"}
-    text = json.dumps(data, indent=2, sort_keys=True)
+    out = {**record.to_dict(), "autocast": "bf16" if args.bf16 or device.type == "cuda" else "off"}
+    counts = rate_counts(name, out, data.test_labels)
+    rates = record_rates(name, out, counts)
+    field = VICTIM_ACCURACY.get(name)
+    if field is not None and field in rates:
+        victim_acc = rates[field]
+        accuracy_on = _COUNT_TEXT[RATE_COUNTS[name][field]][0]
+    else:
+        victim_acc = _victim_accuracy(model, data, args.seed, device)
+        accuracy_on = "seeded test inputs, checked by the CLI"
+        rates[CLI_VICTIM_ACCURACY] = victim_acc
+    text = json.dumps({**out, "rates": rates_json(rates)}, indent=2, sort_keys=True)
     if output is not None:
         atomic_write_text(output, text + "\n")
-    print(text if args.json else _summary(data), file=sys.stdout)
+    print(text if args.json else _summary(out, rates), file=sys.stdout)
+    # Warnings, not failures: after the summary, where they are read.
+    for line in rate_warnings(name, counts, victim_acc, data.num_classes, accuracy_on):
+        print(line, file=sys.stderr)
     return 0

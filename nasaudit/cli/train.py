@@ -293,7 +293,7 @@ def run_train(args: argparse.Namespace) -> int:
             f"final val acc {result.val_acc:.4f} (best {result.best_val_acc:.4f} at epoch "
             f"{result.best_epoch})"
         )
-    print(f"final test loss {result.test_loss:.4f} acc {result.test_acc:.4f}")
+    print(f"final test loss {result.test_loss:.4f} acc {result.test_acc:.4f} on {data.test_images.shape[0]} test images")
     print(f"checkpoint {ckpt}")
     return 0
 
