@@ -237,5 +237,5 @@ def test_step_reports_each_term_and_search_cli_accepts_objectives(tmp_path):
     from nasaudit.cli import main
 
     assert main(["search", "--dataset", "digits", "--out", str(tmp_path / "bad"), "--objective", "nope:1"]) == 2
-    assert main(["search", "--dataset", "digits", "--out", str(tmp_path / "bad"), "--early-stop", "hessian:0.5"]) == 2
+    assert main(["search", "--dataset", "digits", "--out", str(tmp_path / "bad"), "--early-stop", "darts-es:0"]) == 2
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()

@@ -20,7 +20,7 @@ from nasaudit.errors import InputError
 _FIELDS = (
     "dataset", "data_dir", "space", "C", "layers", "nodes", "batch_size", "epochs", "n_step",
     "mode", "gamma", "partial_channels", "seed", "lr", "arch_lr", "train_subset", "log_every",
-    "checkpoint_every", "probe_samples", "max_steps", "skip_cap", "early_stop",
+    "checkpoint_every", "probe_samples", "max_steps", "skip_cap", "early_stop", "hessian_samples",
 )
 
 
@@ -52,9 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "repeatable; replaces the config's; a negative weight rewards the term)")
     p.add_argument("--skip-cap", type=int, metavar="K",
                    help="at most K skip connects per derived cell (DARTS+); the next-best op replaces the rest")
-    p.add_argument("--early-stop", metavar="hessian:FACTOR",
-                   help="RobustDARTS: stop when the alpha-Hessian's top eigenvalue exceeds FACTOR x its "
-                        "running minimum, keeping that minimum's genotype (e.g. hessian:1.3)")
+    p.add_argument("--early-stop", metavar="darts-es[:K[:RATIO]]",
+                   help="DARTS-ES (RobustDARTS, Zela et al. 2020): at each epoch end, the top eigenvalue "
+                        "of the Hessian of L_val w.r.t. alpha; mean(i) is its mean over epochs i-K+1..i; "
+                        "stop at the first epoch i with mean(i-K)/mean(i) < RATIO and return the genotype "
+                        "of epoch i-K (defaults K=5, RATIO=0.75, so never before epoch 2K)")
+    p.add_argument("--hessian-samples", type=int, metavar="N",
+                   help="fixed, unaugmented images of the architecture half on which --early-stop "
+                        "measures the eigenvalue, in chunks of --batch-size (default: 256, 0: all)")
     p.add_argument("--partial-channels", type=int, metavar="K",
                    help="PC-DARTS: 1/K of the channels through the mixed ops (default: 1, off)")
     p.add_argument("--C", type=int, help="initial channels (default: 16)")
@@ -127,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  objective {term.spec}")
     if result.early_stop and result.early_stop.get("stopped_at_epoch"):
         es = result.early_stop
-        print(f"early stop (hessian x{es['factor']:g}) at epoch {es['stopped_at_epoch']}: "
-              f"kept the genotype of epoch {es['kept_epoch']}")
+        print(f"early stop (darts-es, K={es['window']}, RATIO={es['ratio']:g}) at epoch "
+              f"{es['stopped_at_epoch']}: returned the genotype of epoch {es['returned_epoch']}")
     if not result.finished:
         print(f"stopped early; continue with: nasaudit search ... --out {args.out} --resume")
     if result.genotype is None:

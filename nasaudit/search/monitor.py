@@ -18,8 +18,8 @@ Tags written by `SearchMonitor` (step = search iteration, global over epochs):
   `nasaudit.search.objectives`), with the losses;
 * at epoch ends also ``cost/epoch_seconds``, ``cost/weight_steps``, ``cost/arch_steps``,
   ``cost/virtual_steps`` (step = epoch number, 1-based) and ``epoch/*`` metrics, and with
-  ``--early-stop hessian:F`` ``hessian/top_eigenvalue`` (top eigenvalue of the alpha Hessian of
-  L_val, `nasaudit.search.hessian`).
+  ``--early-stop darts-es[:K[:RATIO]]`` ``hessian/top_eigenvalue`` (top eigenvalue of the alpha
+  Hessian of L_val, `nasaudit.search.hessian`) and ``hessian/windowed_mean`` (its K-epoch mean).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 from nasaudit.errors import InputError
 from nasaudit.records import Record
 from nasaudit.search.architect import MODES, Architect
-from nasaudit.search.hessian import HessianEarlyStop, alpha_hessian_eigenvalue, parse_early_stop
+from nasaudit.search.hessian import DartsEarlyStop, alpha_hessian_eigenvalue, parse_early_stop
 from nasaudit.search.hooks import AlphaHook, parse_hook
 from nasaudit.search.objectives import ArchObjective, parse_objective
 from nasaudit.search.supernet import CELL_TYPES, Supernet, edge_list
@@ -56,7 +56,9 @@ class SearchConfig:
     # Architecture objectives "NAME:WEIGHT[:KEY=VALUE,...]" added to L_val (search.objectives).
     objectives: list[str] = dataclasses.field(default_factory=list)
     skip_cap: int | None = None       # at most K skip connects per derived cell (DARTS+); None: off
-    early_stop: str | None = None     # "hessian:FACTOR" (RobustDARTS, search.hessian); None: off
+    # RobustDARTS's DARTS-ES, "darts-es[:K[:RATIO]]" (search.hessian; defaults 5, 0.75); None: off
+    early_stop: str | None = None
+    hessian_samples: int = 256        # fixed images of the architecture half for its eigenvalue (0: all)
     partial_channels: int = 1         # PC-DARTS K (1 = off)
     seed: int = 0
     lr: float = 0.025                 # weights: SGD, cosine to lr_min over the epochs
@@ -168,6 +170,7 @@ class SearchConfig:
             (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1"),
             (min(self.log_every, self.checkpoint_every, self.probe_samples) >= 0,
              "log_every/checkpoint_every/probe_samples", "must be >= 0"),
+            (self.hessian_samples >= 0, "hessian_samples", f"must be >= 0, got {self.hessian_samples}"),
         ]
         for ok, key, problem in checks:
             if not ok:
@@ -252,7 +255,7 @@ class SearchResult(Record):
     virtual_steps: int
     history: list                  # one dict per finished epoch (metrics and cost)
     alpha: dict                    # {"alpha_normal": [[...]], ...} raw architecture parameters
-    early_stop: dict | None = None  # HessianEarlyStop.state_dict() when the rule is configured
+    early_stop: dict | None = None  # DartsEarlyStop.state_dict() (+ hessian_samples) when configured
 
 
 def build_supernet(config: SearchConfig, num_classes: int, *, mean=(0.0, 0.0, 0.0),
@@ -284,7 +287,10 @@ def _alpha_dict(model: Supernet) -> dict[str, list]:
 
 def _data(config: SearchConfig, device: torch.device):
     """(dataset, weight-half loader, architecture-half loader, probe images [P, 3, H, W] in
-    [0, 1], probe labels [P]) for `config`; the halves are a seeded split of the training set."""
+    [0, 1], probe labels [P], Hessian images [S, 3, H, W] in [0, 1], Hessian labels [S]) for
+    `config`; the halves are a seeded split of the training set. The Hessian sample (S =
+    hessian_samples, 0: the whole half; empty without early stop) is fixed and unaugmented, so the
+    eigenvalues of successive epochs are measured on the same validation images."""
     from nasaudit.data import Augment, DeviceLoader, load_dataset, train_val_split
 
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
@@ -302,7 +308,9 @@ def _data(config: SearchConfig, device: torch.device):
                                          f"{labels.shape[0]} training images")
     # The gradient-variance probe: fixed, unaugmented images of the architecture half.
     probe = a_idx[: min(config.probe_samples, a_idx.numel())]
-    return data, *loaders, images[probe].to(device).float().div_(255.0), labels[probe].to(device)
+    hessian = a_idx[: (config.hessian_samples or a_idx.numel()) if config.early_stop else 0]
+    return (data, *loaders, *(t for idx in (probe, hessian)
+                              for t in (images[idx].to(device).float().div_(255.0), labels[idx].to(device))))
 
 
 def run_search(
@@ -319,9 +327,12 @@ def run_search(
     checkpoint, as `max_steps` does. resume: continue from OUT/checkpoint.pt when it exists
     (a fresh start otherwise); without it an existing checkpoint is an error, never overwritten.
     objectives: extra Python `ArchObjective` terms (after the config's; not saved either).
-    Guards: `skip_cap` caps every derived genotype; `early_stop` computes the alpha-Hessian's
-    top eigenvalue at each epoch end and, when the rule fires, ends the search with the
-    genotype of the epoch it points back to (genotype.json then records the rule's state).
+    Guards: `skip_cap` caps every derived genotype; `early_stop` (DARTS-ES) computes the top
+    eigenvalue of the Hessian of L_val w.r.t. alpha at each epoch end on `hessian_samples` fixed
+    images of the architecture half (chunks of batch_size) and, when the rule fires at epoch i,
+    ends the search with the genotype of epoch i - k (genotype.json then records the rule's
+    state: eigenvalues, windowed means, i and i - k). Checkpoints keep the rule's state with the
+    per-epoch genotypes; a resume checks it against the history.
     """
     from nasaudit.device import prepare_model, resolve_device
     from nasaudit.io import atomic_write_json, safe_torch_load
@@ -339,7 +350,7 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", config.to_dict())
 
-    data, train_loader, val_loader, probe_x, probe_y = _data(config, device)
+    data, train_loader, val_loader, probe_x, probe_y, hessian_x, hessian_y = _data(config, device)
     model = prepare_model(build_supernet(config, data.num_classes, mean=data.mean, std=data.std,
                                          hooks=hooks), device)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=config.lr, momentum=config.momentum,
@@ -361,16 +372,19 @@ def run_search(
         for k in ("weight_steps", "arch_steps", "virtual_steps"):
             setattr(architect, k, int(state["counters"][k]))
         loop.update({k: state[k] for k in loop})
+    rule = parse_early_stop(config.early_stop)
+    tracker = None
+    if rule is not None:
+        tracker = (DartsEarlyStop(rule) if state is None else
+                   _resume_tracker(state, rule, loop, ckpt_path))
 
     from nasaudit.search.monitor import SearchMonitor
 
-    factor = parse_early_stop(config.early_stop)
-    tracker = None if factor is None else HessianEarlyStop(factor)
-    for h in loop["history"] if tracker else ():  # the rule's state is a function of the history
-        tracker.update(h["epoch"], h["hessian_top_eigenvalue"])
-    hessian_batch = (probe_x, probe_y) if probe_x.shape[0] >= 2 else next(iter(val_loader.epoch(0)))
+    def early_stop_record() -> dict[str, Any] | None:
+        return None if tracker is None else {**tracker.state_dict(), "hessian_samples": int(hessian_x.shape[0])}
+
     guards: dict[str, Any] = {"skip_cap": config.skip_cap, "skip_cap_replacements": [],
-                              "early_stop": None if tracker is None else tracker.state_dict()}
+                              "early_stop": early_stop_record()}
     global_step = loop["epoch"] * iters + loop["step"]
     monitor = SearchMonitor(out / "tb", model, probe_x=probe_x, probe_y=probe_y,
                             purge_step=global_step if state is not None else None)
@@ -389,7 +403,8 @@ def run_search(
                     torch.cuda.set_rng_state(s.cpu(), cuda[i])
 
             def save() -> None:
-                _save_checkpoint(ckpt_path, config, model, w_opt, a_opt, sched, architect, loop, cuda)
+                _save_checkpoint(ckpt_path, config, model, w_opt, a_opt, sched, architect, loop, cuda,
+                                 None if tracker is None else tracker.checkpoint_state())
 
             from tqdm.auto import tqdm
 
@@ -433,11 +448,20 @@ def run_search(
                 genotype, guards["skip_cap_replacements"] = model.derive(config.skip_cap)
                 metrics = _metrics(sums, w_opt, a_opt)
                 if tracker is not None:
-                    # Not part of the epoch's cost: a guard, measured after the epoch's steps.
+                    from nasaudit.genotype import genotype_to_json
+
+                    # Not part of the epoch's cost: a guard, measured after the epoch's steps. In
+                    # chunks of batch_size (L_val as the alpha step sees it, one batch in memory);
+                    # tol 1e-3 bounds the Lanczos residual; the eigenvalue's error scales with the
+                    # residual squared, far below what a ratio test at 0.75 can notice.
                     metrics["hessian/top_eigenvalue"] = alpha_hessian_eigenvalue(
-                        model, *hessian_batch, seed=config.seed + epoch)
-                    tracker.update(epoch + 1, metrics["hessian/top_eigenvalue"])
-                    guards["early_stop"] = tracker.state_dict()
+                        model, hessian_x, hessian_y, chunk=config.batch_size, tol=1e-3,
+                        seed=config.seed + epoch)
+                    tracker.update(epoch + 1, metrics["hessian/top_eigenvalue"], genotype_to_json(genotype))
+                    mean = tracker.state_dict()["windowed_means"].get(str(epoch + 1))
+                    if mean is not None:
+                        metrics["hessian/windowed_mean"] = mean
+                    guards["early_stop"] = early_stop_record()
                 loop["history"].append({
                     "epoch": epoch + 1, "seconds": seconds, "iterations": iters,
                     "weight_steps": architect.weight_steps, "arch_steps": architect.arch_steps,
@@ -462,11 +486,14 @@ def run_search(
                 save()
                 if tracker is not None and tracker.stopped_at:
                     stop = True
-                    genotype, genotype_path = _keep_epoch(out, tracker)
+                    genotype, genotype_path = _keep_epoch(out, tracker, early_stop_record())
     finally:
         monitor.close()
 
-    if genotype is None and loop["history"]:
+    if genotype is None and tracker is not None and tracker.stopped_at:
+        # Resumed into a search the early stop ended: its returned epoch's genotype, checked.
+        genotype, genotype_path = _keep_epoch(out, tracker, early_stop_record())
+    elif genotype is None and loop["history"]:
         # Resumed into a finished run, or stopped mid-epoch: the last epoch end's genotype.
         from nasaudit.genotype import resolve_genotype
 
@@ -479,21 +506,36 @@ def run_search(
         iterations=loop["epoch"] * iters + loop["step"], weight_steps=architect.weight_steps,
         arch_steps=architect.arch_steps, virtual_steps=architect.virtual_steps,
         history=loop["history"], alpha=_alpha_dict(model),
-        early_stop=None if tracker is None else tracker.state_dict(),
+        early_stop=early_stop_record(),
     )
 
 
-def _keep_epoch(out: Path, tracker: HessianEarlyStop):
-    """Make genotype.json the genotype of the epoch the early stop points back to, recording
-    the rule's state; returns (Genotype, path)."""
-    from nasaudit.genotype import resolve_genotype
+def _keep_epoch(out: Path, tracker: DartsEarlyStop, record: dict[str, Any] | None):
+    """Make genotype.json the genotype of the epoch DARTS-ES returns (i - k), recording the
+    rule's state (`record`); returns (Genotype, path). The epoch's file must hold the genotype
+    the search recorded for that epoch (InputError otherwise)."""
+    from nasaudit.genotype import genotype_to_json, resolve_genotype
     from nasaudit.io import atomic_write_json, read_json
 
-    kept = read_json(out / "genotypes" / f"epoch_{tracker.kept_epoch:03d}.json")
-    kept.setdefault("guards", {})["early_stop"] = tracker.state_dict()
+    source = out / "genotypes" / f"epoch_{tracker.returned_epoch:03d}.json"
+    kept = read_json(source)
+    if not isinstance(kept, dict) or genotype_to_json(resolve_genotype(str(source))) != tracker.returned_genotype():
+        raise InputError(source, f"does not hold the genotype the search recorded for epoch "
+                                 f"{tracker.returned_epoch}, which the early stop returns")
+    kept.setdefault("guards", {})["early_stop"] = record
     path = out / "genotype.json"
     atomic_write_json(path, kept)
     return resolve_genotype(str(path)), str(path)
+
+
+def _resume_tracker(state: dict[str, Any], rule, loop: dict[str, Any], path: Path) -> DartsEarlyStop:
+    """The early stop's state from a checkpoint, checked against the rule, the finished epochs
+    and the history's eigenvalues (InputError naming the checkpoint otherwise)."""
+    tracker = DartsEarlyStop.from_checkpoint(state.get("early_stop"), rule, loop["epoch"], path)
+    logged = [h.get("hessian_top_eigenvalue") for h in loop["history"]]
+    if logged != tracker.values:
+        raise InputError(path, "early-stop state: its eigenvalues differ from the history's")
+    return tracker
 
 
 def _zero_sums(device: torch.device, extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
@@ -525,7 +567,8 @@ def _check_resume(state: Any, config: SearchConfig, path: Path) -> None:
                                "resume with the same config or use another --out")
 
 
-def _save_checkpoint(path, config, model, w_opt, a_opt, sched, architect, loop, cuda) -> None:
+def _save_checkpoint(path, config, model, w_opt, a_opt, sched, architect, loop, cuda,
+                     early_stop: dict[str, Any] | None = None) -> None:
     from nasaudit.io import atomic_torch_save
 
     atomic_torch_save({
@@ -536,6 +579,7 @@ def _save_checkpoint(path, config, model, w_opt, a_opt, sched, architect, loop, 
         "counters": {k: getattr(architect, k) for k in ("weight_steps", "arch_steps", "virtual_steps")},
         **{k: loop[k] for k in ("epoch", "step", "history", "seconds")},
         "sums": None if loop["sums"] is None else {k: v.detach().clone() for k, v in loop["sums"].items()},
+        "early_stop": early_stop,  # DartsEarlyStop.checkpoint_state(), None without the rule
     }, path)
 
 
