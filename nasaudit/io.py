@@ -199,6 +199,37 @@ def read_limited(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
     return data
 
 
+def open_lock_file(path: str | Path):
+    """Open (creating) a lock file for flock without following a symlink planted in its place:
+    a link would make nasaudit create or truncate a file outside its own directory."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(path, "is a symbolic link; nasaudit's lock files must be plain files") from None
+        raise
+    return os.fdopen(fd, "w")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: str | Path, max_bytes: int) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, read without decoding; None when the file is not a
+    PNG or is larger than `max_bytes` (what a reader must check before it decodes pixels)."""
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > max_bytes:
+                return None
+            head = handle.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """Read a JSON file strictly (`loads_json`), raising InputError with the file name on any
     problem: missing, unreadable, larger than `max_bytes`, not UTF-8, invalid, duplicate keys."""

@@ -28,6 +28,7 @@ from nasaudit.audit.engines import ENGINE_NAMES, drive
 from nasaudit.audit.plan import Plan, build_plan, describe_plan, validate_config
 from nasaudit.audit.store import DB_NAME, Store
 from nasaudit.errors import InputError
+from nasaudit.io import open_lock_file
 
 # Worker processes of the processes engine when --workers is not given.
 DEFAULT_PROCESS_WORKERS = 2
@@ -60,7 +61,7 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
     flock is released by the kernel when the process dies, so a kill -9 never leaves it stuck.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(out_dir / ".audit.lock", "w")  # noqa: SIM115 - held for the whole run
+    handle = open_lock_file(out_dir / ".audit.lock")  # held for the whole run
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -105,15 +105,18 @@ class Store:
     Every write is one transaction (``with self._tx()``); readers never see half a unit.
     """
 
-    def __init__(self, path: str | Path, *, must_exist: bool = False):
+    def __init__(self, path: str | Path, *, must_exist: bool = False, read_only: bool = False):
         path = Path(path)
         if path.is_dir() or path.suffix != ".sqlite":
             path = path / DB_NAME
         self.path = path
-        if must_exist and not path.is_file():
+        if (must_exist or read_only) and not path.is_file():
             raise InputError(path.parent, "no audit results here (results.sqlite is missing)")
         if path.is_dir():
             raise InputError(path, "is a directory, not an audit results database")
+        if read_only:
+            self._conn = _open_read_only(path)
+            return
         if path.is_file():
             _check_ours(path, immutable=True)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,9 +209,16 @@ class Store:
             )
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        """The value stored under `key`, or `default`."""
+        """The value stored under `key`, or `default`; InputError naming the row when it does
+        not decode (a damaged store stops with one line, not a traceback)."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError, RecursionError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else f"invalid JSON: {exc}"
+            raise InputError(self.path, f"corrupt row (table meta, key {key!r}): {problem}") from None
 
     # -- units ----------------------------------------------------------------------------
     def record_unit(
@@ -333,6 +343,14 @@ def _check_ours(path: Path, *, immutable: bool = False, conn: sqlite3.Connection
         if "locked" in str(exc):
             raise
         raise InputError(path, f"not an audit results database ({exc}); move it away or choose another --out") from None
+    if version is not None:
+        try:
+            number = int(version[0])
+        except (TypeError, ValueError):
+            raise InputError(path, f"corrupt row (table meta, key 'schema_version'): {version[0]!r}") from None
+        if number > SCHEMA_VERSION:
+            raise InputError(path, f"written by a newer nasaudit (results schema {number}; this version reads "
+                                   f"{SCHEMA_VERSION}): upgrade nasaudit to read it")
     if app_id not in (0, APPLICATION_ID):
         raise InputError(path, f"an SQLite database of another application (application_id {app_id:#x}); "
                                "move it away or choose another --out")
@@ -342,6 +360,23 @@ def _check_ours(path: Path, *, immutable: bool = False, conn: sqlite3.Connection
         raise InputError(path, "an SQLite database, but not an audit's results (no units/meta tables "
                                "of nasaudit's schema); move it away or choose another --out")
     return True
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write: `report` reads the store and never changes it (no schema,
+    no WAL switch), also on a read-only mount. An empty or foreign file is refused."""
+    if not _check_ours(path, immutable=True):
+        raise InputError(path, "an empty database with no audit results in it; nothing to report")
+    uri = path.resolve().as_uri()
+    for mode in ("mode=ro", "immutable=1"):  # a WAL database on a read-only mount needs immutable
+        try:
+            conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=60)
+            conn.execute("SELECT count(*) FROM units").fetchone()
+        except sqlite3.OperationalError:
+            continue
+        conn.row_factory = sqlite3.Row
+        return conn
+    raise InputError(path, "cannot open the results database for reading")
 
 
 def _decode(row: sqlite3.Row) -> UnitRow:
@@ -356,8 +391,9 @@ def _decode(row: sqlite3.Row) -> UnitRow:
             continue
         try:
             value = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"{column} is not valid JSON ({exc})")
+        except (TypeError, ValueError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            problems.append(f"{column} is not valid JSON ({why})")
             value = None
         else:
             if not isinstance(value, dict):
@@ -368,7 +404,7 @@ def _decode(row: sqlite3.Row) -> UnitRow:
         data["params"] = {}
     if problems:
         data["status"], data["result"] = "corrupt", None
-        data["error"] = f"corrupt row in {DB_NAME}: " + "; ".join(problems)
+        data["error"] = f"corrupt row in {DB_NAME} (table units, unit {data.get('unit_key')}): " + "; ".join(problems)
     return UnitRow(**data)
 
 

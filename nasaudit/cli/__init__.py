@@ -152,7 +152,7 @@ def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)  # a usage error: the usage goes where errors go
         return 2
     try:
         return int(args.func(args) or 0)

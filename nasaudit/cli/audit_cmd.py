@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("out_dir", metavar="OUTDIR", help="the audit's output directory")
     r.add_argument("--single-file", action="store_true",
                    help="make report.html self-contained (figures embedded, CSVs as data links) to send on its own")
+    r.add_argument("--out", metavar="DIR", default=None,
+                   help="write the report into DIR instead of OUTDIR (for results on read-only storage)")
     r.set_defaults(func=run_report_command)
 
 
@@ -122,7 +124,12 @@ def run_report_command(args: argparse.Namespace) -> int:
     if (Path(args.out_dir) / "results.sqlite").exists():
         # Without a database write_report says so; with one, the directory must be an audit's.
         check_output_dir(args.out_dir, "report", source=args.out_dir)
-    path = write_report(args.out_dir, single_file=args.single_file)
+    dest = None
+    if args.out is not None:
+        from nasaudit.outdir import claim_output_dir
+
+        dest = claim_output_dir(args.out, "report", source="--out")
+    path = write_report(args.out_dir, single_file=args.single_file, dest=dest)
     kind = "self-contained report.html" if args.single_file else "report.html"
     print(f"report: {path} (and {kind})")
     return 0

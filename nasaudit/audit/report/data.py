@@ -30,7 +30,7 @@ class AuditData:
 
     @classmethod
     def load(cls, out_dir: str | Path) -> AuditData:
-        with Store(out_dir, must_exist=True) as store:
+        with Store(out_dir, read_only=True) as store:
             rows = store.units(status="done")
             failed = store.units(status="failed")
             config = store.get_meta("config", {}) or {}
@@ -131,19 +131,42 @@ def spec_of(data: AuditData, label: str) -> str | None:
 
 
 
+# A probe picture larger than this (bytes, or pixels a side) is not drawn: the store is input,
+# and a PNG header can claim a size that would take gigabytes to decode.
+MAX_PICTURE_BYTES = 20 * 2**20
+MAX_PICTURE_SIDE = 4096
+
+
 def locate_file(path: str | None, out_dir: Path) -> Path | None:
-    """A file recorded by a probe, also after the output directory was moved or copied."""
-    if not path:
+    """A file a probe recorded, found only inside the audit's own directory (also after the
+    directory was moved or copied); None for a path that leads anywhere else."""
+    if not path or not isinstance(path, str):
         return None
+    root = out_dir.resolve()
     p = Path(path)
-    if p.is_file():
-        return p
-    parts = p.parts
-    if "probes" in parts:  # re-root the part below the audit's own probes/ directory
-        moved = out_dir.joinpath(*parts[parts.index("probes"):])
-        if moved.is_file():
-            return moved
+    candidates = [p] if p.is_absolute() else [out_dir / p]
+    if "probes" in p.parts:  # re-root the part below the audit's own probes/ directory
+        candidates.append(out_dir.joinpath(*p.parts[p.parts.index("probes"):]))
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve()
+        except (OSError, RuntimeError):
+            continue
+        if resolved.is_relative_to(root) and resolved.is_file():
+            return resolved
     return None
+
+
+def locate_picture(path: str | None, out_dir: Path) -> Path | None:
+    """`locate_file` for a PNG that is safe to decode: a real PNG whose header declares at most
+    MAX_PICTURE_SIDE pixels a side, in a file of at most MAX_PICTURE_BYTES."""
+    from nasaudit.io import png_size
+
+    found = locate_file(path, out_dir)
+    size = png_size(found, MAX_PICTURE_BYTES) if found is not None else None
+    if size is None or not (0 < size[0] <= MAX_PICTURE_SIDE and 0 < size[1] <= MAX_PICTURE_SIDE):
+        return None
+    return found
 
 
 def normal_cell_metrics(genotype: dict | None) -> dict:

@@ -21,7 +21,8 @@ from nasaudit.audit.report.document import (
     table_csv_path,
 )
 from nasaudit.audit.report.sections import SECTIONS
-from nasaudit.io import atomic_write_text
+from nasaudit.errors import InputError
+from nasaudit.io import atomic_write_json, atomic_write_text, open_lock_file
 
 
 def build_sections(builder: Builder) -> list[Section]:
@@ -34,24 +35,31 @@ def data_uri(payload: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
-def write_report(out_dir: str | Path, *, single_file: bool = False) -> Path:
+def write_report(out_dir: str | Path, *, single_file: bool = False, dest: str | Path | None = None) -> Path:
     """Write report.md, report.html and report_files/ for the audit in `out_dir`.
 
     With `single_file`, report.html is self-contained: every figure is embedded and every CSV
     is a data link, so the page can be sent on its own (report.md and report_files/ are still
-    written beside it). Returns the path of report.md. Reads only out_dir/results.sqlite
-    (InputError if absent).
+    written beside it). `dest`: write the report there instead of into `out_dir` (for an audit
+    on read-only storage; the caller claims the directory). Returns the path of report.md.
+    Reads only out_dir/results.sqlite (InputError if absent), and never writes to it.
     """
     out_dir = Path(out_dir)
+    dest = out_dir if dest is None else Path(dest)
     data = AuditData.load(out_dir)
-    with _report_lock(out_dir):
-        _recover(out_dir)
+    if not os.access(dest, os.W_OK):
+        hint = "; pass --out DIR to write the report elsewhere" if dest == out_dir else ""
+        raise InputError(dest, f"the folder is read-only (the results can be read, the report cannot be "
+                               f"written here){hint}")
+    with _report_lock(dest):
+        _recover(dest)
+        _refuse_foreign_files(dest)
         # Everything is built into a staging directory beside the report and swapped in only
         # when complete: a failed or killed build leaves the previous report intact and linked.
-        staging = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=out_dir))
+        staging = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=dest))
         try:
             _build(data, out_dir, staging, single_file)
-            return _swap_in(staging, out_dir)
+            return _swap_in(staging, dest)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -61,6 +69,48 @@ BUILD_PREFIX = ".report-build-"
 OLD_PREFIX = ".report-old-"
 LOCK_NAME = ".report.lock"
 REPORT_FILES = ("report.html", "report.md")
+# The list of files a report wrote into report_files/, kept there: the next report replaces
+# only those and refuses to remove anything a user put beside them.
+MANIFEST = ".nasaudit-files.json"
+
+
+def _written_by_us(files: Path) -> set[str] | None:
+    """Relative paths listed in report_files/'s manifest (None when there is none)."""
+    from nasaudit.io import read_json
+
+    if not (files / MANIFEST).is_file():
+        return None
+    try:
+        listed = read_json(files / MANIFEST)
+    except InputError:
+        return set()
+    return {p for p in listed if isinstance(p, str)} if isinstance(listed, list) else set()
+
+
+def _refuse_foreign_files(out_dir: Path) -> None:
+    """InputError naming the files in report_files/ that no report wrote (a report replaces the
+    whole folder, so they would be lost). Without a manifest (a report from before it existed),
+    figures/*.png and tables/*.csv count as the report's own."""
+    files = out_dir / FILES_DIR
+    if files.is_symlink():
+        raise InputError(files, "is a symbolic link; nasaudit replaces report_files/ only when it is its own folder")
+    if not files.is_dir():
+        return
+    ours = _written_by_us(files)
+    foreign = []
+    for path in sorted(files.rglob("*")):
+        rel = path.relative_to(files).as_posix()
+        if path.is_dir() and not path.is_symlink() or rel == MANIFEST:
+            continue
+        mine = (rel in ours) if ours is not None else (
+            path.parent.name in ("figures", "tables") and path.parent.parent == files
+            and path.suffix in (".png", ".csv") and not path.is_symlink())
+        if not mine:
+            foreign.append(rel)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(files, f"holds files no nasaudit report wrote ({shown}); the new report replaces "
+                                "this folder, so move them out first")
 
 
 @contextmanager
@@ -68,7 +118,7 @@ def _report_lock(out_dir: Path) -> Iterator[None]:
     """Serialise report writers on one directory (the audit's end and a `nasaudit report`)."""
     import fcntl
 
-    with open(out_dir / LOCK_NAME, "a") as handle:
+    with open_lock_file(out_dir / LOCK_NAME) as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if the process dies
         yield
 
@@ -128,3 +178,5 @@ def _build(data: AuditData, out_dir: Path, staging: Path, single_file: bool) -> 
 
     atomic_write_text(staging / "report.html", render_html(title, sections, link=link))
     atomic_write_text(staging / "report.md", render_markdown(title, sections))
+    written = sorted(p.relative_to(files).as_posix() for p in files.rglob("*") if p.is_file())
+    atomic_write_json(files / MANIFEST, written)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nasaudit.audit.report.builder import Builder
-from nasaudit.audit.report.data import locate_file
+from nasaudit.audit.report.data import locate_picture
 from nasaudit.audit.report.document import Figure, Section, Table
 from nasaudit.audit.report.figures import group_color
 from nasaudit.audit.report.metrics import METRIC_BY_KEY, at_path
@@ -95,7 +95,7 @@ def _thumbnails(report: Builder) -> Figure | None:
         for name in ("contour_param", "contour_input"):
             recs = [r for r in report.data.primary("probe", name) if r.model == label]
             path = at_path(recs[0].result, "files", "plot") if recs else None
-            pics.append(locate_file(path, report.out_dir))
+            pics.append(locate_picture(path, report.out_dir))
         if any(pics):
             rows.append((label, pics))
     if not rows:
@@ -106,6 +106,9 @@ def _thumbnails(report: Builder) -> Figure | None:
         for ax, pic, title in zip(ax_row, pics, ("parameter space", "input space"), strict=True):
             ax.axis("off")
             if pic is not None:
-                ax.imshow(mpimg.imread(pic))
+                try:
+                    ax.imshow(mpimg.imread(pic))
+                except (OSError, ValueError, SyntaxError):  # a damaged PNG behind a valid header
+                    ax.text(0.5, 0.5, "unreadable picture", ha="center", fontsize=7)
             ax.set_title(f"{label}: {title}", fontsize=7)
     return report.figs.save(fig, "contour_thumbnails", "Loss-contour thumbnails (parameter and input space)")
