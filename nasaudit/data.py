@@ -44,6 +44,7 @@ import torch
 from nasaudit.device import generator as make_generator
 from nasaudit.device import to_device
 from nasaudit.errors import InputError
+from nasaudit.limits import MAX_ARRAY_BYTES, MAX_EXTRACTED_BYTES, check_at_most
 
 __all__ = [
     "CIFAR_SOURCES",
@@ -344,6 +345,9 @@ def _safe_members(archive: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]
         if not (member.isreg() or member.isdir()):
             raise InputError(path, f"unsafe archive: member {member.name!r} is a link or special file")
         members.append(member)
+    declared = sum(m.size for m in members)
+    check_at_most(declared, MAX_EXTRACTED_BYTES, "the bytes its members unpack to", str(path),
+                  limit_name="MAX_EXTRACTED_BYTES")
     return members
 
 
@@ -517,11 +521,33 @@ def _find_files(data_dir: Path, pattern: str) -> list[Path]:
     return []
 
 
+def _check_declared_arrays(npz: Any, path: Path) -> None:
+    """Bound every array an npz declares before any is allocated: at most MAX_ARRAY_BYTES, and
+    no larger than its member's stored size says it can be (a small file cannot declare 4 GB)."""
+    for info in npz.zip.infolist():
+        with npz.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise InputError(path, f"array {info.filename!r} has npy format {version}, not 1.0 or 2.0")
+            shape, _, dtype = read_header(member)
+        declared = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        check_at_most(declared, MAX_ARRAY_BYTES, f"array {info.filename!r}'s declared size", str(path),
+                      limit_name="MAX_ARRAY_BYTES")
+        if declared > info.file_size:
+            raise InputError(path, f"array {info.filename!r} declares {declared:,} bytes but stores "
+                                   f"{info.file_size:,}: a damaged or hostile npz")
+
+
 def _read_imagenet32_npz(path: Path, keep: int) -> tuple[np.ndarray, np.ndarray]:
     """One npz batch -> images of classes `< keep` (uint8 `[n, 3, 32, 32]`) and 0-based labels."""
     try:
         with np.load(path, allow_pickle=False) as npz:
+            _check_declared_arrays(npz, path)
             data, labels = npz["data"], npz["labels"]
+    except InputError:
+        raise
     except KeyError as exc:
         raise InputError(path, f"npz batch has no {exc} array") from None
     except Exception as exc:  # zipfile/numpy errors on corrupt files, pickle refusal

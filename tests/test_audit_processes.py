@@ -3,6 +3,7 @@ engine on one thread, really run in other processes, and survive a worker killed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,3 +112,61 @@ def test_demo_rejects_zero_workers(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "--workers" in err and "must be >= 1" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "cli").exists()  # a bad flag writes nothing
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of `pid` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_workers_die_with_a_killed_driver(tmp_path: Path) -> None:
+    """kill -9 of the driver: its spawned workers and multiprocessing's resource tracker go too,
+    instead of holding their memory for minutes."""
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path, TINY.replace("epochs = 2", "epochs = 50"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers: set[int] = set()
+    driver = subprocess.Popen([sys.executable, "-m", "nasaudit", "audit", str(cfg.source), "--engine", "processes",
+                               "--workers", "2", "--device", "cpu", "--no-progress", "--no-report"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(workers) < 2:  # two workers and the tracker
+            time.sleep(0.2)
+            workers = _children(driver.pid)
+        assert len(workers) >= 2, "the pool never started"
+        time.sleep(1.0)
+        workers = _children(driver.pid)
+        driver.kill()
+        driver.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not [p for p in workers if _alive(p)], "processes outlived their driver"
+    finally:
+        driver.kill()
+        for p in workers | _children(driver.pid):  # orphans too, should the test fail
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)

@@ -14,6 +14,7 @@ loses at most the units in flight, and a rerun skips every unit whose key is ``d
 from __future__ import annotations
 
 import fcntl
+import re
 import socket
 import sys
 import time
@@ -29,6 +30,7 @@ from nasaudit.audit.plan import Plan, build_plan, describe_plan, validate_config
 from nasaudit.audit.store import DB_NAME, Store
 from nasaudit.errors import InputError
 from nasaudit.io import open_lock_file
+from nasaudit.limits import MAX_WORKERS, check_at_most
 
 # Worker processes of the processes engine when --workers is not given.
 DEFAULT_PROCESS_WORKERS = 2
@@ -52,6 +54,10 @@ class AuditSummary:
     engine: str = "local"
     hosts: list[str] = field(default_factory=list)
     ray_start_seconds: float | None = None
+
+
+# What Ray's init accepts as a cluster address (checked here: Ray's own error is a traceback).
+RAY_ADDRESS = re.compile(r"auto|local|(ray://)?[A-Za-z0-9.\-]+:\d{1,5}")
 
 
 @contextmanager
@@ -78,6 +84,8 @@ def choose_engine(config: AuditConfig, engine: str | None, address: str | None,
     cluster; with `--engine processes` it is the number of worker processes."""
     if workers is not None and workers < 1:
         raise InputError("--workers", "must be >= 1")
+    if workers is not None:
+        check_at_most(workers, MAX_WORKERS, "--workers", "--workers", limit_name="MAX_WORKERS")
     if workers is not None and workers > 1 and address is not None:
         raise InputError("--workers", "--workers starts a local Ray cluster and --address joins one; give one of them")
     if workers is not None and workers > 1 and engine == "local":
@@ -89,7 +97,11 @@ def choose_engine(config: AuditConfig, engine: str | None, address: str | None,
         raise InputError("--address", "names a Ray cluster; add --engine ray")
     if chosen != "ray":
         return chosen, None
-    return chosen, (address or (config.run.address if workers is None or workers <= 1 else None))
+    chosen_address = address or (config.run.address if workers is None or workers <= 1 else None)
+    if chosen_address is not None and not RAY_ADDRESS.fullmatch(str(chosen_address)):
+        raise InputError("--address" if address else f"{config.source}: [run] address",
+                         f"{chosen_address!r} is not a Ray address: give auto, local, HOST:PORT or ray://HOST:PORT")
+    return chosen, chosen_address
 
 
 def _stored_statuses(out_dir: Path) -> dict[str, str]:

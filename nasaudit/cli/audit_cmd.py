@@ -69,12 +69,12 @@ def run_audit_command(args: argparse.Namespace) -> int:
         config = config.only(labels)
     if args.out:
         config = config.with_out_dir(args.out)
+    engine, _ = choose_engine(config, args.engine, args.address, args.workers)  # a bad flag writes nothing
     if args.dry_run:
         from nasaudit.audit.runner import dry_run
 
         print(dry_run(config))
         return 0
-    engine, _ = choose_engine(config, args.engine, args.address, args.workers)  # a bad flag writes nothing
     if engine == "ray":
         from nasaudit.audit.engines.ray_engine import import_ray
 

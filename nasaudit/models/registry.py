@@ -45,15 +45,42 @@ def build_model(
     *,
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
+    source: str | None = None,
     **kwargs: Any,
 ) -> ImageClassifier:
     """Build model `name` (manual baseline, genotype name or genotype file) for `num_classes`.
 
     Extra keyword arguments go to the factory (for genotype networks: C, layers, auxiliary,
-    drop_path_prob, space). Raises InputError for an unknown name or a bad genotype file.
+    drop_path_prob, space). Raises InputError for an unknown name, a bad genotype file, or a
+    size beyond `nasaudit.limits` (the parameter count is taken from a build on the meta device,
+    which allocates nothing, before the real one); `source` names where the sizes came from.
     """
+    import torch
+
+    from nasaudit.limits import check_parameter_count
+
+    factory = _factory(name)
+    _check_sizes(kwargs, source or "--model")
+    with torch.device("meta"):
+        count = sum(p.numel() for p in factory(num_classes=num_classes, mean=mean, std=std, **kwargs).parameters())
+    check_parameter_count(count, name, source or "--model")
+    return factory(num_classes=num_classes, mean=mean, std=std, **kwargs)
+
+
+def _check_sizes(kwargs: dict[str, Any], source: str) -> None:
+    """Per-dimension caps (C, width, layers) before anything is built, even on the meta device."""
+    from nasaudit.limits import MAX_MODEL_SIZES, check_at_most
+
+    for key, limit in MAX_MODEL_SIZES.items():
+        value = kwargs.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            check_at_most(value, limit, key, source, limit_name=f"MAX_MODEL_SIZES[{key!r}]")
+
+
+def _factory(name: str) -> ModelFactory:
+    """The factory behind a registered name, a genotype name or a genotype file."""
     if name in _FACTORIES:
-        return _FACTORIES[name](num_classes=num_classes, mean=mean, std=std, **kwargs)
+        return _FACTORIES[name]
     from nasaudit.genotype import resolve_genotype
     from nasaudit.models.darts_network import build_genotype_network
 
@@ -66,4 +93,4 @@ def build_model(
                 "--model", f"{name!r} is neither a model ({known}) nor a genotype name or file"
             ) from None
         raise
-    return build_genotype_network(genotype, num_classes=num_classes, mean=mean, std=std, **kwargs)
+    return lambda **kw: build_genotype_network(genotype, **kw)

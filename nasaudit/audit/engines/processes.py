@@ -44,9 +44,26 @@ def threads_per_worker(workers: int, threads: int) -> int:
     return max(1, threads // max(1, workers))
 
 
-def _start_worker(threads: int) -> None:
-    """A worker's initializer: its threads, its context, and the unit modules imported (while
-    the driver loads the data set)."""
+def _die_with_driver(driver_pid: int) -> None:
+    """Ask the kernel (Linux) to SIGKILL this worker when the driver that spawned it dies, also
+    by kill -9: otherwise the pool's workers, and the resource tracker they keep open, outlive
+    it. Elsewhere a no-op (the pool still stops them on any orderly exit)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != driver_pid:  # the driver died before the request took effect
+        os._exit(1)
+
+
+def _start_worker(threads: int, driver_pid: int) -> None:
+    """A worker's initializer: dies with the driver, sets its threads and context, and imports
+    the unit modules (while the driver loads the data set)."""
+    _die_with_driver(driver_pid)
     import torch
 
     import nasaudit.attacks  # noqa: F401 - importing is the point: before any unit is ready
@@ -87,7 +104,7 @@ class ProcessExecutor:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the driver has torch's thread pools and open SQLite handles.
         pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(self.threads,))
+                                   initializer=_start_worker, initargs=(self.threads, os.getpid()))
         for _ in range(self.workers):  # each submit starts one worker: all start now
             pool.submit(_receive_data, self.data)
         return pool

@@ -1,0 +1,40 @@
+"""Every size nasaudit accepts from outside, bounded before it allocates, extracts or spawns.
+
+Sizes arrive from flags, audit configs, checkpoint sidecars and archives. Each is checked here
+against one named limit, and the error names the limit, so a typo (C = 100000) or a hostile file
+is a one-line refusal, not a 240 GB allocation or a process storm.
+"""
+
+from __future__ import annotations
+
+from nasaudit.errors import InputError
+
+# A model's weights: 500M parameters (2 GB in fp32, about 8 GB with Adam's state) is far above
+# every network in the study (the largest manual baseline has about 23M).
+MAX_MODEL_PARAMETERS = 500_000_000
+# Per-dimension caps a sidecar or config may state, checked before even the size estimate.
+MAX_MODEL_SIZES = {"C": 1024, "width": 1024, "layers": 256}
+MAX_OTHER_INT = 1 << 20
+# Units one audit plans (models x seeds x stages x parameter sets).
+MAX_PLANNED_UNITS = 20_000
+MAX_SEEDS = 1_000
+MAX_SWEEP_POINTS = 1_000
+# Worker processes or Ray workers one machine is asked to start.
+MAX_WORKERS = 256
+# Bytes one archive may unpack to (the CIFAR archives unpack to under 200 MB).
+MAX_EXTRACTED_BYTES = 2 << 30
+# Bytes one array read from a data file may declare (an ImageNet32 training batch is ~400 MB).
+MAX_ARRAY_BYTES = 2 << 30
+
+
+def check_at_most(value: int, limit: int, what: str, source: str | None, *, limit_name: str) -> int:
+    """`value`, or InputError naming `limit_name` when it exceeds `limit`."""
+    if value > limit:
+        raise InputError(source, f"{what} is {value:,}, above nasaudit's limit of {limit:,} ({limit_name})")
+    return value
+
+
+def check_parameter_count(count: int, name: str, source: str | None = None) -> int:
+    """InputError when model `name` would have more than MAX_MODEL_PARAMETERS parameters."""
+    return check_at_most(count, MAX_MODEL_PARAMETERS, f"the parameter count of {name}", source,
+                         limit_name="MAX_MODEL_PARAMETERS")
