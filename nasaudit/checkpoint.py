@@ -16,6 +16,7 @@ Both are written atomically (`nasaudit.io`), so a kill never leaves a torn file.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,25 @@ def read_sidecar(checkpoint: str | Path) -> dict[str, Any] | None:
     if not isinstance(meta, dict):
         raise InputError(path, "checkpoint sidecar must be a JSON object")
     return meta
+
+
+def check_scheduler_state(fresh: dict[str, Any], saved: Any, source: str | Path) -> None:
+    """A learning-rate scheduler's saved state must have the fresh scheduler's fields with values
+    of the same kinds: torch's `load_state_dict` copies any dict into the scheduler unchecked."""
+    def kind(value: Any) -> str:
+        if isinstance(value, bool) or value is None:
+            return type(value).__name__
+        if isinstance(value, int | float):
+            return "number"
+        return "list" if isinstance(value, list | tuple) else type(value).__name__
+
+    if not isinstance(saved, dict) or set(saved) != set(fresh):
+        raise InputError(source, "cannot resume: the learning-rate schedule's state does not fit this run")
+    for key, value in fresh.items():
+        other = saved[key]
+        bad_number = kind(other) == "number" and not math.isfinite(other)
+        if kind(other) != kind(value) or bad_number:
+            raise InputError(source, f"cannot resume: the learning-rate schedule's {key!r} is {other!r}")
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nasaudit.checkpoint import (
+    check_scheduler_state,
     checkpoint_path,
     genotype_record,
     load_checkpoint_model,
@@ -363,10 +364,39 @@ def _adversarial_batch(
         model.drop_path_prob = drop_prob
 
 
-def _check_resume_config(saved: dict[str, Any] | None, config: TrainConfig, path: Path) -> None:
+# A history entry's numeric fields, and whether each may be None (no validation split).
+_HISTORY_FIELDS = {"lr": False, "drop_path_prob": False, "train_loss": False, "train_acc": False,
+                   "val_loss": True, "val_acc": True, "seconds": False}
+
+
+def _resume_progress(state: dict[str, Any], config: TrainConfig, path: Path) -> tuple[int, list[dict]]:
+    """(epochs done, history) of a checkpoint, every field checked before anything trains: an
+    epoch in [0, config.epochs], and one well-formed history entry per epoch, numbered 1..epoch.
+    A bad checkpoint is refused, so no new checkpoint is ever derived from it."""
+    epoch = state.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= config.epochs:
+        raise InputError(path, f"cannot resume: epoch must be a whole number in [0, {config.epochs}], got {epoch!r}")
+    history = state.get("history", [])
+    if not isinstance(history, list) or len(history) != epoch:
+        raise InputError(path, f"cannot resume: history must list the {epoch} epochs done")
+    for number, entry in enumerate(history, start=1):
+        if not isinstance(entry, dict) or entry.get("epoch") != number:
+            raise InputError(path, f"cannot resume: history entry {number} is not epoch {number}'s record")
+        for key, may_be_none in _HISTORY_FIELDS.items():
+            value = entry.get(key)
+            if value is None and may_be_none:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise InputError(path, f"cannot resume: history entry {number} field {key!r} is {value!r}")
+    return epoch, [dict(entry) for entry in history]
+
+
+def _check_resume_config(saved: Any, config: TrainConfig, path: Path) -> None:
     """Resuming with different settings would silently mix two runs: refuse, naming the fields."""
-    if not isinstance(saved, dict):
+    if saved is None:
         return
+    if not isinstance(saved, dict):
+        raise InputError(path, f"cannot resume: the checkpoint's config is not a table ({type(saved).__name__})")
     current = config.to_dict()
     differing = [
         f"{k} ({saved[k]!r} -> {current[k]!r})"
@@ -483,15 +513,15 @@ def train_model(
     if resume and ckpt is not None and ckpt.is_file():
         state = load_training_state(ckpt)
         _check_resume_config(state.get("config"), config, ckpt)
+        start_epoch, history = _resume_progress(state, config, ckpt)
+        check_scheduler_state(scheduler.state_dict(), state.get("scheduler"), ckpt)
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(ckpt, f"cannot resume from this checkpoint: {first[:200]}") from None
-        start_epoch = int(state.get("epoch", 0))
-        history = list(state.get("history", []))
 
     meta_base = {**(sidecar or {}), "config": config.to_dict(), "seed": config.seed}
     meta_base.setdefault("parameters", count_parameters(model))

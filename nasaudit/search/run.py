@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from nasaudit.checkpoint import check_scheduler_state
 from nasaudit.errors import InputError
 from nasaudit.records import Record
 from nasaudit.search.architect import MODES, Architect
@@ -365,13 +366,20 @@ def run_search(
     iters = len(val_loader)
     loop = {"epoch": 0, "step": 0, "history": [], "seconds": 0.0, "sums": None}
     if state is not None:
-        model.load_state_dict(state["model"])
-        w_opt.load_state_dict(state["w_opt"])
-        a_opt.load_state_dict(state["a_opt"])
-        sched.load_state_dict(state["sched"])
+        _check_resume_progress(state, config, iters, term_keys, ckpt_path)
+        check_scheduler_state(sched.state_dict(), state.get("sched"), ckpt_path)
+        try:
+            model.load_state_dict(state["model"])
+            w_opt.load_state_dict(state["w_opt"])
+            a_opt.load_state_dict(state["a_opt"])
+            sched.load_state_dict(state["sched"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(ckpt_path, f"cannot resume from this checkpoint: {first[:200]}") from None
         for k in ("weight_steps", "arch_steps", "virtual_steps"):
-            setattr(architect, k, int(state["counters"][k]))
+            setattr(architect, k, state["counters"][k])
         loop.update({k: state[k] for k in loop})
+        loop["sums"] = None if state["sums"] is None else {k: v.to(device) for k, v in state["sums"].items()}
     rule = parse_early_stop(config.early_stop)
     tracker = None
     if rule is not None:
@@ -554,11 +562,54 @@ def _metrics(sums: dict[str, torch.Tensor], w_opt, a_opt) -> dict[str, float]:
             **{k: v / vn for k, v in s.items() if k.startswith("objective/")}}
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_resume_progress(state: dict[str, Any], config: SearchConfig, iters: int,
+                           term_keys: Sequence[str], path: Path) -> None:
+    """Every progress field of a search checkpoint, checked before any of it is used: a bad one
+    is refused in one line, and no new checkpoint is ever derived from it."""
+    def refuse(problem: str) -> None:
+        raise InputError(path, f"cannot resume: {problem}")
+
+    epoch, step = state.get("epoch"), state.get("step")
+    if not _whole(epoch) or epoch > config.epochs:
+        refuse(f"epoch must be a whole number in [0, {config.epochs}], got {epoch!r}")
+    if not _whole(step) or step > iters or (epoch == config.epochs and step):
+        refuse(f"step must be a whole number in [0, {iters}], got {step!r}")
+    history = state.get("history")
+    if not isinstance(history, list) or len(history) != epoch or any(
+            not isinstance(h, dict) or h.get("epoch") != i for i, h in enumerate(history, start=1)):
+        refuse(f"history must hold one record per epoch done, numbered 1..{epoch}")
+    seconds = state.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < float("inf"):
+        refuse(f"seconds must be a finite number >= 0, got {seconds!r}")
+    counters = state.get("counters")
+    if not isinstance(counters, dict) or not all(_whole(counters.get(k)) for k in
+                                                 ("weight_steps", "arch_steps", "virtual_steps")):
+        refuse("counters must hold weight_steps, arch_steps and virtual_steps as whole numbers")
+    sums = state.get("sums")
+    wanted = set(_zero_sums(torch.device("cpu"), term_keys))
+    if sums is not None and (not isinstance(sums, dict) or set(sums) != wanted or not all(
+            isinstance(v, torch.Tensor) and v.numel() == 1 and torch.isfinite(v).all() for v in sums.values())):
+        refuse("sums must be the running sums of this search's metrics (finite scalars)")
+    rng = state.get("rng")
+    if not isinstance(rng, dict) or not isinstance(rng.get("cpu"), torch.Tensor) or rng["cpu"].dtype != torch.uint8 \
+            or not isinstance(rng.get("cuda"), list):
+        refuse("rng must hold torch's generator states")
+    for key in ("model", "w_opt", "a_opt", "sched"):
+        if not isinstance(state.get(key), dict):
+            refuse(f"{key} must be a state dict")
+
+
 def _check_resume(state: Any, config: SearchConfig, path: Path) -> None:
     """The checkpoint must be a search checkpoint of the same search (up to RESUMABLE_CHANGES)."""
     if not isinstance(state, dict) or state.get("kind") != "nasaudit-search":
         raise InputError(path, "not a nasaudit search checkpoint")
     saved, now = state.get("config", {}), config.to_dict()
+    if not isinstance(saved, dict):
+        raise InputError(path, f"cannot resume: the checkpoint's config is not a table ({type(saved).__name__})")
     # A setting added after the checkpoint was written counts as its default there.
     defaults = SearchConfig().to_dict()
     diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k])
