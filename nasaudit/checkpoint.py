@@ -187,6 +187,36 @@ def check_model_kwargs(kwargs: dict[str, Any], source: str | Path) -> None:
             raise InputError(source, f"model_kwargs.{key} must be at most {limit}, got {value}")
 
 
+def _check_sidecar_model(name: str, genotype: Any, source: Path) -> str:
+    """What a sidecar's 'model' may open, as the name to build. It is input: without a recorded
+    genotype it must name a registered model, a shipped genotype, or a genotype file beside the
+    checkpoint (resolved there), never a path elsewhere; a genotype recorded beside a shipped or
+    manual name must agree with it (else the sidecar contradicts itself)."""
+    from nasaudit.genotype import genotype_hash, shipped_genotypes
+    from nasaudit.models.registry import is_manual_model
+
+    side = sidecar_path(source)
+    shipped = shipped_genotypes()
+    key = name.strip().lower().replace("-", "_")
+    if isinstance(genotype, dict):  # built from the record; the name is only compared
+        if key in shipped and genotype_hash(_genotype_from_record(genotype, source)) != genotype_hash(
+                shipped[key]["genotype"]):
+            raise InputError(side, f"its genotype differs from {name!r}, the model it names; fix or remove one")
+        if is_manual_model(name):
+            raise InputError(side, f"names the manual model {name!r} but records a genotype")
+        return name
+    file_part = name.split(":", 1)[0]
+    if is_manual_model(name) or key in shipped or not (
+            "/" in file_part or "\\" in file_part or file_part.lower().endswith((".json", ".py", ".txt"))):
+        return name  # a plain name: build_model knows it or says it does not
+    folder = source.parent.resolve()
+    path = (folder / file_part).resolve() if not Path(file_part).is_absolute() else None
+    if path is None or not path.is_relative_to(folder):
+        raise InputError(side, f"'model' is {name!r}: a sidecar may name a model, a shipped genotype or a "
+                               "genotype file beside the checkpoint, not a path elsewhere")
+    return str(folder / name)
+
+
 def build_from_sidecar(
     meta: dict[str, Any], *, model_name: str | None, num_classes: int, source: Path
 ) -> ImageClassifier:
@@ -202,6 +232,8 @@ def build_from_sidecar(
         raise InputError(source, "no sidecar names the model; pass --model NAME|FILE")
     if model_name is None and not isinstance(name, str):
         raise InputError(sidecar_path(source), f"'model' must be a string, got {name!r}")
+    if model_name is None:
+        name = _check_sidecar_model(name, meta.get("genotype"), source)
     # Seeded so that a rebuild is deterministic; the weights are overwritten right after.
     with seeded(0):
         try:

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,11 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # torch warns about legacy files (source changes, storage types) before it refuses or
+        # loads them: the refusal, or nothing, is what the user is told.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower():
             # The file asks to build objects other than tensors and plain containers: loading it

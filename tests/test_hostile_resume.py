@@ -84,3 +84,27 @@ def test_search_resume_refuses_a_malformed_checkpoint(tmp_path, capsys, searched
     ckpt = out / "checkpoint.pt"
     torch.save({**state, field: value}, ckpt)
     _refused(capsys, [*SEARCH, "--out", str(out), "--resume"], ckpt, "checkpoint.pt", needle)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"model": "/etc/passwd.json"}, "not a path elsewhere"),
+    ({"model": "../../../../x.py:G"}, "not a path elsewhere"),
+    ({"model": "darts_v2", "genotype": "enas"}, "its genotype differs from 'darts_v2'"),
+    ({"genotype": "enas"}, "names the manual model 'tiny_cnn' but records a genotype"),
+])
+def test_a_sidecar_that_points_elsewhere_or_contradicts_itself_is_refused(tmp_path, capsys, trained, change, needle):
+    import json
+
+    from nasaudit.checkpoint import sidecar_path
+    from nasaudit.genotype import genotype_to_json, shipped_genotypes
+
+    ckpt, _ = trained
+    copy = tmp_path / "m.pth"
+    copy.write_bytes(ckpt.read_bytes())
+    meta = json.loads(sidecar_path(ckpt).read_text())
+    if "genotype" in change:
+        change = {**change, "genotype": genotype_to_json(shipped_genotypes()[change["genotype"]]["genotype"])}
+    sidecar_path(copy).write_text(json.dumps({**meta, **change}))
+    code = main(["eval", "--checkpoint", str(copy), "--dataset", "digits", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "m.json" in err and needle in err, err
