@@ -27,7 +27,7 @@ from nasaudit import __version__
 from nasaudit.device import prepare_model, resolve_device, seeded
 from nasaudit.errors import InputError
 from nasaudit.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
-from nasaudit.limits import MAX_MODEL_SIZES, MAX_OTHER_INT
+from nasaudit.limits import MAX_CLASSES, MAX_MODEL_SIZES, MAX_OTHER_INT
 from nasaudit.models.base import ImageClassifier
 
 CHECKPOINT_FORMAT = 1
@@ -35,7 +35,6 @@ _GENOTYPE_SUFFIXES = (".json", ".py", ".toml", ".txt")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 # Bounds on what an untrusted sidecar may ask to build (the study's largest: C=36, layers=20,
 # width=64, 1000 classes): far above any real model, far below an out-of-memory.
-MAX_CLASSES = 100_000
 
 
 def model_stem(model_name: str) -> str:

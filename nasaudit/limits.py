@@ -12,6 +12,8 @@ from nasaudit.errors import InputError
 # A model's weights: 500M parameters (2 GB in fp32, about 8 GB with Adam's state) is far above
 # every network in the study (the largest manual baseline has about 23M).
 MAX_MODEL_PARAMETERS = 500_000_000
+# Classes a data set, sidecar or imported classifier may have.
+MAX_CLASSES = 100_000
 # Per-dimension caps a sidecar or config may state, checked before even the size estimate.
 MAX_MODEL_SIZES = {"C": 1024, "width": 1024, "layers": 256}
 MAX_OTHER_INT = 1 << 20
@@ -21,6 +23,12 @@ MAX_SEEDS = 1_000
 MAX_SWEEP_POINTS = 1_000
 # Worker processes or Ray workers one machine is asked to start.
 MAX_WORKERS = 256
+# A checkpoint file larger than this is refused before it is read (the largest supported
+# network, wide_resnet50_2, is about 270 MB in fp32).
+MAX_FILE_BYTES = 4 << 30
+# Elements one tensor in a foreign checkpoint may declare (2**28: 1 GiB in fp32), checked on its
+# shape before anything touches its storage.
+MAX_TENSOR_ELEMENTS = 1 << 28
 # Bytes one archive may unpack to (the CIFAR archives unpack to under 200 MB).
 MAX_EXTRACTED_BYTES = 2 << 30
 # Bytes one array read from a data file may declare (an ImageNet32 training batch is ~400 MB).

@@ -29,6 +29,17 @@ Schema (every table but ``[dataset]`` and ``[[models]]`` is optional)::
     kwargs = { C = 16 }                 # merged over model_defaults
     train = { epochs = 10 }             # merged over [train]
 
+    [[models]]                          # a pretrained model: imported, never retrained
+    name = "darts_pretrained"
+    spec = "darts_v2"                   # its architecture (genotype or baseline), checked
+    kwargs = { C = 36, layers = 20, auxiliary = true }   # the file's sizes (no model_defaults)
+    checkpoint = "../pretrained/cifar10_model.pt"        # relative to this file
+    format = "darts"                    # nasaudit.pretrained.LAYOUTS or "auto" (default)
+    trained_on = "cifar10-train"        # its members for membership inference ("unknown": none)
+    mean = [0.49, 0.48, 0.45]           # optional: override the layout's normalisation
+    std = [0.25, 0.24, 0.26]
+    train = { epochs = 10 }             # over the layout's training recipe (not [train])
+
     [[searches]]                        # run first; audit the result with spec "search:NAME"
     name = "nstep5"
     n_step = 5                          # nasaudit.search.SearchConfig fields
@@ -86,6 +97,7 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.errors import InputError
+from nasaudit.limits import MAX_CLASSES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -108,7 +120,10 @@ TOP_KEYS = frozenset({"name", "description", "out_dir", "seeds", "dataset", "tra
                       "sweeps", "report"})
 DATASET_KEYS = frozenset({"name", "data_dir", "download", "num_classes"})
 MODEL_DEFAULT_GROUPS = frozenset({"nas", "manual"})
-MODEL_KEYS = frozenset({"name", "spec", "group", "kwargs", "train", "mitigation_of"})
+MODEL_KEYS = frozenset({"name", "spec", "group", "kwargs", "train", "mitigation_of",
+                        "checkpoint", "format", "trained_on", "mean", "std"})
+# A pretrained model's `trained_on`: the whole training split of a data set, or "unknown".
+TRAINED_ON = re.compile(r"[a-z0-9]+-train|unknown")
 SEARCH_KEYS = frozenset({"name", "seed"})  # + SearchConfig fields
 # [[sweeps]]: name, seed, reference (add the plain-DARTS point, default true), kwargs / train
 # (of the models built from the sweep's genotypes) + SearchConfig fields, a list = swept.
@@ -127,7 +142,6 @@ LIST_SEARCH_FIELDS = frozenset({"hooks", "objectives", "arch_betas"})
 SWEEP_GROUP = "sweep"  # model group of the sweep's points (kept apart from the study's nas/manual)
 # Bounds of values that size a loop or an allocation, checked before anything runs.
 MAX_SEED = 2**63 - 1
-MAX_CLASSES = 100_000
 MAX_CONFIG_BYTES = 4 << 20
 # Model labels and search names become path components under OUT (checkpoints, work, probes):
 # a plain name, never "..", a separator or an absolute path.
@@ -286,6 +300,18 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     mitigation_of: str | None = None
+    # A pretrained model (imported, not trained): its file, layout, training split and an
+    # optional normalisation override (3 numbers each). None for the models the audit trains.
+    checkpoint: str | None = None
+    format: str | None = None
+    trained_on: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def imported(self) -> bool:
+        """True for a pretrained model named by `checkpoint` (imported instead of trained)."""
+        return self.checkpoint is not None
 
     @property
     def search_name(self) -> str | None:
@@ -489,6 +515,46 @@ def expand_sweep(item: dict[str, Any], source: str = "<sweep>") -> list[SweepPoi
     return points
 
 
+def _norm_values(item: dict, key: str, where: str, source: str) -> tuple[float, ...] | None:
+    value = item.get(key)
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+            for v in value)):
+        raise InputError(source, f"{where}: {key} must be 3 finite numbers (one per channel), got {value!r}")
+    if key == "std" and any(v <= 0 for v in value):
+        raise InputError(source, f"{where}: std must be positive, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _pretrained_fields(item: dict, spec: str, base_dir: Path, where: str, source: str) -> dict[str, Any]:
+    """ModelSpec's pretrained fields from a [[models]] entry ({} for a model the audit trains)."""
+    extra = [k for k in ("format", "trained_on", "mean", "std") if k in item]
+    if "checkpoint" not in item:
+        if extra:
+            raise InputError(source, f"{where}: {extra[0]} applies to a pretrained model only "
+                                     "(set checkpoint = \"FILE\")")
+        return {}
+    from nasaudit.pretrained import layout_names
+
+    path = _resolve_path(item["checkpoint"], base_dir, source, f"{where} checkpoint")
+    fmt = item.get("format", "auto")
+    if fmt not in layout_names():
+        raise InputError(source, f"{where}: format must be one of {', '.join(layout_names())}, got {fmt!r}")
+    trained_on = item.get("trained_on")
+    if trained_on is not None and (not isinstance(trained_on, str) or not TRAINED_ON.fullmatch(trained_on)):
+        raise InputError(source, f"{where}: trained_on must be DATASET-train (e.g. \"cifar10-train\": the "
+                                 f"whole training split) or \"unknown\", got {trained_on!r}")
+    if spec.startswith(SEARCH_PREFIX):
+        raise InputError(source, f"{where}: a pretrained model names its architecture (a genotype or a "
+                                 "baseline), not a search")
+    mean, std = _norm_values(item, "mean", where, source), _norm_values(item, "std", where, source)
+    if (mean is None) != (std is None):
+        raise InputError(source, f"{where}: give both mean and std, or neither")
+    return {"checkpoint": str(path), "format": fmt, "trained_on": trained_on, "mean": mean, "std": std}
+
+
 def _resolve_spec(spec: str, base_dir: Path) -> str:
     """Turn a relative genotype file spec ("my.json", "g.py:NAME") into an absolute one."""
     if spec.startswith(SEARCH_PREFIX):
@@ -669,9 +735,14 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
             raise InputError(source, f"model {item['name']!r} uses {spec!r} but no such [[searches]] entry")
         mitigation_of = item.get("mitigation_of")
         group = str(item.get("group") or ("mitigation" if mitigation_of else _default_group(spec)))
-        base_kwargs = dict(defaults.get("manual" if _default_group(spec) == "manual" else "nas", {}))
+        pretrained = _pretrained_fields(item, spec, base_dir, where, source)
+        # A pretrained model's kwargs describe its file: the defaults for small retrained models
+        # do not apply to it.
+        base_kwargs = {} if pretrained else dict(
+            defaults.get("manual" if _default_group(spec) == "manual" else "nas", {}))
         kwargs = {**base_kwargs, **dict(item.get("kwargs", {}))}
-        models.append(ModelSpec(item["name"], spec, group, kwargs, dict(item.get("train", {})), mitigation_of))
+        models.append(ModelSpec(item["name"], spec, group, kwargs, dict(item.get("train", {})), mitigation_of,
+                                **pretrained))
     for item, point in sweep_models:  # each sweep point is audited like any searched model
         kwargs = {**dict(defaults.get("nas", {})), **dict(item.get("kwargs", {}))}
         models.append(ModelSpec(point.label, SEARCH_PREFIX + point.label, SWEEP_GROUP, kwargs,

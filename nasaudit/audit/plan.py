@@ -4,12 +4,19 @@ A *unit* is (model x stage x parameters x seed). Per model and seed the stages a
 
   analyze     cell metrics and parameter count (once per model, first seed)
   probe_init  probes on the freshly initialised network (gradient variance at Kaiming init)
+  import      a pretrained model (``checkpoint = ...``): read its file into a nasaudit
+              checkpoint (`nasaudit.pretrained`); it replaces the train unit
   train       train, or reuse a finished checkpoint whose sidecar matches the unit
   clean       clean test accuracy
   probe       probes on the trained network
   attack      the attack battery
 
 Searches (``[[searches]]``) are units too; a searched model's units wait on its search.
+A pretrained model is never trained: its import unit stands where the train unit would, its key
+hashes the file's sha256, layout and normalisation, and its TrainConfig (what poisoning retrains
+from scratch with and backdoor fine-tunes with) is its layout's published recipe under its own
+``train`` table. Membership inference on it needs ``trained_on``: without it (or for another
+data set) the unit is left out of the plan and `Plan.notes` says why.
 Once a model's ``train`` unit is done, every unit that only reads its checkpoint (clean,
 probes, PGD, NES, membership) can run in parallel; the retraining attacks (poisoning,
 backdoor, Knockoff) are units of their own with a whole GPU.
@@ -34,7 +41,7 @@ from nasaudit.audit.config import AuditConfig, ModelSpec, TaskSpec, resource_req
 from nasaudit.errors import InputError
 
 # Stage order within a (model, seed); also the order of the per-stage progress bars.
-STAGES = ("search", "analyze", "probe_init", "train", "clean", "probe", "attack")
+STAGES = ("search", "analyze", "probe_init", "import", "train", "clean", "probe", "attack")
 # Attacks that train networks of their own: scheduled with the "retrain" resources.
 RETRAINING_ATTACKS = frozenset({"poison", "backdoor", "knockoff"})
 
@@ -81,6 +88,7 @@ class Plan:
     config: AuditConfig
     units: tuple[Unit, ...]
     models: dict[str, ModelPlan] = field(default_factory=dict)  # group_key -> ModelPlan
+    notes: tuple[str, ...] = ()  # what --dry-run says beside the table (imports, skipped units)
 
     def unit(self, key: str) -> Unit:
         """The unit with this key (KeyError if none)."""
@@ -103,8 +111,87 @@ class Plan:
 # Keys and model resolution
 # --------------------------------------------------------------------------------------------
 def train_settings(config: AuditConfig, model: ModelSpec, seed: int) -> dict[str, Any]:
-    """The TrainConfig fields for `model` at `seed`: [train] overridden by the model's table."""
+    """The TrainConfig fields for `model` at `seed`: [train] overridden by the model's table; for a
+    pretrained model, its layout's published recipe (or its nasaudit sidecar's config) instead of
+    [train], which describes how the audit trains its own models."""
+    if model.imported:
+        # A nasaudit checkpoint's recipe keeps its own seed: its validation split (the images it
+        # was not fitted on) is drawn with it. The foreign recipes have none: the audit's seed.
+        return {"seed": seed, **imported_recipe(config, model), **model.train}
     return {**config.train, **model.train, "seed": seed}
+
+
+# (path, size, mtime) -> value: a checkpoint is hashed and its layout recognised once per process.
+_FILE_FACTS: dict[tuple, Any] = {}
+
+
+def _file_fact(config: AuditConfig, model: ModelSpec, what: str, compute) -> Any:
+    path = Path(model.checkpoint)
+    try:
+        info = path.stat()
+    except OSError:
+        raise InputError(config.source, f"model {model.label!r}: checkpoint {path} not found (a pretrained "
+                                        "model's file must be in place before the audit)") from None
+    if not path.is_file():
+        raise InputError(config.source, f"model {model.label!r}: checkpoint {path} is not a file")
+    key = (what, str(path), info.st_size, info.st_mtime_ns)
+    if key not in _FILE_FACTS:
+        _FILE_FACTS[key] = compute(path)
+    return _FILE_FACTS[key]
+
+
+def imported_format(config: AuditConfig, model: ModelSpec) -> str:
+    """The layout of a pretrained model's file ("auto" resolved by reading its keys)."""
+    if model.format not in (None, "auto"):
+        return model.format
+
+    def detect(path: Path) -> str:
+        from nasaudit.io import safe_torch_load
+        from nasaudit.pretrained import detect_layout
+
+        return detect_layout(safe_torch_load(path), path)[0]
+
+    return _file_fact(config, model, "format", detect)
+
+
+def imported_sha256(config: AuditConfig, model: ModelSpec) -> str:
+    """sha256 of a pretrained model's file (part of its model key: a new file, new results)."""
+    from nasaudit.pretrained import file_sha256
+
+    return _file_fact(config, model, "sha256", file_sha256)
+
+
+def imported_recipe(config: AuditConfig, model: ModelSpec) -> dict[str, Any]:
+    """TrainConfig fields of a pretrained model: its layout's training script's, or the config
+    its nasaudit sidecar records."""
+    fmt = imported_format(config, model)
+    if fmt != "nasaudit":
+        from nasaudit.pretrained import layout_recipe
+
+        return layout_recipe(fmt)
+
+    def sidecar_config(path: Path) -> dict[str, Any]:
+        from nasaudit.checkpoint import read_sidecar
+
+        meta = read_sidecar(path) or {}
+        return dict(meta["config"]) if isinstance(meta.get("config"), dict) else {}
+
+    return dict(_file_fact(config, model, "recipe", sidecar_config))
+
+
+def membership_skip(config: AuditConfig, model: ModelSpec) -> str | None:
+    """Why membership inference cannot run on pretrained `model` (None when it can): the audit
+    must know which images the model was fitted on."""
+    if not model.imported:
+        return None
+    if model.trained_on in (None, "unknown"):
+        return (f"{model.label}: membership skipped: the config does not say which split the pretrained "
+                "model was trained on (set trained_on = \"" + config.dataset.name + "-train\" if it was "
+                "fitted on the whole training split)")
+    if model.trained_on != f"{config.dataset.name}-train":
+        return (f"{model.label}: membership skipped: it was trained on {model.trained_on}, the audit's data "
+                f"set is {config.dataset.name}; its members are not among the audit's images")
+    return None
 
 
 def search_key(config: AuditConfig, name: str) -> str:
@@ -127,6 +214,13 @@ def _model_identity(config: AuditConfig, model: ModelSpec) -> tuple[str, str | N
 
     common = {"kwargs": model.kwargs, "dataset": config.dataset.identity(),
               "train": {**config.train, **model.train}}
+    if model.imported:
+        recipe = train_settings(config, model, 0)
+        if "seed" not in imported_recipe(config, model):
+            recipe.pop("seed")  # the audit's seed, part of the unit key already
+        common["train"] = recipe
+        common["import"] = {"sha256": imported_sha256(config, model), "format": imported_format(config, model),
+                            "mean": model.mean, "std": model.std, "trained_on": model.trained_on}
     if model.search_name is not None:
         # The genotype is whatever the search finds; the search's own key stands for it, so
         # the plan is complete before the search has run.
@@ -149,10 +243,12 @@ def _attack_kind(name: str) -> str:
 def build_plan(config: AuditConfig) -> Plan:
     """Every unit of `config` with its dependencies, in run order (searches first).
 
-    Nothing is trained, loaded or read from the store: the plan depends on the config alone,
-    so ``--dry-run`` and the run see the same units with the same keys.
+    Nothing is trained, loaded or read from the store: the plan depends on the config alone
+    (and, for a pretrained model, on its file's sha256 and layout, read once per process), so
+    ``--dry-run`` and the run see the same units with the same keys.
     """
     units: list[Unit] = []
+    notes: list[str] = []
     searches: dict[str, str] = {}
     for search in config.searches:
         key = search_key(config, search.name)
@@ -180,11 +276,21 @@ def build_plan(config: AuditConfig) -> Plan:
                             group_key, task)
 
             tasks = _tasks_for(config, model)
+            skip = membership_skip(config, model)
+            if skip is not None and any(t.name == "membership" for t in tasks):
+                tasks = [t for t in tasks if t.name != "membership"]
+                if i == 0:
+                    notes.append(skip)
+            if model.imported and i == 0:
+                notes += _import_notes(config, model, tasks)
             if i == 0:
                 units.append(unit("analyze", "model_info", {}, search_needs, "analyze"))
             units += [unit("probe_init", t.name, t.params, search_needs, "light", t)
                       for t in tasks if t.kind == "probe" and t.at_init]
-            train = unit("train", "train", {}, search_needs, "train")
+            if model.imported:  # read the file instead of training (CPU work, a few seconds)
+                train = unit("import", "import", {}, search_needs, "light")
+            else:
+                train = unit("train", "train", {}, search_needs, "train")
             units.append(train)
             units.append(unit("clean", "clean_accuracy", {}, (train.key,), "light"))
             units += [unit("probe", t.name, t.params, (train.key,), "light", t)
@@ -199,7 +305,26 @@ def build_plan(config: AuditConfig) -> Plan:
                     # A searched replica architecture exists once its search is done.
                     needs += (searches[replica.search_name],)
                 units.append(unit("attack", t.name, t.params, needs, _attack_kind(t.name), t))
-    return Plan(config, tuple(units), models)
+    return Plan(config, tuple(units), models, tuple(notes))
+
+
+def _import_notes(config: AuditConfig, model: ModelSpec, tasks: list[TaskSpec]) -> list[str]:
+    """What --dry-run says about a pretrained model: no training, and how retraining units treat it."""
+    fmt = imported_format(config, model)
+    recipe = train_settings(config, model, 0)
+    notes = [f"{model.label}: pretrained, imported from {model.checkpoint} ({fmt} layout); no train unit"]
+    names = {t.name for t in tasks}
+    if "poison" in names:
+        notes.append(f"{model.label}: poison retrains {model.spec} from scratch with the victim recipe "
+                     f"({fmt} training code: lr {recipe.get('lr')}, batch {recipe.get('batch_size')}, "
+                     f"weight decay {recipe.get('weight_decay')}; epochs from [attacks.poison])")
+    if "backdoor" in names:
+        notes.append(f"{model.label}: backdoor fine-tunes the imported weights (a copy; the file is "
+                     "never written)")
+    if "membership" in names:
+        notes.append(f"{model.label}: membership members are the audit's {config.dataset.name} training "
+                     f"images (trained_on = {model.trained_on!r})")
+    return notes
 
 
 def concrete_params(config: AuditConfig, task: TaskSpec, victim: str | None = None) -> dict[str, Any]:
@@ -398,4 +523,5 @@ def describe_plan(plan: Plan, status: dict[str, str]) -> str:
         s = status.get(u.key, "todo")
         counts[s] = counts.get(s, 0) + 1
     lines.append(f"{len(plan.units)} units: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)

@@ -74,6 +74,27 @@ class TrainSummary(Record):
 
 
 @dataclass
+class ImportSummary(Record):
+    """A pretrained model read into the audit's checkpoint (its import unit, instead of training)."""
+
+    kind = "import_summary"
+    label: str
+    checkpoint: str  # the nasaudit checkpoint written, relative to the audit's output directory
+    source: str  # the pretrained file
+    sha256: str
+    format: str  # its layout (nasaudit.pretrained.LAYOUTS)
+    detected: str  # "given" or what auto recognised
+    mean: list[float]
+    std: list[float]
+    normalization_from: str
+    genotype_hash: str | None
+    trained_on: str | None
+    config: dict[str, Any]  # the recipe recorded as its TrainConfig
+    reused_checkpoint: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class CleanAccuracy(Record):
     """Clean test loss and accuracy of a trained model (the study's Table 1)."""
 
@@ -303,6 +324,72 @@ def _train(job: UnitJob, ctx: UnitContext, device, resume: bool) -> TrainSummary
                         _opt_float(result.val_acc), _opt_float(result.test_acc), cfg.to_dict(), history)
 
 
+def _imported_sha(path: Path) -> str | None:
+    from nasaudit.checkpoint import read_sidecar
+
+    try:
+        meta = read_sidecar(path) or {}
+    except (InputError, OSError):
+        return None
+    imported = meta.get("imported")
+    return imported.get("sha256") if isinstance(imported, dict) else None
+
+
+def _import(job: UnitJob, ctx: UnitContext) -> ImportSummary:
+    """Read a pretrained model's file into the (model, seed)'s checkpoint, or reuse the checkpoint
+    an earlier import wrote from the same file (same sha256) with the same settings."""
+    from nasaudit.pretrained import file_sha256, read_pretrained, save_imported
+
+    config, model = job.config, job.model
+    spec = model.spec
+    cfg = _train_config(job)
+    data = ctx.dataset(config)
+    path = checkpoint_file(config, model, data.name)
+    sha = file_sha256(spec.checkpoint)
+    reuse = (path.is_file() and checkpoint_matches(path, model, cfg, data) is None
+             and _imported_sha(path) == sha)
+    kwargs = dict(spec.kwargs)
+    if not reuse:
+        genotype_net = not _is_manual(model.build_name)
+        imported = read_pretrained(
+            spec.checkpoint, spec.format or "auto", model=model.build_name, C=kwargs.get("C"),
+            layers=kwargs.get("layers"),
+            # build_model's default (an auxiliary head) unless the model's kwargs say otherwise.
+            auxiliary=kwargs.get("auxiliary", True) if genotype_net else None,
+            width=kwargs.get("width"), num_classes=data.num_classes, dataset=data.name,
+            mean=spec.mean, std=spec.std)
+        # The sidecar records the plan's kwargs and recipe: `_trained` rebuilds and checks it
+        # like the checkpoint of a trained model.
+        save_imported(imported, path, dataset=data.name, config=cfg.to_dict(), model_kwargs=kwargs,
+                      trained_on=spec.trained_on or "unknown", extra={"audit_model": model.label})
+        ctx.forget(model.group_key)
+    from nasaudit.checkpoint import read_sidecar
+
+    meta = read_sidecar(path) or {}
+    rec = meta.get("imported") or {}
+    norm = rec.get("normalization") or {}
+    return ImportSummary(model.label, _rel(path, config.out_dir), str(spec.checkpoint), sha,
+                         str(rec.get("format")), str(rec.get("detected")), list(meta.get("mean") or []),
+                         list(meta.get("std") or []), str(norm.get("from")), rec.get("genotype_hash"),
+                         rec.get("trained_on"), cfg.to_dict(), reuse, list(rec.get("notes") or []))
+
+
+def _check_members(job: UnitJob, data: Any) -> None:
+    """Membership inference on a pretrained model whose recipe holds out a validation split (a
+    nasaudit checkpoint) needs the training set that split was drawn from: same size."""
+    from nasaudit.checkpoint import read_sidecar
+
+    cfg = _train_config(job)
+    if not job.model.spec.imported or cfg.val_fraction <= 0:
+        return
+    meta = read_sidecar(job.model.spec.checkpoint) or {}
+    size = (meta.get("train_size") or 0) + (meta.get("val_size") or 0)
+    if size != int(data.train_images.shape[0]):
+        raise InputError(job.model.spec.checkpoint, f"trained on {size} images with a validation split "
+                         f"drawn from them; the audit's training set has {data.train_images.shape[0]}, so "
+                         "its members cannot be told apart")
+
+
 def _trained(job: UnitJob, ctx: UnitContext, device):
     """The trained network in eval mode, from the checkpoint its train unit left."""
     from nasaudit.training import load_checkpoint_model
@@ -389,6 +476,8 @@ def _do(job: UnitJob, ctx: UnitContext, device, resume: bool) -> dict[str, Any]:
         return _analyze(job, ctx).to_dict()
     if unit.stage == "train":
         return _train(job, ctx, device, resume).to_dict()
+    if unit.stage == "import":
+        return _import(job, ctx).to_dict()
     data = ctx.dataset(config)
     if unit.stage == "clean":
         from nasaudit.training import evaluate
@@ -411,6 +500,8 @@ def _do(job: UnitJob, ctx: UnitContext, device, resume: bool) -> dict[str, Any]:
         from nasaudit.attacks import run_attack
         from nasaudit.attacks.common import Victim
 
+        if unit.name == "membership":
+            _check_members(job, data)
         victim = Victim(_trained(job, ctx, device), job.model.build_name, _train_config(job),
                         dict(job.model.spec.kwargs))
         return _result_dict(run_attack(unit.name, victim, data, params, device=device, seed=unit.seed,

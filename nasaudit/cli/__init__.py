@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "genotypes_cmd",
     "analyze",
     "train",
+    "import_cmd",
     "search_cmd",
     "attack",
     "probe",
