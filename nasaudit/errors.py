@@ -75,6 +75,13 @@ def describe_os_error(exc: OSError) -> str:
 _CONTROL_CHARS = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), at most `limit`
+    characters: what a one-line error quotes of a library's multi-line text."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 def printable(text: str) -> str:
     """`text` with control characters shown as escapes ("\\x1b[31m" stays visible, inert)."""
     return str(text).translate(_CONTROL_CHARS)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nasaudit.errors import InputError
+from nasaudit.errors import InputError, first_line
 from nasaudit.io import atomic_write_json, atomic_write_text, loads_json, read_limited
 from nasaudit.resources import data_dir
 from nasaudit.search_space import SearchSpace, load_search_space
@@ -515,8 +515,7 @@ def _check_name(name: Any, source: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return _short_text(text.splitlines()[0] if text else type(exc).__name__)
+    return _short_text(first_line(exc, limit=10_000))
 
 
 def _short_text(text: str, limit: int = 120) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nasaudit.errors import InputError
+from nasaudit.errors import InputError, first_line
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
@@ -176,7 +176,7 @@ def loads_json(text: str, source: str | Path) -> Any:
     except DuplicateKeyError as exc:
         raise InputError(source, f"{exc} in a JSON object (which one counts is ambiguous)") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise InputError(source, f"invalid JSON ({first[:200]})") from None
 
 

@@ -48,7 +48,7 @@ from nasaudit.device import (
     stream_seed,
     to_device,
 )
-from nasaudit.errors import InputError
+from nasaudit.errors import InputError, first_line
 from nasaudit.models.base import ImageClassifier, count_parameters
 
 __all__ = [
@@ -520,7 +520,7 @@ def train_model(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise InputError(ckpt, f"cannot resume from this checkpoint: {first[:200]}") from None
 
     meta_base = {**(sidecar or {}), "config": config.to_dict(), "seed": config.seed}

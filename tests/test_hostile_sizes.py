@@ -105,3 +105,28 @@ def test_an_npz_declaring_more_than_it_holds_is_refused_before_loading(tmp_path,
     with pytest.raises(InputError, match=needle):
         load_dataset("imagenet32", tmp_path)
     assert os.path.getsize(root / "Imagenet32_val_npz" / "val_data.npz") < 10_000
+
+
+BASE = 'name = "a"\nout_dir = "out"\n[dataset]\nname = "digits"\n[[models]]\nname = "resnet18"\n'
+
+
+@pytest.mark.parametrize("extra,needles", [
+    ("kwargs = { width = 100000 }\n", ["model 'resnet18'", "MAX_MODEL_SIZES['width']"]),
+    ("[attacks.knockoff]\nreplica_kwargs = { width = 100000 }\n", ["[attacks.knockoff]", "MAX_MODEL_SIZES"]),
+    ("[[searches]]\nname = \"x\"\nspace = \"/dev/zero\"\n", ["[[searches]] 'x'", "/dev/zero", "larger than"]),
+    ("[[searches]]\nname = \"x\"\nspace = \"/etc/passwd\"\n", ["[[searches]] 'x'", "invalid JSON"]),
+    ("[[sweeps]]\nname = \"k\"\ngamma = [\"a\", \"b\"]\n", ["[[searches]] 'k-gammaa'"]),
+    ("[[sweeps]]\nname = \"k\"\nn_step = [" + ", ".join(map(str, range(1, 51))) + "]\nlr = ["
+     + ", ".join(f"0.0{i}" for i in range(1, 51)) + "]\n", ["MAX_SWEEP_POINTS", "2,500"]),
+    ("SEEDS", ["MAX_SEEDS", "100,000"]),
+])
+def test_audit_config_sizes_and_paths_fail_the_config_check(tmp_path, capsys, extra, needles):
+    cfg = tmp_path / "a.toml"
+    if extra == "SEEDS":
+        cfg.write_text(f"seeds = {list(range(100_000))}\n" + BASE)
+    else:
+        cfg.write_text(BASE + extra)
+    code, _, err = cli(capsys, "audit", cfg, "--dry-run")
+    assert code == 2
+    one_line(err, "a.toml", *needles)
+    assert not (tmp_path / "out").exists()

@@ -97,7 +97,7 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.errors import InputError
-from nasaudit.limits import MAX_CLASSES
+from nasaudit.limits import MAX_CLASSES, MAX_SEEDS, MAX_SWEEP_POINTS, check_at_most
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -446,6 +446,12 @@ def _check_sweeps(raw: Any, source: str) -> None:
         if not isinstance(item.get("kwargs", {}), dict):
             raise InputError(source, f"[[sweeps]] {item['name']!r}: kwargs must be a table of model settings")
         _check_train_table(item.get("train", {}), f"[[sweeps]] {item['name']!r} train", source)
+        points = 1
+        for key, value in item.items():
+            if key not in SWEEP_KEYS and _swept(key, value):
+                points *= max(1, len(value))
+        check_at_most(points, MAX_SWEEP_POINTS, f"[[sweeps]] {item['name']!r}'s number of searches", source,
+                      limit_name="MAX_SWEEP_POINTS")
 
 
 def _swept(key: str, value: Any) -> bool:
@@ -657,6 +663,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds:
         raise InputError(source, "seeds must be a non-empty list of integers")
+    check_at_most(len(seeds), MAX_SEEDS, "the number of seeds", source, limit_name="MAX_SEEDS")
     for seed in seeds:
         _check_seed(seed, "seeds", source)
     if len(set(seeds)) != len(seeds):

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.audit.config import AuditConfig, ModelSpec, TaskSpec, resource_request, stable_hash
-from nasaudit.errors import InputError
+from nasaudit.errors import InputError, first_line
+from nasaudit.limits import MAX_PLANNED_UNITS, check_at_most
 
 # Stage order within a (model, seed); also the order of the per-stage progress bars.
 STAGES = ("search", "analyze", "probe_init", "import", "train", "clean", "probe", "attack")
@@ -247,6 +248,9 @@ def build_plan(config: AuditConfig) -> Plan:
     (and, for a pretrained model, on its file's sha256 and layout, read once per process), so
     ``--dry-run`` and the run see the same units with the same keys.
     """
+    per_model = 4 + len(config.attacks) + 2 * len(config.probes)  # analyze, train, clean, import
+    check_at_most((len(config.models) * per_model) * len(config.seeds) + len(config.searches), MAX_PLANNED_UNITS,
+                  "the number of units this config plans", config.source, limit_name="MAX_PLANNED_UNITS")
     units: list[Unit] = []
     notes: list[str] = []
     searches: dict[str, str] = {}
@@ -384,8 +388,19 @@ def validate_config(config: AuditConfig) -> None:
         except InputError as exc:
             raise InputError(config.source, f"model {model.label!r}: {exc.problem}") from None
         _validate_model(config, model)
+    from nasaudit.models.registry import check_model_sizes
+    from nasaudit.search_space import load_search_space
+
     for search in config.searches:
-        search_config(config, search.name, search.params, search.seed).validate(config.source)
+        where = f"[[searches]] {search.name!r}"
+        try:
+            settings = search_config(config, search.name, search.params, search.seed)
+            settings.validate(config.source)
+            load_search_space(settings.space)  # read and bounded as the CLI's --space is
+        except InputError as exc:
+            raise InputError(config.source, f"{where}: {exc}") from None
+        except (TypeError, ValueError) as exc:  # a value of the wrong type meets a comparison
+            raise InputError(config.source, f"{where}: {first_line(exc)}") from None
 
     for task in (*config.attacks, *config.probes):
         registry = registry_for(task.kind)
@@ -393,7 +408,10 @@ def validate_config(config: AuditConfig) -> None:
             raise InputError(config.source, f"{task.kind} {task.name!r} is not available in this install")
         where = f"[{task.kind}s.{task.name}]"
         try:
-            _make_task_params(task, concrete_params(config, task), where)
+            params = concrete_params(config, task)
+            if isinstance(params.get("replica_kwargs"), dict):  # a model the attack will build
+                check_model_sizes(params["replica_kwargs"], "replica_kwargs")
+            _make_task_params(task, params, where)
         except InputError as exc:
             raise InputError(config.source, f"{where} {exc.problem}") from None
         except (TypeError, ValueError) as exc:
@@ -447,7 +465,7 @@ def _validate_model(config: AuditConfig, model: ModelSpec) -> None:
     except InputError as exc:
         raise InputError(config.source, f"{where}: {exc.problem}") from None
     except (TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise InputError(config.source, f"{where}: kwargs {model.kwargs} do not fit: {first}") from None
 
 

@@ -60,15 +60,15 @@ def build_model(
     from nasaudit.limits import check_parameter_count
 
     factory = _factory(name)
-    _check_sizes(kwargs, source or "--model")
+    check_model_sizes(kwargs, source or "--model")
     with torch.device("meta"):
         count = sum(p.numel() for p in factory(num_classes=num_classes, mean=mean, std=std, **kwargs).parameters())
     check_parameter_count(count, name, source or "--model")
     return factory(num_classes=num_classes, mean=mean, std=std, **kwargs)
 
 
-def _check_sizes(kwargs: dict[str, Any], source: str) -> None:
-    """Per-dimension caps (C, width, layers) before anything is built, even on the meta device."""
+def check_model_sizes(kwargs: dict[str, Any], source: str) -> None:
+    """Per-dimension caps (C, width, layers) of build kwargs, before anything is built."""
     from nasaudit.limits import MAX_MODEL_SIZES, check_at_most
 
     for key, limit in MAX_MODEL_SIZES.items():

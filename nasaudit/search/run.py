@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from nasaudit.checkpoint import check_scheduler_state
-from nasaudit.errors import InputError
+from nasaudit.errors import InputError, first_line
 from nasaudit.records import Record
 from nasaudit.search.architect import MODES, Architect
 from nasaudit.search.hessian import DartsEarlyStop, alpha_hessian_eigenvalue, parse_early_stop
@@ -374,7 +374,7 @@ def run_search(
             a_opt.load_state_dict(state["a_opt"])
             sched.load_state_dict(state["sched"])
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise InputError(ckpt_path, f"cannot resume from this checkpoint: {first[:200]}") from None
         for k in ("weight_steps", "arch_steps", "virtual_steps"):
             setattr(architect, k, state["counters"][k])

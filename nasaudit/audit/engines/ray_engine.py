@@ -31,7 +31,7 @@ from typing import Any
 
 from nasaudit.audit.plan import Plan
 from nasaudit.audit.units import UnitContext, UnitJob, UnitOutcome, execute_unit
-from nasaudit.errors import InputError
+from nasaudit.errors import InputError, first_line
 
 INSTALL_HINT = 'the Ray engine needs Ray: pip install "nasaudit[ray]"'
 # Environment the tasks inherit from the driver (thread counts: two torch processes on two
@@ -198,7 +198,7 @@ class RayExecutor:
             try:
                 outcome = self.ray.get(ref)
             except self.ray.exceptions.RayError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 outcome = UnitOutcome("failed", None, f"{type(exc).__name__}: {first[:300]} "
                                       f"(after {MAX_RETRIES} retries)", submitted, time.time(),
                                       job.device, "?", -1)
