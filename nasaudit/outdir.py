@@ -186,13 +186,13 @@ def _is_regular(mode: int) -> bool:
 
 def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), force: bool = False,
                       source: str | None = None) -> Path:
-    """Check that the file `path` may be written: not a directory, not one of `inputs` (the
-    command's own input files) unless `force`. Returns `path`. Raises InputError."""
+    """Check that the file `path` may be written: not a directory, and not an existing file
+    (the command's own input above all) unless `force`. Returns `path`. Raises InputError."""
     target = Path(path)
     who = source or str(path)
     if target.is_dir():
         raise InputError(who, f"{target} is a directory; give a file name")
-    if target.exists() and not force:
+    if (target.exists() or target.is_symlink()) and not force:
         for given in inputs:
             try:
                 same = Path(given).exists() and os.path.samefile(target, given)
@@ -201,8 +201,9 @@ def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), 
             if same:
                 raise InputError(
                     who, f"{target} is the input file; writing it would replace the input "
-                    "(give another --out, or --force to overwrite it)"
+                    "(give another file, or --force to overwrite it)"
                 )
+        raise InputError(who, f"{target} already exists; give another file, or --force to replace it")
     return target
 
 

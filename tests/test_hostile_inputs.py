@@ -394,7 +394,10 @@ def test_special_files_are_never_replaced(tmp_path, capsys):
     (tmp_path / "g.json").symlink_to("/dev/null")  # an output name planted as a device link
     code, _, err = cli(capsys, "mitigate", "deepen", "darts_v2", "--out", tmp_path / "g.json")
     assert code == 2
-    one_line(err, "g.json", "special file")
+    one_line(err, "g.json", "already exists")  # refused as an existing file first ...
+    code, _, err = cli(capsys, "mitigate", "deepen", "darts_v2", "--out", tmp_path / "g.json", "--force")
+    assert code == 2
+    one_line(err, "g.json", "special file")  # ... and --force never replaces a device
     assert Path("/dev/full").is_char_device() and Path("/dev/null").is_char_device()
 
 

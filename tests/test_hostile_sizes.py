@@ -130,3 +130,16 @@ def test_audit_config_sizes_and_paths_fail_the_config_check(tmp_path, capsys, ex
     assert code == 2
     one_line(err, "a.toml", *needles)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["analyze", "mitigate"])
+def test_explicit_output_files_are_not_replaced_without_force(tmp_path, capsys, command):
+    target = tmp_path / ("cells.png" if command == "analyze" else "g.json")
+    target.write_text("mine\n")
+    argv = (["analyze", "darts_v2", "--draw", target] if command == "analyze"
+            else ["mitigate", "deepen", "darts_v2", "--out", target])
+    code, _, err = cli(capsys, *argv)
+    assert code == 2
+    one_line(err, str(target), "already exists", "--force")
+    assert target.read_text() == "mine\n"
+    assert cli(capsys, *argv, "--force")[0] == 0 and target.read_bytes() != b"mine\n"

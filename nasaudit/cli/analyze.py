@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("genotype", metavar="NAME|FILE", help="genotype name, file or FILE:NAME")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--draw", metavar="OUT.png", help="draw both cells into a PNG")
+    parser.add_argument("--force", action="store_true", help="replace --draw's PNG if it exists")
     parser.add_argument(
         "--space", default="paper", help="search space to validate against (default: paper)"
     )
@@ -108,10 +109,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"nasaudit: not read: {line}", file=sys.stderr)
     records = [analysis_record(name, g) for name, g in found.genotypes.items()]
     if args.draw:
+        from nasaudit.outdir import check_output_file
+
         out = Path(args.draw)
+        paths = {name: _draw_path(out, name, len(found.genotypes) > 1) for name in found.genotypes}
+        for path in paths.values():  # every target checked before the first is drawn
+            check_output_file(path, force=args.force, source="--draw")
         for name, g in found.genotypes.items():
             # draw_genotype draws the name literally ("$...$" is no mathtext, escapes are inert).
-            written = draw_genotype(g, _draw_path(out, name, len(found.genotypes) > 1), title=name)
+            written = draw_genotype(g, paths[name], title=name)
             print(f"wrote {written}", file=sys.stderr)
     if args.json:
         if from_file:

@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--work-dir", default=None, help="checkpoints of retraining attacks (resumable)")
     parser.add_argument("--output", default=None, help="also write the JSON record to this file")
+    parser.add_argument("--force", action="store_true", help="replace the --output file if it exists")
     parser.add_argument("--json", action="store_true", help="print the full JSON record")
     add_progress_option(parser)
     parser.set_defaults(func=run)
@@ -335,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
         from nasaudit.checkpoint import sidecar_path
         from nasaudit.outdir import check_output_file
 
-        check_output_file(output, inputs=(args.checkpoint, sidecar_path(args.checkpoint)),
+        check_output_file(output, inputs=(args.checkpoint, sidecar_path(args.checkpoint)), force=args.force,
                           source="--output")
     device = resolve_device(args.device)
     model, meta = load_checkpoint_model(args.checkpoint, model_name=args.model, device=device)
