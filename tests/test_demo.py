@@ -23,16 +23,19 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     bodies = re.split(r"^## .+$", md, flags=re.M)[1:]
     from nasaudit.audit.report.sections import SECTIONS
 
-    assert len(titles) == len(SECTIONS) == 19 and all(b.strip() for b in bodies)
+    assert len(titles) == len(SECTIONS) - 2 + 1 and all(b.strip() for b in bodies)
+    assert titles[0] == "Summary" and titles[-1] == "Not measured in this audit"
     # Every attack and probe section has data; only the mitigation table and the sweep trade-off
-    # are (rightly) absent: the demo marks no mitigated variant and declares no sweep.
-    missing = [t for t, b in zip(titles, bodies, strict=True) if "_No data" in b]
-    assert missing == ["Mitigation comparison (Table 4)", "Trade-off: accuracy, robustness and search cost (sweeps)"]
+    # are (rightly) folded away: the demo marks no mitigated variant and declares no sweep.
+    folded = re.findall(r"^\*\*(.+?)\*\*:", bodies[-1], flags=re.M)
+    assert folded == ["Mitigation comparison (Table 4)", "Trade-off: accuracy, robustness and search cost (sweeps)"]
+    assert not any("_No data" in b for b in bodies)
     assert "| searched | nas |" in md and "| resnet18 | manual |" in md
-    # Two NAS models against one manual model cannot carry a verdict; the headline says so and why.
+    # Two NAS models against one manual model cannot carry a verdict; the summary says so and why.
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "No verdict is possible with 2 NAS against 1 manual models" in summary
+    assert "smallest p-value a permutation test over so few models can give is 0.667" in summary
     headline = md.split("## Headline: NAS minus manual", 1)[1].split("\n## ", 1)[0]
-    assert "No verdict is possible with 2 NAS against 1 manual models" in headline
-    assert "smallest p-value a permutation test over so few models can give is 0.667" in headline
     assert "| agrees |" not in headline and "| disagrees |" not in headline
     assert (out / "report.html").is_file() and (out / "results.sqlite").is_file()
     # Running the demo again into the same directory reuses every finished unit.

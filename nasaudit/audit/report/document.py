@@ -36,8 +36,11 @@ class Section:
         self.blocks.append(s)
         return self
 
+    no_data: str | None = None  # why the section has nothing to show (it is folded away)
+
     def missing(self, why: str) -> Section:
         self.blocks.append(f"_No data: {why}_")
+        self.no_data = why
         return self
 
 

@@ -25,6 +25,8 @@ class Figures:
         self.out_dir = out_dir
         self.dir = out_dir / FILES_DIR / "figures"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.check_layout = False  # tests turn it on: every saved figure is checked for clashes
+        self.problems: list[str] = []
 
     def new(self, w: float = 6.0, h: float = 3.6, nrows: int = 1, ncols: int = 1):
         """A new (figure, axes) pair; axes is an array when nrows * ncols > 1."""
@@ -37,6 +39,11 @@ class Figures:
         import matplotlib.pyplot as plt
 
         literal_text(fig)
+        if self.check_layout:
+            with matplotlib.rc_context({"text.parse_math": False}):
+                if fig.get_layout_engine() is None:
+                    fig.tight_layout()
+                self.problems += [f"{stem}: {p}" for p in layout_problems(fig)]
         buf = io.BytesIO()
         # Texts made while drawing (tick labels) take parse_math from rcParams: off, for now.
         with matplotlib.rc_context({"text.parse_math": False}):
@@ -81,32 +88,73 @@ def group_color(group: str) -> str:
 
 def group_points(figs: Figures, data: AuditData, metrics: list[Metric], stem: str, caption: str,
                   ylabel: str) -> Figure | None:
-    """Per-model points (mean over seeds) with group box plots, one panel per metric."""
+    """One point per model (mean over seeds), models side by side by group with their names on
+    the x-axis and each group's mean as a line, one panel per metric titled with its n. Points,
+    not box plots: an audit has a few models per group, and a box of two points invents a spread."""
     panels = [(m, data.model_means(m)) for m in metrics]
     panels = [(m, v) for m, v in panels if v]
     if not panels:
         return None
-    fig, axes = figs.new(3.0 * len(panels) + 0.5, 3.6, 1, len(panels))
+    order = [g for g in (NAS, MANUAL)] + sorted({data.group.get(k, "?") for _, v in panels for k in v} - {NAS, MANUAL})
+    labels = sorted({k for _, v in panels for k in v},
+                    key=lambda k: (order.index(data.group.get(k, "?")), data.order.index(k) if k in data.order else 0))
+    width = max(3.2, 0.28 * len(labels) + 1.6)
+    fig, axes = figs.new(width * len(panels) + 0.4, 4.2, 1, len(panels))
+    fig.set_layout_engine("constrained")
     axes = np.atleast_1d(axes)
-    groups = [g for g in (NAS, MANUAL) if any(data.group.get(k) == g for _, v in panels for k in v)]
-    groups += sorted({data.group.get(k, "?") for _, v in panels for k in v} - set(groups))
     for ax, (metric, values) in zip(axes, panels, strict=False):
-        for gi, g in enumerate(groups):
-            ys = [(k, v) for k, v in values.items() if data.group.get(k) == g]
-            if not ys:
+        xs = [i for i, k in enumerate(labels) if k in values]
+        for g in order:
+            members = [i for i, k in enumerate(labels) if k in values and data.group.get(k, "?") == g]
+            if not members:
                 continue
-            vals = [v for _, v in ys]
-            ax.boxplot(vals, positions=[gi], widths=0.5, showfliers=False)
-            jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else [0.0]
-            ax.scatter(gi + np.asarray(jitter), vals, color=group_color(g), zorder=3, s=18)
-            for (k, v), j in zip(ys, jitter, strict=False):
-                ax.annotate(k, (gi + j, v), fontsize=6, xytext=(3, 0), textcoords="offset points")
-        ax.set_xticks(range(len(groups)), groups)
-        ax.set_title(metric.title, fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
+            ys = [values[labels[i]] for i in members]
+            ax.scatter(members, ys, color=group_color(g), zorder=3, s=22, label=f"{g} (n={len(members)})")
+            ax.hlines(float(np.mean(ys)), members[0] - 0.3, members[-1] + 0.3, color=group_color(g), lw=1, alpha=0.6)
+        ax.set_xticks(xs, [labels[i] for i in xs], rotation=90, fontsize=6)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        counts = ", ".join(f"{g} {sum(1 for k in values if data.group.get(k, '?') == g)}" for g in order
+                           if any(data.group.get(k, "?") == g for k in values))
+        ax.set_title(f"{metric.title}\n(models: {counts})", fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+        ax.tick_params(axis="y", labelsize=6)
     return figs.save(fig, stem, caption)
 
 
+def _drawn_texts(fig) -> list:
+    """The texts a drawn figure shows: tick labels of the ticks actually drawn (matplotlib keeps
+    spare tick objects outside the view), axis labels, titles, annotations, legends, figure texts."""
+    texts = list(fig.texts)
+    for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
+        if legend is not None:
+            texts += legend.get_texts()
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, *ax.texts]
+        for axis in (ax.xaxis, ax.yaxis):
+            texts.append(axis.label)
+            for tick in axis._update_ticks():
+                texts += [label for label in (tick.label1, tick.label2) if label.get_visible()]
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def layout_problems(fig) -> list[str]:
+    """Texts of a drawn figure that leave the canvas or overlap another text, as readable
+    lines; empty for a clean layout."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    canvas = fig.bbox
+    texts = [(t.get_text(), t.get_window_extent(renderer)) for t in _drawn_texts(fig)]
+    problems = []
+    for text, box in texts:
+        if box.x0 < canvas.x0 - 1 or box.y0 < canvas.y0 - 1 or box.x1 > canvas.x1 + 1 or box.y1 > canvas.y1 + 1:
+            problems.append(f"{text!r} leaves the canvas")
+    for i, (a, box_a) in enumerate(texts):
+        for b, box_b in texts[i + 1:]:
+            overlap_w = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            overlap_h = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if overlap_w > 1 and overlap_h > 1:
+                problems.append(f"{a!r} overlaps {b!r}")
+    return problems
 
 
 VERDICT_COLORS = {"agrees": "tab:green", "disagrees": "tab:red", "inconclusive": "tab:gray",

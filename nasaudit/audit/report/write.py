@@ -24,10 +24,21 @@ from nasaudit.audit.report.sections import SECTIONS
 from nasaudit.errors import InputError
 from nasaudit.io import atomic_write_json, atomic_write_text, open_lock_file
 
+NOT_MEASURED = "Not measured in this audit"
+
 
 def build_sections(builder: Builder) -> list[Section]:
-    """Every section of the report, in order (a section without data says why)."""
-    return [section(builder) for section in SECTIONS]
+    """The report's sections in order; those without data are folded into one closing section
+    that says, one line each, why (an empty section is not worth a reader's scroll)."""
+    built = [section(builder) for section in SECTIONS]
+    shown = [s for s in built if s.no_data is None]
+    folded = [s for s in built if s.no_data is not None]
+    if folded:
+        closing = Section(NOT_MEASURED)
+        for s in folded:
+            closing.text(f"**{s.title}**: {s.no_data}")
+        shown.append(closing)
+    return shown
 
 
 def data_uri(payload: bytes, mime: str) -> str:

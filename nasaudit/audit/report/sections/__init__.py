@@ -28,6 +28,7 @@ from nasaudit.audit.report.sections import (
 )
 
 SECTIONS: tuple[Callable[[Builder], Section], ...] = (
+    headline.summary,
     run.overview,
     headline.headline,
     accuracy.clean_accuracy,

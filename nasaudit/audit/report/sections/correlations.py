@@ -47,12 +47,20 @@ def correlations(report: Builder) -> Section:
                               "seeds); p: exact permutation p-value; q: Benjamini-Hochberg adjusted p"))
     s.text(significance_note(rows, n_col=2, p_col=4, q_col=5, unit="models"))
     if np.isfinite(matrix).any():
-        fig, ax = report.figs.new(1.1 * len(explain) + 3.5, 0.45 * len(vuln) + 2)
+        fig, ax = report.figs.new(1.1 * len(explain) + 3.5, 0.45 * len(vuln) + 4)
+        fig.set_layout_engine("constrained")
         im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")
-        ax.set_xticks(range(len(explain)), list(explain), rotation=40, ha="right", fontsize=7)
+        ax.set_xticks(range(len(explain)), list(explain), rotation=90, fontsize=7)
         ax.set_yticks(range(len(vuln)), list(vuln), fontsize=7)
+        for k, row in enumerate(rows):  # rows run over (vulnerability, property) in matrix order
+            i, j = divmod(k, len(explain))
+            if row[3] is not None:
+                mark = "*" if row[5] is not None and row[5] < ALPHA else ""
+                ax.text(j, i, f"{row[3]:.2f}{mark}\nn={row[2]}", ha="center", va="center", fontsize=5)
+        ax.set_title(f"Spearman rho across models (* q < {ALPHA}, Benjamini-Hochberg)", fontsize=7)
         fig.colorbar(im, ax=ax, label="Spearman rho")
-        s.blocks.append(report.figs.save(fig, "correlations", "Spearman rho across models (blank: undefined)"))
+        s.blocks.append(report.figs.save(fig, "correlations", "Spearman rho across models with each cell's number "
+                                         "of models n and * where q < 0.05 (blank: undefined)"))
     else:
         s.text("Every correlation is undefined: fewer than 3 models share both values, or one is constant.")
     s.text("Cell metrics exist for genotype models only, so those correlations run across genotypes; probe "

@@ -25,8 +25,9 @@ def gradvar(report: Builder) -> Section:
     ax.bar(x - 0.2, [vi.get(k, np.nan) for k in labels], 0.4, label="init", color="tab:gray")
     ax.bar(x + 0.2, [vt.get(k, np.nan) for k in labels], 0.4, label="trained",
            color=[group_color(report.data.group.get(k, "")) for k in labels])
-    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(x, labels, rotation=90, fontsize=7)
     ax.set_ylabel("log10 Var(g)")
+    ax.set_title(f"n = {len(labels)} models", fontsize=7)
     ax.legend(fontsize=7)
     s.blocks.append(report.figs.save(fig, "gradvar", "Gradient variance at initialisation (grey) and after training"))
     if not vi:

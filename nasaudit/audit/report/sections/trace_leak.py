@@ -24,8 +24,9 @@ LEAK_MEASURES = (
 
 
 def trace_leak(report: Builder) -> Section:
-    """Per genotype and level: exact recovery, per-edge accuracies, remaining bits; then the
-    correlation of the normal cell's leakage with its depth, width and skip count."""
+    """Per genotype and level: exact recovery, per-edge accuracies, remaining bits, whether the
+    truth survived elimination and the chance baselines; then the correlation of the normal
+    cell's leakage with its depth, width and skip count."""
     s = Section("Architecture stealing from an execution trace (after Hong et al., ICLR 2020)")
     rows = report.data.primary("probe", "trace_leak")
     if not rows:
@@ -34,11 +35,17 @@ def trace_leak(report: Builder) -> Section:
     skipped = sorted({r.model for r in rows if not r.result.get("applicable")})
     s.text("The probe records the library calls of one inference query and reconstructs the genotype "
            "from them at four observation levels: `ops` (call kinds, shapes and data flow: the idealised "
-           "channel), `shapes` (no data flow), `ops_timing` (kinds and durations, the view of a Flush+Reload "
-           "probe on the framework's functions) and `timing_noisy` (that probe missing and duplicating calls). "
+           "channel), `shapes` (no data flow), `ops_timing` (kinds and the durations of one query to a victim "
+           "running in its own process, the view of a Flush+Reload probe on the framework's functions) and "
+           "`timing_noisy` (that probe missing and duplicating calls, its timer jittered). "
            "It measures the leak a real side channel would exploit; it does not mount a cache attack. "
            "Exact is the share of seeds (and noise draws) whose single top-ranked genotype is the true "
-           "one; remaining bits are log2 of the candidates that survive elimination.")
+           "one; remaining bits are log2 of the candidates that survive elimination, which bound the "
+           "attacker's uncertainty only where the truth survived. Timing eliminates a candidate only beyond a "
+           "likelihood ratio calibrated so that the truth survives a level with probability >= 0.95; the "
+           "exact levels' shape and data-flow checks never drop it. Chance baselines: a uniform pick among "
+           "the ops of the true op's call family (what the call kinds alone give; its bits are the space those "
+           "families allow) and a uniform pick among all ops (no trace; prior bits).")
     if skipped:
         s.text(f"Not applicable (no genotype): {', '.join(skipped)}.")
     if not applicable:
@@ -46,30 +53,50 @@ def trace_leak(report: Builder) -> Section:
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in applicable:
         by_model[r.model].append(r.result)
-    table_rows = []
+    table_rows, at_chance, lost = [], [], []
     for label in [m for m in report.data.order if m in by_model]:
         results = by_model[label]
         levels = [lv for lv in LEVEL_ORDER if any(lv in res["levels"] for res in results)]
         for level in levels:
             per = [res["levels"][level] for res in results if level in res["levels"]]
+            acc = mean_of(m["edge_op_accuracy"] for m in per)
+            chance = mean_of(m.get("chance_edge_op_accuracy") for m in per)
+            survived = mean_of(float(m["true_survived"]) for m in per if "true_survived" in m)
+            if acc is not None and chance is not None and acc <= chance + 1e-9:
+                at_chance.append(f"{label} at {level} ({acc:.3f} vs {chance:.3f})")
+            if survived is not None and survived < 1.0:
+                lost.append(f"{label} at {level} (survived {survived:.2f})")
             table_rows.append([
                 label, level,
                 mean_of(float(m["exact"]) for m in per),
-                mean_of(m["edge_op_accuracy"] for m in per),
+                acc,
+                chance,
+                mean_of(m.get("prior_edge_op_accuracy") for m in per),
+                "" if acc is None or chance is None else ("yes" if acc > chance + 1e-9 else "no"),
+                survived,
                 mean_of(m["edge_input_accuracy"] for m in per),
                 mean_of(m["concat_accuracy"] for m in per),
                 mean_of(m["remaining_bits"] for m in per),
+                mean_of(m.get("chance_bits") for m in per),
                 mean_of(res["prior_bits"] for res in results),
                 mean_of(m["trace_length"] for m in per),
                 len(per) * int(per[0].get("draws", 1)),
             ])
     report.table(s, Table(
         "trace_leak",
-        ["model", "level", "exact rate", "edge op acc", "edge input acc", "concat acc",
-         "remaining bits", "prior bits", "trace length", "seeds x draws"],
+        ["model", "level", "exact rate", "edge op acc", "chance edge op acc (family)",
+         "prior edge op acc", "beats chance", "truth survived", "edge input acc", "concat acc",
+         "remaining bits", "chance bits (family)", "prior bits", "trace length", "seeds x draws"],
         table_rows,
-        "Genotype recovery from the execution trace, per observation level (means over seeds and draws)",
+        "Genotype recovery from the execution trace, per observation level (means over seeds and draws), "
+        "next to the chance baselines: a uniform pick within the call family and the prior (no trace)",
     ))
+    if at_chance:
+        s.text("Not beating chance (edge op accuracy at or below a uniform pick within the call family): "
+               + "; ".join(at_chance) + ".")
+    if lost:
+        s.text("The true genotype was eliminated in some runs: " + "; ".join(lost)
+               + ". Remaining bits do not bound the attacker's uncertainty there.")
     _correlations(report, s, by_model)
     return s
 
