@@ -136,7 +136,8 @@ def test_cli_search_on_cifar_subset_writes_tensorboard_and_genotype(cifar_subset
     g = resolve_genotype(str(out / "genotype.json"))
     assert genotype_from_nni(genotype_to_nni(g)) == g
 
-    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    assert [d.name for d in (out / "tb").iterdir()] == ["cli"]  # the run is named after OUT
+    acc = EventAccumulator(str(out / "tb" / "cli"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
     assert set(STEP_TAGS + EPOCH_TAGS) <= set(tags["scalars"])

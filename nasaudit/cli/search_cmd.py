@@ -30,8 +30,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search",
         help="DARTS-style architecture search (n_step, gamma skip penalty, TensorBoard, resume)",
         description="Search a cell pair with DARTS's bi-level optimisation. Writes OUT/genotype.json "
-        "every epoch, TensorBoard events to OUT/tb, checkpoints to OUT/checkpoint.pt, and ends by "
-        "printing the genotype and its cell analysis. Defaults are DARTS's search settings.",
+        "every epoch, TensorBoard events to OUT/tb/NAME (NAME: OUT's folder name, the run's name in "
+        "TensorBoard; the Custom Scalars tab groups alpha by cell type and edge), checkpoints to "
+        "OUT/checkpoint.pt, and ends by printing the genotype and its cell analysis. Defaults are "
+        "DARTS's search settings.",
+        epilog="What runs when. Every --log-every iterations: TensorBoard scalars (losses, accuracies, "
+        "learning rates, alpha per edge and op, skip-connect weight and count) and the gradient-variance "
+        "monitor, which computes one per-sample gradient of the supernet weights for each of "
+        "--probe-samples images (its cost grows with --probe-samples; 0 turns it off). Every "
+        "--checkpoint-every iterations: a checkpoint. At every epoch end: the genotype is derived "
+        "(and, with --early-stop, the Hessian eigenvalue measured), OUT/genotype.json, "
+        "OUT/genotypes/ and OUT/history.json are written and the epoch is checkpointed; only then "
+        "come the epoch's TensorBoard summaries (the same as a log plus the alpha heatmaps, the cell "
+        "drawing and the gradient-variance monitor). A status bar names each part while it runs. A "
+        "run stopped during the summaries resumes (--resume) at the next epoch and writes that "
+        "epoch's summaries again first.",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", default=None, help="TOML file of search settings (flags win)")
@@ -70,11 +83,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch-lr", type=float, help="alpha learning rate (default: 3e-4)")
     p.add_argument("--seed", type=int, help="seed (default: 0)")
     p.add_argument("--train-subset", type=int, metavar="N", help="use the first N training images")
-    p.add_argument("--log-every", type=int, metavar="N", help="TensorBoard every N iterations (default: 50)")
+    p.add_argument("--log-every", type=int, metavar="N",
+                   help="TensorBoard scalars and the gradient-variance monitor every N iterations "
+                        "(default: 50; 0: at epoch ends only)")
     p.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="checkpoint every N iterations (default: 100)")
+                   help="checkpoint every N iterations (default: 100; 0: at epoch ends only)")
     p.add_argument("--probe-samples", type=int, metavar="N",
-                   help="samples of the gradient-variance probe batch (default: 32, 0: off)")
+                   help="fixed images of the gradient-variance monitor, which computes one "
+                        "per-sample gradient of the supernet weights for each at every --log-every "
+                        "step and epoch end (default: 32, 0: off)")
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="stop after N iterations in total (resume later with --resume)")
     add_device_option(p, show_default=True)

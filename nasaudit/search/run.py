@@ -8,11 +8,23 @@ uninterrupted run would have seen.
 
 Outputs in OUT: config.json (the effective config), checkpoint.pt (atomic, weights-only
 loadable), genotype.json (+ genotypes/epoch_NNN.json and .png per epoch), history.json (per
-epoch metrics and search cost) and tb/ (TensorBoard, see nasaudit.search.monitor).
+epoch metrics and search cost) and tb/NAME (TensorBoard, NAME = OUT's folder name; see
+nasaudit.search.monitor).
+
+What runs when: every `log_every` iterations (not at an epoch's last one) the TensorBoard
+scalars, alpha and the gradient-variance monitor (per-sample gradients over `probe_samples`
+images); every `checkpoint_every` iterations a checkpoint. At an epoch end, in this order: the
+genotype derivation, the DARTS-ES eigenvalue (with `early_stop`), genotype/history files, the
+checkpoint, and only then the epoch's TensorBoard summaries (the same as a log plus heatmaps
+and the cell drawing), after which the checkpoint is written again marking them done. A run
+killed while they are written loses nothing of the epoch: `resume` continues at the next
+epoch and first writes that epoch's summaries again (the checkpoint's `monitor` record holds
+what they need; the partial events are purged).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -364,7 +376,8 @@ def run_search(
                           grad_clip=config.grad_clip, objectives=terms)
     term_keys = [f"objective/{t.name}" for t in terms]
     iters = len(val_loader)
-    loop = {"epoch": 0, "step": 0, "history": [], "seconds": 0.0, "sums": None}
+    # monitor: the epoch-end TensorBoard summaries still to write (None: none pending).
+    loop = {"epoch": 0, "step": 0, "history": [], "seconds": 0.0, "sums": None, "monitor": None}
     if state is not None:
         _check_resume_progress(state, config, iters, term_keys, ckpt_path)
         check_scheduler_state(sched.state_dict(), state.get("sched"), ckpt_path)
@@ -378,7 +391,7 @@ def run_search(
             raise InputError(ckpt_path, f"cannot resume from this checkpoint: {first[:200]}") from None
         for k in ("weight_steps", "arch_steps", "virtual_steps"):
             setattr(architect, k, state["counters"][k])
-        loop.update({k: state[k] for k in loop})
+        loop.update({k: state.get(k) for k in loop})  # "monitor" is absent from older checkpoints
         loop["sums"] = None if state["sums"] is None else {k: v.to(device) for k, v in state["sums"].items()}
     rule = parse_early_stop(config.early_stop)
     tracker = None
@@ -386,7 +399,7 @@ def run_search(
         tracker = (DartsEarlyStop(rule) if state is None else
                    _resume_tracker(state, rule, loop, ckpt_path))
 
-    from nasaudit.search.monitor import SearchMonitor
+    from nasaudit.search.monitor import SearchMonitor, tensorboard_dir
 
     def early_stop_record() -> dict[str, Any] | None:
         return None if tracker is None else {**tracker.state_dict(), "hessian_samples": int(hessian_x.shape[0])}
@@ -394,8 +407,11 @@ def run_search(
     guards: dict[str, Any] = {"skip_cap": config.skip_cap, "skip_cap_replacements": [],
                               "early_stop": early_stop_record()}
     global_step = loop["epoch"] * iters + loop["step"]
-    monitor = SearchMonitor(out / "tb", model, probe_x=probe_x, probe_y=probe_y,
-                            purge_step=global_step if state is not None else None)
+    # Events at the checkpoint's step were written before it, so they are kept, unless the
+    # epoch-end summaries at that step were pending (possibly half written): those are redone.
+    monitor = SearchMonitor(tensorboard_dir(out), model, probe_x=probe_x, probe_y=probe_y,
+                            purge_step=None if state is None else global_step + int(loop["monitor"] is None),
+                            progress=progress)
     cuda = [device.index or 0] if device.type == "cuda" else []
     genotype, genotype_path = None, None
     # The loop runs on its own copy of torch's global RNG, seeded by the config and saved in
@@ -414,8 +430,20 @@ def run_search(
                 _save_checkpoint(ckpt_path, config, model, w_opt, a_opt, sched, architect, loop, cuda,
                                  None if tracker is None else tracker.checkpoint_state())
 
+            def epoch_end_summaries() -> None:
+                # The epoch is checkpointed already: a kill in here resumes after it and redoes this.
+                pending = loop["monitor"]
+                epoch_done = pending["epoch"]
+                monitor.log_epoch_end(epoch_done * iters, epoch_done, pending["metrics"], pending["values"],
+                                      model.genotype(config.skip_cap),
+                                      out / "genotypes" / f"epoch_{epoch_done:03d}.png")
+                loop["monitor"] = None
+                save()
+
             from tqdm.auto import tqdm
 
+            if loop["monitor"] is not None:
+                epoch_end_summaries()  # the killed run's, from the very model state it checkpointed
             stop = bool(tracker and tracker.stopped_at)
             while loop["epoch"] < config.epochs and not stop:
                 epoch = loop["epoch"]
@@ -437,7 +465,8 @@ def run_search(
                     loop.update(step=i + 1, sums=sums, seconds=time.perf_counter() - started)
                     last = i + 1 == iters  # the epoch end logs and checkpoints itself
                     if config.log_every and global_step % config.log_every == 0 and not last:
-                        monitor.log(global_step, _metrics(window, w_opt, a_opt), model.genotype(config.skip_cap))
+                        monitor.log(global_step, _metrics(window, w_opt, a_opt), model.genotype(config.skip_cap),
+                                    desc=f"epoch {epoch + 1}, step {global_step}: TensorBoard")
                         window = _zero_sums(device, term_keys)
                     info = {"epoch": epoch, "iteration": i, "global_step": global_step,
                             "architect": architect}
@@ -462,9 +491,10 @@ def run_search(
                     # chunks of batch_size (L_val as the alpha step sees it, one batch in memory);
                     # tol 1e-3 bounds the Lanczos residual; the eigenvalue's error scales with the
                     # residual squared, far below what a ratio test at 0.75 can notice.
-                    metrics["hessian/top_eigenvalue"] = alpha_hessian_eigenvalue(
-                        model, hessian_x, hessian_y, chunk=config.batch_size, tol=1e-3,
-                        seed=config.seed + epoch)
+                    with _status(f"epoch {epoch + 1} end: alpha Hessian eigenvalue (DARTS-ES)", progress):
+                        metrics["hessian/top_eigenvalue"] = alpha_hessian_eigenvalue(
+                            model, hessian_x, hessian_y, chunk=config.batch_size, tol=1e-3,
+                            seed=config.seed + epoch)
                     tracker.update(epoch + 1, metrics["hessian/top_eigenvalue"], genotype_to_json(genotype))
                     mean = tracker.state_dict()["windowed_means"].get(str(epoch + 1))
                     if mean is not None:
@@ -481,17 +511,18 @@ def run_search(
                 genotype_path = _write_outputs(out, config, model, genotype, loop["history"],
                                                {"objectives": [t.describe(config.epochs) for t in terms],
                                                 "guards": guards})
-                monitor.log(global_step, _metrics(window, w_opt, a_opt), genotype,
-                            drawing=out / "genotypes" / f"epoch_{epoch + 1:03d}.png")
-                monitor.log_epoch(epoch + 1, {
+                # What the epoch's summaries log, fixed now: the lrs are this epoch's (before
+                # sched.step), and a resume rebuilds the summaries from this record.
+                loop["monitor"] = {"epoch": epoch + 1, "metrics": _metrics(window, w_opt, a_opt), "values": {
                     "cost/epoch_seconds": seconds, "cost/weight_steps": architect.weight_steps,
                     "cost/arch_steps": architect.arch_steps, "cost/virtual_steps": architect.virtual_steps,
                     **{f"epoch/{k}": v for k, v in metrics.items() if not k.startswith("hessian/")},
                     **{k: v for k, v in metrics.items() if k.startswith("hessian/")},
-                })
-                sched.step()  # after logging, so the logged lr is the one this epoch used
+                }}
+                sched.step()
                 loop.update(epoch=epoch + 1, step=0, sums=None, seconds=0.0)
-                save()
+                save()  # before the summaries, which can take long on a busy machine
+                epoch_end_summaries()
                 if tracker is not None and tracker.stopped_at:
                     stop = True
                     genotype, genotype_path = _keep_epoch(out, tracker, early_stop_record())
@@ -546,6 +577,19 @@ def _resume_tracker(state: dict[str, Any], rule, loop: dict[str, Any], path: Pat
     return tracker
 
 
+@contextlib.contextmanager
+def _status(desc: str, progress: bool) -> Iterator[None]:
+    """A one-line tqdm status (`disable=not progress`) shown while a long step with no progress
+    of its own runs, so the search never waits in silence."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1, desc=desc, disable=not progress, leave=False)
+    try:
+        yield
+    finally:
+        bar.close()
+
+
 def _zero_sums(device: torch.device, extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     keys = ("train_loss", "train_correct", "train_n", "val_loss", "val_correct", "val_n", *extra)
     return {k: torch.zeros((), dtype=torch.float64, device=device) for k in keys}
@@ -594,6 +638,15 @@ def _check_resume_progress(state: dict[str, Any], config: SearchConfig, iters: i
     if sums is not None and (not isinstance(sums, dict) or set(sums) != wanted or not all(
             isinstance(v, torch.Tensor) and v.numel() == 1 and torch.isfinite(v).all() for v in sums.values())):
         refuse("sums must be the running sums of this search's metrics (finite scalars)")
+    pending = state.get("monitor")
+    if pending is not None and not (
+            isinstance(pending, dict) and set(pending) == {"epoch", "metrics", "values"}
+            and _whole(pending["epoch"]) and pending["epoch"] == epoch >= 1 and step == 0
+            and all(isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, int | float)
+                                                and not isinstance(v, bool) for k, v in d.items())
+                    for d in (pending["metrics"], pending["values"]))):
+        refuse(f"monitor must be None or the pending TensorBoard summaries of epoch {epoch} "
+               "(epoch, metrics, values; numbers by tag)")
     rng = state.get("rng")
     if not isinstance(rng, dict) or not isinstance(rng.get("cpu"), torch.Tensor) or rng["cpu"].dtype != torch.uint8 \
             or not isinstance(rng.get("cuda"), list):
@@ -628,7 +681,7 @@ def _save_checkpoint(path, config, model, w_opt, a_opt, sched, architect, loop, 
         "sched": sched.state_dict(),
         "rng": {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(d) for d in cuda]},
         "counters": {k: getattr(architect, k) for k in ("weight_steps", "arch_steps", "virtual_steps")},
-        **{k: loop[k] for k in ("epoch", "step", "history", "seconds")},
+        **{k: loop[k] for k in ("epoch", "step", "history", "seconds", "monitor")},
         "sums": None if loop["sums"] is None else {k: v.detach().clone() for k, v in loop["sums"].items()},
         "early_stop": early_stop,  # DartsEarlyStop.checkpoint_state(), None without the rule
     }, path)
