@@ -438,7 +438,7 @@ def _validate_model(config: AuditConfig, model: ModelSpec) -> None:
     """
     import torch
 
-    from nasaudit.models.registry import build_model, is_manual_model, list_models
+    from nasaudit.models.registry import build_model, did_you_mean, is_manual_model, list_models
 
     where = f"model {model.label!r}"
     spec = model.spec
@@ -454,7 +454,7 @@ def _validate_model(config: AuditConfig, model: ModelSpec) -> None:
                 raise InputError(
                     config.source,
                     f"{where}: {spec!r} is neither a manual baseline ({', '.join(list_models())}) "
-                    f"nor a genotype (a shipped name, see `nasaudit genotypes`, or a file)",
+                    f"nor a genotype (a shipped name, see `nasaudit genotypes`, or a file){did_you_mean(spec)}",
                 ) from None
             raise InputError(config.source, f"{where}: {exc}") from None
     if not isinstance(model.kwargs, dict):

@@ -34,6 +34,16 @@ def list_models() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def did_you_mean(name: str) -> str:
+    """"; did you mean 'X'?" for the closest manual model or shipped genotype name ("" if none)."""
+    import difflib
+
+    from nasaudit.genotype import shipped_genotypes
+
+    close = difflib.get_close_matches(str(name).lower(), [*_FACTORIES, *shipped_genotypes()], n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def is_manual_model(name: str) -> bool:
     """True when `name` is a registered manual baseline rather than a genotype."""
     return name in _FACTORIES
@@ -90,7 +100,7 @@ def _factory(name: str) -> ModelFactory:
         if exc.source == name and "unknown genotype" in exc.problem:
             known = ", ".join(list_models())
             raise InputError(
-                "--model", f"{name!r} is neither a model ({known}) nor a genotype name or file"
+                "--model", f"{name!r} is neither a model ({known}) nor a genotype name or file{did_you_mean(name)}"
             ) from None
         raise
     return lambda **kw: build_genotype_network(genotype, **kw)
