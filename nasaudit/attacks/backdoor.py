@@ -1,15 +1,17 @@
 """Backdoor attacks by fine-tuning a copy of the victim: TrojanNN and BadNet.
 
-TrojanNN (Liu et al., NDSS 2018): pick `n_neuron` penultimate neurons (ImageClassifier
-.features): by default the ones most strongly connected to the next layer (largest sum
-|W_classifier| over classes, the paper's rule), or with neuron_rule="least_active" the least
-activated ones on the training set (the TrojanZoo version the study's artifact ran); optimise a
-small trigger by sign-gradient ascent so that it excites them, then fine-tune the victim with
-10% of the training images triggered and relabelled with the target class (TrojanZoo's default
-percent). BadNet (Gu et al., 2017): the same fine-tuning with a fixed opaque patch (a black and white
-checkerboard, or the artifact's TrojanZoo white square), 2% poisoning and 20 epochs (the
-artifact's). Poisoned images are drawn afresh in every batch, as in the artifact
-(`fine_tune_with_trigger`).
+TrojanNN (Liu et al., NDSS 2018) as TrojanZoo runs it: pick `n_neuron` penultimate neurons
+(ImageClassifier.features) that are best connected to the next layer (largest sum
+|W_classifier| over classes; neuron_rule="least_active" picks the least activated ones on the
+training set instead, as the study's `autovul` snapshot of TrojanZoo did); optimise a
+size x size mark, fully opaque on a blank (zero) image, so that those neurons reach
+`target_value` (`optimise_trigger`: TrojanZoo's tanh-parametrised Adam, or the snapshot's
+sign-gradient PGD); then fine-tune the victim with triggered, target-labelled images mixed in,
+the trigger blended at 1 - transparency. BadNet (Gu et al., 2017): the same fine-tuning with a
+fixed opaque patch (a black and white checkerboard, or TrojanZoo's white square), 2% poisoning
+and 20 epochs (the artifact's). Poisoned images are drawn afresh in every batch, as in the
+artifact (`fine_tune_with_trigger`). The patch sits in the top-left corner by default
+(TrojanZoo's mark offset (0, 0)).
 
 A trigger is a mark m (values in [0, 1]) on a size x size patch; with opacity a = 1 - transparency
 the triggered image is x' = (1 - a M) x + a M m, M the patch mask (TrojanZoo's convention:
@@ -51,7 +53,14 @@ METHODS = ("trojannn", "badnet")
 POISON_MODES = ("batch", "dataset")
 PATTERNS = ("white", "checkerboard")
 NEURON_RULES = ("weight", "least_active")
-POSITIONS = ("bottom_right", "top_left", "center")
+POSITIONS = ("top_left", "bottom_right", "center")
+TRIGGER_OPTIMIZERS = ("adam", "pgd")
+TRIGGER_BACKGROUNDS = ("blank", "images")
+# Per optimiser: (lr, steps, target activation). adam: TrojanZoo's TrojanNN (Adam on the
+# tanh-parametrised mark, cosine schedule, MSE to the target); pgd: the study's autovul snapshot
+# (sign steps in pixel units from a white mark, L2 distance to the target, stop below 5).
+TRIGGER_DEFAULTS = {"adam": (0.1, 1000, 100.0), "pgd": (0.015, 20, 10.0)}
+PGD_STOP_DISTANCE = 5.0
 
 
 @dataclass
@@ -70,15 +79,15 @@ class Trigger:
 
 
 def patch_mask(shape: tuple[int, int, int], size: int, position: str, device: torch.device) -> torch.Tensor:
-    """Mask [1, 1, H, W] with a size x size square of ones at "bottom_right" | "top_left" |
-    "center" of images of shape (C, H, W)."""
+    """Mask [1, 1, H, W] with a size x size square of ones at "top_left" (offset (0, 0)) |
+    "bottom_right" | "center" of images of shape (C, H, W)."""
     _, h, w = shape
     if not 0 < size <= min(h, w):
         raise InputError("--param trigger_size", f"must be in 1..{min(h, w)}, got {size}")
     top, left = {"bottom_right": (h - size, w - size), "top_left": (0, 0),
                  "center": ((h - size) // 2, (w - size) // 2)}.get(position, (None, None))
     if top is None:
-        raise InputError("--param position", f"expected bottom_right, top_left or center, got {position!r}")
+        raise InputError("--param position", f"expected one of {POSITIONS}, got {position!r}")
     mask = torch.zeros(1, 1, h, w, device=device)
     mask[..., top : top + size, left : left + size] = 1.0
     return mask
@@ -98,10 +107,11 @@ def select_neurons(model: nn.Module, n_neuron: int, rule: str = "weight",
     """TrojanNN's target neurons among the penultimate units (ImageClassifier.features),
     int64 [n_neuron].
 
-    rule "weight" (Liu et al.'s paper, current TrojanZoo): the units with the largest summed
-    |weight| into the classifier. rule "least_active" (the TrojanZoo version of the study's
-    artifact): the units with the smallest mean activation over `images` (uint8 [N, C, H, W],
-    the training set), i.e. the least used ones, which the trigger then learns to switch on.
+    rule "weight" (Liu et al.'s paper, TrojanZoo's `get_neuron_idx`): the units with the largest
+    summed |weight| into the classifier. rule "least_active" (the TrojanZoo snapshot in the
+    study's autovul artifact): the units with the smallest mean activation over `images`
+    (uint8 [N, C, H, W], the training set), i.e. the least used ones, which the trigger then
+    learns to switch on.
     """
     if rule == "weight":
         weight = model.classifier.weight.detach()  # [K, D]
@@ -118,35 +128,77 @@ def select_neurons(model: nn.Module, n_neuron: int, rule: str = "weight",
     return total.argsort(descending=False)[:n_neuron]
 
 
+def neuron_activation(model: nn.Module, x: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
+    """|activation| of the penultimate `neurons` (int64 [k]) on images x (float [B, C, H, W] in
+    [0, 1]): float [B, k]. TrojanZoo takes the absolute value, which matters for networks whose
+    features can be negative (a DARTS cell output is not rectified)."""
+    return model.features(x).float()[:, neurons].abs()
+
+
 def optimise_trigger(
     model: nn.Module,
-    x: torch.Tensor,
+    background: torch.Tensor,
     neurons: torch.Tensor,
     mask: torch.Tensor,
-    opacity: float,
     *,
+    optimizer: str = "adam",
     lr: float,
     iters: int,
+    target_value: float,
     generator: torch.Generator | None,
-) -> tuple[Trigger, float, float]:
-    """TrojanNN trigger generation: sign-gradient ascent (PGD, step `lr`, `iters` steps) on the
-    mark's pixels to maximise the mean activation of `neurons` on triggered images x
-    ([B, C, H, W] in [0, 1]). Returns (trigger, activation before, activation after)."""
-    mark = torch.rand((1, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+) -> tuple[torch.Tensor, float, float]:
+    """TrojanNN trigger generation: a mark [1, C, H, W] in [0, 1] (only the pixels under `mask`,
+    [1, 1, H, W], matter), pasted fully opaque on `background` (float [B, C, H, W] in [0, 1]:
+    one blank (zero) image in TrojanZoo), that drives the |activation| of `neurons` towards
+    `target_value`.
 
-    def activation(m: torch.Tensor) -> torch.Tensor:
-        feats = model.features(Trigger(m, mask, opacity).apply(x))
-        return feats[:, neurons].mean()
+    optimizer "adam" (TrojanZoo): mark = (tanh(w) + 1) / 2 with w ~ N(0, 1), Adam (step `lr` in
+    w units) under a cosine schedule over `iters` steps on the summed squared error to the
+    target. "pgd" (the study's autovul snapshot): start from a white mark, `iters` sign steps of
+    `lr` pixel units down the batch-mean L2 distance of the neurons' activations to the target,
+    clamped to [0, 1], freezing once that distance is below 5.
 
-    with torch.no_grad():
+    Returns (mark, activation before, activation after): the mean |activation| of the target
+    neurons over the background images with the initial and the optimised mark.
+    """
+    if optimizer not in TRIGGER_OPTIMIZERS:
+        raise InputError("--param trigger_optimizer", f"expected one of {TRIGGER_OPTIMIZERS}, got {optimizer!r}")
+    shape = (1, *background.shape[1:])
+
+    def paste(mark: torch.Tensor) -> torch.Tensor:
+        return background * (1 - mask) + mask * mark
+
+    def activation(mark: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(neuron_activation(model, paste(mark), neurons).mean())
+
+    if optimizer == "adam":
+        w = torch.randn(shape, generator=generator, device=background.device).requires_grad_(True)
+        before = activation((w.detach().tanh() + 1) / 2)
+        opt = torch.optim.Adam([w], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters)
+        for _ in range(iters):
+            feats = neuron_activation(model, paste((w.tanh() + 1) / 2), neurons)
+            loss = (feats - target_value).square().sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=[w])
+            opt.step()
+            sched.step()
+        mark = ((w.detach().tanh() + 1) / 2).clamp_(0.0, 1.0)
+    else:
+        mark = torch.ones(shape, device=background.device)
         before = activation(mark)
-    for _ in range(iters):
-        mark.requires_grad_(True)
-        (grad,) = torch.autograd.grad(activation(mark), mark)
-        mark = (mark.detach() + lr * grad.sign()).clamp_(0.0, 1.0)
-    with torch.no_grad():
-        after = activation(mark)
-    return Trigger(mark.detach(), mask, opacity), float(before), float(after)
+        for _ in range(iters):
+            mark.requires_grad_(True)
+            feats = model.features(paste(mark)).float()[:, neurons]
+            distance = (feats - target_value).norm(dim=1).mean()
+            (grad,) = torch.autograd.grad(distance, mark)
+            stepped = (mark.detach() - lr * grad.sign()).clamp_(0.0, 1.0)
+            # The snapshot stops once the distance is below 5; freezing the mark there does the
+            # same without reading the distance back on every step.
+            mark = torch.where(distance.detach() < PGD_STOP_DISTANCE, mark.detach(), stepped)
+        mark = mark.detach()
+    return mark, before, activation(mark)
 
 
 def fine_tune_with_trigger(
@@ -181,9 +233,8 @@ def fine_tune_with_trigger(
     trigger lands on thousands of different images and is the only thing they share.
     "dataset" (Gu et al.'s data poisoning): a seeded fixed round(f * N) of the images carry the
     trigger and the target label in every epoch; with few images the model can memorise those
-    images instead of the trigger (on a 5k-image subset, 91 images: ASR 0.15 where "batch"
-    implants). The trigger is applied after augmentation (crop, flip) in both, so it stays where
-    the test-time trigger is.
+    images instead of the trigger. The trigger is applied after augmentation (crop, flip) in
+    both, so it stays where the test-time trigger is.
     """
     from nasaudit.data import Augment, DeviceLoader
 
@@ -255,46 +306,69 @@ class Params:
 
     method: "trojannn" | "badnet"; target_class: the backdoor's label;
     trigger_size: side of the square patch in pixels; transparency: None -> 0.7 for TrojanNN,
-    0.0 (opaque) for BadNet; position: "center" | "bottom_right" | "top_left" (the centre by
-    default: pixels at the border reach a deep network's output through few paths, and a
-    corner patch does not implant on a CIFAR-subset ResNet); pattern: BadNet's
-    mark (Gu et al.'s "checkerboard", or the artifact's "white" square);
-    n_neuron, neuron_rule, trigger_lr (pixel units per step), trigger_iters, n_trigger_images:
-    TrojanNN's trigger optimisation; poison_fraction: None -> 0.1 for TrojanNN, 0.02 for
-    BadNet; poison_mode: how the poisoned images are drawn (see `fine_tune_with_trigger`);
-    epochs (None -> 10 for TrojanNN, 20 for BadNet), lr, batch_size (None -> the victim's):
-    the fine-tuning of the victim copy.
+    0.0 (opaque) for BadNet (used when poisoning; TrojanNN optimises its mark opaque);
+    position: "top_left" (TrojanZoo's mark offset (0, 0), the default) | "bottom_right" |
+    "center"; pattern: BadNet's mark (Gu et al.'s "checkerboard", or the artifact's "white"
+    square); n_neuron, neuron_rule, trigger_optimizer, trigger_lr, trigger_iters,
+    target_value, trigger_background, n_trigger_images: TrojanNN's trigger optimisation (see
+    `optimise_trigger`; None -> the optimiser's defaults: adam lr 0.1, 1000 steps, target 100;
+    pgd lr 0.015 pixel units, 20 steps, target 10); poison_fraction: None -> 0.1 for TrojanNN,
+    0.02 for BadNet; poison_mode: how the poisoned images are drawn (see
+    `fine_tune_with_trigger`); epochs (None -> 10 for TrojanNN, 20 for BadNet), lr, batch_size
+    (None -> the victim's): the fine-tuning of the victim copy.
     """
 
     method: str = param("trojannn", choices=METHODS, doc="trigger of TrojanNN or BadNet")
     target_class: int = param(0, min=0, doc="the backdoor's label (< the number of classes)")
     trigger_size: int = param(3, min=1, doc="side of the square patch, pixels")
     transparency: float | None = param(
-        None, min=0, lt=1, doc="none: 0.7 for TrojanNN, 0 (opaque) for BadNet"
+        None, min=0, lt=1, doc="when poisoning; none: 0.7 for TrojanNN, 0 (opaque) for BadNet"
     )
     position: str = param(
-        "center", choices=POSITIONS,
-        doc="where the patch goes; a corner patch is barely seen by a deep CIFAR network (resnet18 "
-        "width 16 on the CIFAR subset, BadNet at 10% for 5 epochs: ASR 0.17 bottom_right, 0.19 "
-        "top_left, 0.997 center)",
+        "top_left", choices=POSITIONS,
+        doc="where the patch goes: top_left is TrojanZoo's default mark offset (0, 0); the "
+        "centre is seen through more paths of a deep network, for short CPU fine-tunes",
     )
     pattern: str = param(
         "checkerboard", choices=PATTERNS,
         doc="BadNet's mark: checkerboard (Gu et al.'s) or white (the artifact's TrojanZoo "
-        "square_white mark; on a tiny_cnn it implants less: ASR 0.38 vs 0.8+ at 10%, 2 epochs)",
+        "square_white mark)",
     )
-    n_neuron: int = param(2, min=1, doc="TrojanNN target neurons")
+    n_neuron: int = param(2, min=1, max=64, doc="TrojanNN target neurons")
     neuron_rule: str = param(
         "weight", choices=NEURON_RULES,
-        doc="TrojanNN neurons: weight (largest summed |weight| into the classifier, the paper's) "
-        "or least_active (smallest mean activation on the training set, the artifact's)",
+        doc="TrojanNN neurons: weight (largest summed |weight| into the classifier, TrojanZoo's "
+        "and the paper's) or least_active (smallest mean activation on the training set, the "
+        "study's autovul snapshot)",
     )
-    trigger_lr: float = param(0.015, gt=0, max=1, doc="TrojanNN trigger step, pixel units")
-    trigger_iters: int = param(20, min=1, doc="TrojanNN trigger optimisation steps")
-    n_trigger_images: int = param(256, min=1, doc="training images the trigger is optimised on")
+    trigger_optimizer: str = param(
+        "adam", choices=TRIGGER_OPTIMIZERS,
+        doc="TrojanNN mark optimiser: adam (TrojanZoo: tanh-parametrised mark, Adam, cosine "
+        "schedule, MSE to target_value) or pgd (the study's autovul snapshot: sign steps from a "
+        "white mark, L2 distance to target_value)",
+    )
+    trigger_lr: float | None = param(
+        None, gt=0, max=1, doc="TrojanNN mark step; none: 0.1 for adam (tanh units), 0.015 for "
+        "pgd (pixel units)",
+    )
+    trigger_iters: int | None = param(
+        None, min=1, max=100_000, doc="TrojanNN mark optimisation steps; none: 1000 for adam, 20 for pgd"
+    )
+    target_value: float | None = param(
+        None, gt=0, max=10_000, doc="activation the target neurons are driven to; none: 100 for "
+        "adam, 10 for pgd",
+    )
+    trigger_background: str = param(
+        "blank", choices=TRIGGER_BACKGROUNDS,
+        doc="what the mark is optimised on: blank (one zero image, both artifacts) or images "
+        "(n_trigger_images random training images)",
+    )
+    n_trigger_images: int = param(
+        256, min=1, max=100_000, doc="training images the mark is optimised on with trigger_background=images"
+    )
     poison_fraction: float | None = param(
-        None, gt=0, lt=1, doc="share of poisoned training images; none: 0.1 for TrojanNN "
-        "(TrojanZoo's default), 0.02 for BadNet (the artifact's)"
+        None, gt=0, lt=1, doc="share of poisoned training images; none: 0.1 for TrojanNN, 0.02 "
+        "for BadNet (the artifact's); the artifact's TrojanNN runs kept TrojanZoo's 0.01"
     )
     poison_mode: str = param(
         "batch", choices=POISON_MODES,
@@ -302,7 +376,8 @@ class Params:
         "dataset: one fixed seeded subset poisoned for the whole fine-tune",
     )
     epochs: int | None = param(
-        None, min=1, doc="fine-tuning epochs; none: 10 for TrojanNN, 20 for BadNet (the artifact's)"
+        None, min=1, doc="fine-tuning epochs; none: 10 for TrojanNN (TrojanZoo's example), 20 "
+        "for BadNet (the artifact's; its TrojanNN runs also used 20)"
     )
     lr: float = param(0.01, gt=0, doc="fine-tuning learning rate")
     batch_size: int | None = param(None, min=1, doc="fine-tuning batch; none: the victim's")
@@ -318,11 +393,14 @@ class BackdoorRecord(AttackRecord):
 
     asr: triggered test inputs whose true class != target classified as target, by the
     backdoored model (asr_population says so); clean_model_asr: the same on the clean victim;
-    cad: clean test accuracy of the victim minus that of the backdoored model; neurons and
-    activation_before/after: TrojanNN's target neurons and their mean activation on triggered
-    images before/after trigger optimisation (empty / 0 for BadNet). poison_mode, epochs,
-    neuron_rule: the settings used (defaults resolved); badnet_asr and notes: with
-    compare_badnet, BadNet's ASR at the same budget and a sentence saying which implants better.
+    cad: clean test accuracy of the victim minus that of the backdoored model; neurons:
+    TrojanNN's target neurons (empty for BadNet); activation_before/after: their mean
+    |activation| on the opaque trigger over the optimisation background (a blank image by
+    default) with the initial and the optimised mark (0 for BadNet); activation_ratio:
+    after / before (None for BadNet or when before is 0). poison_mode, epochs, neuron_rule,
+    trigger_optimizer, trigger_iters, target_value, position: the settings used (defaults
+    resolved); badnet_asr and notes: with compare_badnet, BadNet's ASR at the same budget and a
+    sentence saying which implants better.
     """
 
     kind = "attack.backdoor"
@@ -343,6 +421,11 @@ class BackdoorRecord(AttackRecord):
     poison_mode: str = "dataset"  # records written before the mode existed used a fixed subset
     epochs: int | None = None
     neuron_rule: str | None = None  # TrojanNN only
+    activation_ratio: float | None = None  # TrojanNN only
+    trigger_optimizer: str | None = None  # TrojanNN only
+    trigger_iters: int | None = None  # TrojanNN only
+    target_value: float | None = None  # TrojanNN only
+    position: str | None = None
     badnet_asr: float | None = None  # TrojanNN with compare_badnet: BadNet's ASR at the same budget
     notes: list = dataclasses.field(default_factory=list)
 
@@ -370,6 +453,10 @@ def run_backdoor(
     transparency = params.transparency if params.transparency is not None else (0.7 if trojan else 0.0)
     fraction = params.poison_fraction if params.poison_fraction is not None else (0.1 if trojan else 0.02)
     epochs = params.epochs if params.epochs is not None else (10 if trojan else 20)
+    default_lr, default_iters, default_target = TRIGGER_DEFAULTS[params.trigger_optimizer]
+    trigger_lr = params.trigger_lr if params.trigger_lr is not None else default_lr
+    trigger_iters = params.trigger_iters if params.trigger_iters is not None else default_iters
+    target_value = params.target_value if params.target_value is not None else default_target
     cfg = victim_train_config(victim)
     shape = tuple(data.train_images.shape[1:])
     victim_model = victim.model.eval()
@@ -380,12 +467,16 @@ def run_backdoor(
         if trojan:
             neurons = select_neurons(victim_model, params.n_neuron, params.neuron_rule,
                                      data.train_images, device=device)
-            pick = torch.randperm(data.train_images.shape[0], generator=make_generator(seed))[: params.n_trigger_images]
-            x = to_float(data.train_images[pick].to(device))
-            trigger, before, after = optimise_trigger(
-                victim_model, x, neurons, mask, 1.0 - transparency, lr=params.trigger_lr,
-                iters=params.trigger_iters, generator=gen,
+            if params.trigger_background == "blank":
+                background = torch.zeros((1, *shape), device=device)
+            else:
+                pick = torch.randperm(data.train_images.shape[0], generator=make_generator(seed))
+                background = to_float(data.train_images[pick[: params.n_trigger_images]].to(device))
+            mark, before, after = optimise_trigger(
+                victim_model, background, neurons, mask, optimizer=params.trigger_optimizer,
+                lr=trigger_lr, iters=trigger_iters, target_value=target_value, generator=gen,
             )
+            trigger = Trigger(mark, mask, 1.0 - transparency)
         else:
             mark = checkerboard(shape, device) if params.pattern == "checkerboard" else torch.ones(1, *shape, device=device)
             trigger = Trigger(mark, mask, 1.0 - transparency)
@@ -423,6 +514,10 @@ def run_backdoor(
         method=method, target_class=params.target_class, transparency=transparency,
         poison_fraction=fraction, poison_mode=params.poison_mode, epochs=epochs,
         neuron_rule=params.neuron_rule if trojan else None,
+        activation_ratio=after / before if trojan and before > 0 else None,
+        trigger_optimizer=params.trigger_optimizer if trojan else None,
+        trigger_iters=trigger_iters if trojan else None,
+        target_value=target_value if trojan else None, position=params.position,
         asr=asr, asr_population="triggered test inputs whose true class != target_class",
         clean_model_asr=clean_asr, clean_accuracy=clean_acc, backdoor_accuracy=bd_acc,
         cad=clean_acc - bd_acc, neurons=neurons.tolist(), activation_before=before,
