@@ -43,8 +43,8 @@ class _Subsample(torch.autograd.Function):
     """`x[..., start::stride, start::stride]` whose gradient is built in `layout`.
 
     torch 2.13's slicing backward always builds an NCHW gradient; in a channels_last network
-    every later op on it then runs a slow mixed-layout kernel (measured: darts_v2's forward
-    plus input gradient, batch 128, 486 -> 365 ms with this). Written in the functorch form so that `torch.func.vmap` still works.
+    every later op on it then runs a slow mixed-layout kernel (`benchmarks/memory_format.py`
+    measures the difference). Written in the functorch form so that `torch.func.vmap` still works.
     """
 
     generate_vmap_rule = True

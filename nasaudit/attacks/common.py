@@ -125,11 +125,8 @@ def cat_batches(
     return tuple(torch.cat([p[i] for p in parts]).cpu() for i in range(len(dtypes)))
 
 
-# CPU passes are fastest on chunks small enough for the activations to stay in cache. Measured
-# on this project's 2-core CPU with 32x32 images (folded eval models): a darts_v2 (C=16, 8 cells)
-# forward ran at 600 images/s in chunks of 64 and 350 in chunks of 256, resnet18 at 225 and 215;
-# forward plus input gradient peaked at 64-128 (darts_v2 205 images/s at 128, 147 at 256).
-# GPUs want big chunks.
+# CPU passes are fastest on chunks small enough for the activations to stay in cache
+# (`benchmarks/attacks.py` times the attacks built on it); GPUs want big chunks.
 CPU_FORWARD_CHUNK = 64
 CPU_GRADIENT_CHUNK = 128
 

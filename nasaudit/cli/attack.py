@@ -77,9 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_option(parser)
     parser.add_argument(
         "--bf16", action="store_true",
-        help="run the victim's passes under bf16 autocast on any device (the default on CUDA; on "
-        "a CPU with AVX-512 BF16 instructions, PGD on a full-width resnet18 ran 3.7x faster); success "
-        "checks and the finite-difference and boundary oracles stay float32",
+        help="run the victim's passes under bf16 autocast on any device (the default on CUDA; "
+        "faster on a CPU with AVX-512 BF16 instructions: `benchmarks/attacks.py --bf16` measures it); "
+        "success checks and the finite-difference and boundary oracles stay float32",
     )
     parser.add_argument("--work-dir", default=None, help="checkpoints of retraining attacks (resumable)")
     parser.add_argument("--output", default=None, help="also write the JSON record to this file")

@@ -31,9 +31,7 @@ def inference_model(model: nn.Module) -> nn.Module:
     Any other module (a caller's wrapper, whose Python side effects tracing would bake in), or
     a network fx cannot trace, is returned itself, switched to eval mode.
 
-    Measured on this project's 2-core CPU, batch 256, channels_last (`benchmarks/attacks.py`
-    reports the attack ratios): darts_v2 (C=16, 8 cells) forward 1.8x and forward plus input
-    gradient 2.3x faster, resnet18 1.36x and 1.36x.
+    `benchmarks/attacks.py` reports the speed-up on the attacks it serves.
     """
     if not isinstance(model, ImageClassifier):
         return model.eval()

@@ -75,8 +75,7 @@ def _default_loss(logits: Tensor, y: Tensor) -> Tensor:
 class _Moments:
     """Streaming per-coordinate mean and sum of squared deviations (Chan et al.'s parallel
     update), in float64: merging chunk statistics this way avoids the cancellation of
-    E[g^2] - E[g]^2 when the variance is tiny compared with the mean gradient (NAS models at
-    initialisation are 100x below manual ones)."""
+    E[g^2] - E[g]^2 when the variance is tiny compared with the mean gradient."""
 
     def __init__(self, shapes: Mapping[str, torch.Size], device: torch.device):
         self.n = 0

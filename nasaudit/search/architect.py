@@ -95,7 +95,7 @@ class Architect:
         """One real SGD step on the weights (alpha fixed), clipped to `grad_clip`."""
         weights = self.model.weight_parameters()
         self.w_opt.zero_grad(set_to_none=True)
-        # alpha frozen: autograd then keeps no op outputs for its gradient (~15% less memory).
+        # alpha frozen: autograd then keeps no op outputs for its gradient (less memory).
         with _frozen(self.model.arch_parameters()):
             with autocast(x.device):
                 logits = self.model(x)
