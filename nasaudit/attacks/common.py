@@ -103,11 +103,6 @@ def timed() -> Iterator[Callable[[], float]]:
     yield lambda: time.perf_counter() - start
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> uint8 [N, C, H, W], rounding to the nearest level."""
-    return x.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
-
-
 def batch_slices(n: int, batch_size: int) -> list[slice]:
     """Consecutive slices of at most `batch_size` covering range(n)."""
     return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
