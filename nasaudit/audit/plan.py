@@ -41,7 +41,7 @@ from nasaudit.audit.config import AuditConfig, ModelSpec, TaskSpec, resource_req
 from nasaudit.errors import InputError, first_line
 from nasaudit.limits import MAX_PLANNED_UNITS, check_at_most
 
-# Stage order within a (model, seed); also the order of the per-stage progress bars.
+# Stage order within a (model, seed).
 STAGES = ("search", "analyze", "probe_init", "import", "train", "clean", "probe", "attack")
 # Attacks that train networks of their own: scheduled with the "retrain" resources.
 RETRAINING_ATTACKS = frozenset({"poison", "backdoor", "knockoff"})

@@ -27,6 +27,7 @@ from pathlib import Path
 from nasaudit.audit.config import AuditConfig
 from nasaudit.audit.engines import ENGINE_NAMES, drive
 from nasaudit.audit.plan import Plan, build_plan, describe_plan, validate_config
+from nasaudit.audit.progress import AuditProgress, plan_line, progress_mode, unit_labels
 from nasaudit.audit.store import DB_NAME, Store
 from nasaudit.errors import InputError
 from nasaudit.io import open_lock_file
@@ -150,6 +151,8 @@ def run_audit(
         engine: "local" | "processes" | "ray" (default: the config's [run].engine, else local).
         address: a Ray cluster to join ("auto" or "HOST:PORT"); default [run].address, else a
             new local cluster.
+        progress: print the plan's size first, then one overall bar on a terminal, or one line
+            per finished unit when stdout or stderr is not one (`nasaudit.audit.progress`).
     """
     started = time.time()
     out_dir = config.out_dir
@@ -170,9 +173,12 @@ def run_audit(
                             "argv": sys.argv})
             store.set_meta("runs", history)
             summary = AuditSummary(total, skipped, 0, 0, 0.0, out_dir, engine=engine)
+            display = AuditProgress(total, skipped, mode=progress_mode(progress),
+                                    labels=unit_labels(plan.units))
+            display.announce(plan_line(plan, skipped, engine, _worker_count(engine, workers)))
             if skipped < total:
                 _execute(plan, store, summary, engine=engine, address=address, workers=workers,
-                         device=device, resume=resume, progress=progress, run_id=run_id)
+                         device=device, resume=resume, progress=display, run_id=run_id)
             history[-1].update(finished=time.time(), hosts=summary.hosts,
                                ray_start_seconds=summary.ray_start_seconds)
             store.set_meta("runs", history)
@@ -186,8 +192,16 @@ def run_audit(
     return summary
 
 
+def _worker_count(engine: str, workers: int | None) -> int | None:
+    """Worker processes (or Ray slots) the plan line names: None for the local engine."""
+    if engine == "processes":
+        return workers or DEFAULT_PROCESS_WORKERS
+    return workers if engine == "ray" and workers and workers > 1 else None
+
+
 def _execute(plan: Plan, store: Store, summary: AuditSummary, *, engine: str, address: str | None,
-             workers: int | None, device: str, resume: bool, progress: bool, run_id: str) -> None:
+             workers: int | None, device: str, resume: bool, progress: AuditProgress,
+             run_id: str) -> None:
     """Run the plan's unfinished units on `engine`; fills in summary's counts."""
     before = set(store.done_keys())
     run = dict(device=device, resume=resume, run_id=run_id, progress=progress)
@@ -197,7 +211,7 @@ def _execute(plan: Plan, store: Store, summary: AuditSummary, *, engine: str, ad
 
         from nasaudit.audit.engines.processes import ProcessExecutor, threads_per_worker
 
-        count = workers or DEFAULT_PROCESS_WORKERS
+        count = _worker_count(engine, workers)
         threads = threads_per_worker(count, torch.get_num_threads())
         # The workers start (importing torch) while this process loads the data set.
         with ProcessExecutor(plan, workers=count, threads=threads) as executor:
@@ -207,7 +221,9 @@ def _execute(plan: Plan, store: Store, summary: AuditSummary, *, engine: str, ad
         from nasaudit.audit.engines.local import LocalExecutor
 
         # Loaded once, up front: a missing data set is one clear error, not a failed unit per model.
-        scheduler = drive(plan, store, LocalExecutor(plan, _load_data(plan.config), progress), **run)
+        # Its units draw their own transient bars only below the audit's overall one.
+        executor = LocalExecutor(plan, _load_data(plan.config), progress=progress.bars)
+        scheduler = drive(plan, store, executor, **run)
     else:
         from nasaudit.audit.engines.ray_engine import RayCluster, RayExecutor, check_shared_storage
 

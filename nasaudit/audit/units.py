@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import socket
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -309,7 +308,9 @@ def _train(job: UnitJob, ctx: UnitContext, device, resume: bool) -> TrainSummary
     mismatch = checkpoint_matches(path, model, cfg, data) if path.is_file() else "absent"
     reuse = mismatch is None and _finished_epochs(path) >= cfg.epochs
     if mismatch not in (None, "absent"):
-        _log(f"{model.label}: not reusing {path} ({mismatch}); training from scratch")
+        from nasaudit.audit.progress import log
+
+        log(f"{model.label}: not reusing {path} ({mismatch}); training from scratch")
     log_dir = config.out_dir / "tensorboard" / f"{model.label}-s{model.seed}"
     # resume=True on a finished checkpoint loads it (the trainer checks the config matches)
     # and trains no further epoch; on a partial one it continues the killed run.
@@ -618,7 +619,3 @@ def record_outcome(store, unit: Unit, model: ModelPlan | None, outcome: UnitOutc
     )
 
 
-def _log(message: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(f"nasaudit audit: {message}", file=sys.stderr)

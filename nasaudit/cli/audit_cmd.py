@@ -39,7 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "it waits on) and exit without running or writing anything")
     p.add_argument("--out", metavar="DIR", help="output directory (overrides the config's out_dir)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print nothing while running: no plan line, no bar over the units (drawn "
+                        "on a terminal) and no line per finished unit (printed instead when "
+                        "stdout or stderr is not a terminal); failed units are still named on "
+                        "stderr")
     p.set_defaults(func=run_audit_command)
 
     r = subparsers.add_parser(

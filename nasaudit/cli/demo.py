@@ -21,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output directory (default: ./nasaudit-demo)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--quick", action="store_true", help="even smaller budgets (a smoke test)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print nothing while running: no plan line, no bar over the units (drawn "
+                        "on a terminal) and no line per finished unit (printed instead when "
+                        "stdout or stderr is not a terminal); failed units are still named on "
+                        "stderr")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes running the units, the cores split among them "
                         "(default: 2 on a CPU with 2 or more cores, else 1; 1 runs them in this "

@@ -8,19 +8,31 @@ attacks and probes.
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 
 from nasaudit.audit.plan import Plan
 from nasaudit.audit.units import UnitContext, UnitJob, UnitOutcome, execute_unit
 
+# The stages whose loops draw transient bars (leave=False: training, search, probes), shown
+# below the audit's overall bar while the unit runs and erased when it ends. The attacks' bars
+# stay on screen when they close, so each attack would leave one more bar stacked under the
+# audit's: they run without.
+INNER_BAR_STAGES = frozenset({"search", "train", "probe", "probe_init"})
+
 
 class LocalExecutor:
-    """Runs submitted units synchronously in `wait`, earliest in the plan first."""
+    """Runs submitted units synchronously in `wait`, earliest in the plan first.
+
+    progress: let the running unit draw its own transient bar (only when the audit draws bars
+    on a terminal: `nasaudit.audit.progress.AuditProgress.bars`).
+    """
 
     def __init__(self, plan: Plan, data=None, progress: bool = False):
         self.index = {u.key: i for i, u in enumerate(plan.units)}
         self.queue: list[tuple[int, UnitJob]] = []
         self.context = UnitContext(data)
         self.progress = progress
+        self.on_start = None  # set by `drive`: called as a unit begins
 
     def submit(self, job: UnitJob) -> None:
         """Queue one unit."""
@@ -29,8 +41,9 @@ class LocalExecutor:
     def wait(self) -> list[tuple[UnitJob, UnitOutcome]]:
         """Run the earliest queued unit; returns it with its outcome."""
         _, job = heapq.heappop(self.queue)
-        if self.progress != job.progress:
-            from dataclasses import replace
-
-            job = replace(job, progress=self.progress)
+        inner = self.progress and job.unit.stage in INNER_BAR_STAGES
+        if inner != job.progress:
+            job = replace(job, progress=inner)
+        if self.on_start is not None:
+            self.on_start(job)
         return [(job, execute_unit(job, self.context))]

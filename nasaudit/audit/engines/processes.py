@@ -99,6 +99,7 @@ class ProcessExecutor:
         self.queue: list[tuple[int, int, UnitJob, float]] = []
         self.inflight: dict[Future, tuple[UnitJob, float]] = {}
         self.retries: dict[str, int] = {}
+        self.on_start = None  # set by `drive`: called as a unit goes out to a worker
         self.pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -136,6 +137,8 @@ class ProcessExecutor:
                 self.pool = self._new_pool()
                 future = self.pool.submit(_run_in_worker, job)
             self.inflight[future] = (job, submitted)
+            if self.on_start is not None:
+                self.on_start(job)
 
     def wait(self) -> list[tuple[UnitJob, UnitOutcome]]:
         """Block until units end; may return none when a dead worker's units were requeued."""

@@ -168,6 +168,8 @@ class RayExecutor:
         self.remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_run_unit_task)
         self.env = {"env_vars": task_env()}
         self.inflight: dict[Any, tuple[UnitJob, float]] = {}
+        # Ray does not say when a task leaves its queue: a unit counts as started when submitted.
+        self.on_start = None
 
     def options_for(self, job: UnitJob) -> dict[str, Any]:
         """num_gpus / num_cpus of the unit's kind (the GPU part dropped without GPUs)."""
@@ -188,6 +190,8 @@ class RayExecutor:
         job = replace(job, device=device)
         ref = self.remote.options(**options).remote(job, self.data_ref)
         self.inflight[ref] = (job, time.time())
+        if self.on_start is not None:
+            self.on_start(job)
 
     def wait(self) -> list[tuple[UnitJob, UnitOutcome]]:
         """Block until a task ends; a task that died more than MAX_RETRIES times is a failure."""
