@@ -10,7 +10,8 @@ are not seen (the mode is off while a call runs), and calls that return no tenso
 Each event keeps its kind, the shapes of its tensor inputs (weights included, so a conv's kernel
 size is in its input shapes) and of its output, which earlier event produced each tensor input
 (the data flow, as a forward hook or an execution-trace observer sees it), and its wall-clock
-duration (median over several passes, after a warm-up pass).
+duration (median over several passes, after a warm-up pass). `record_passes` also returns every
+pass's own durations, for a timing model that needs their spread (or a single query's times).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["INPUT", "PARAMETER", "TraceEvent", "canonical_kind", "kinds", "record_trace"]
+__all__ = ["INPUT", "PARAMETER", "TraceEvent", "canonical_kind", "kinds", "record_passes", "record_trace"]
 
 INPUT = -1  # producer of the traced call's own input
 PARAMETER = -2  # producer of a tensor no traced call made: a weight, a buffer, a constant
@@ -120,14 +121,14 @@ def _one_pass(model: nn.Module, x: Tensor) -> list[tuple]:
     return recorder.rows
 
 
-def record_trace(model: nn.Module, x: Tensor, *, passes: int = 3, warmup: int = 1) -> list[TraceEvent]:
-    """The execution trace of `model(x)`: one TraceEvent per tensor-producing library call.
+def record_passes(model: nn.Module, x: Tensor, *, passes: int = 3, warmup: int = 1
+                  ) -> tuple[list[TraceEvent], list[list[float]]]:
+    """The execution trace of `model(x)` and the durations of every recorded pass.
 
-    model: any nn.Module (run as it is: call .eval() first for an inference trace); x: its
-    input, e.g. images [B, 3, H, W] in [0, 1]. The model runs `warmup` untimed passes, then
-    `passes` recorded ones; each event's duration is the median over those passes, which damps
-    the scheduler's noise on a shared CPU. Raises RuntimeError if two passes make different
-    calls (a model whose call sequence depends on the data cannot be traced this way).
+    Runs `warmup` untimed passes, then `passes` recorded ones. Returns (events, durations):
+    events as `record_trace` gives them (duration_ns the median over the passes), durations
+    [passes][len(events)] the wall time in ns of each call in each pass, in pass order. Raises
+    RuntimeError if two passes make different calls.
     """
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
@@ -138,11 +139,24 @@ def record_trace(model: nn.Module, x: Tensor, *, passes: int = 3, warmup: int = 
     for run in runs[1:]:
         if [r[:4] for r in run] != [r[:4] for r in first]:
             raise RuntimeError("the model made different calls on two passes of the same input")
-    return [
+    events = [
         TraceEvent(kind, in_shapes, out_shape, producers,
                    float(statistics.median(run[i][4] for run in runs)))
         for i, (kind, in_shapes, out_shape, producers, _) in enumerate(first)
     ]
+    return events, [[float(r[4]) for r in run] for run in runs]
+
+
+def record_trace(model: nn.Module, x: Tensor, *, passes: int = 3, warmup: int = 1) -> list[TraceEvent]:
+    """The execution trace of `model(x)`: one TraceEvent per tensor-producing library call.
+
+    model: any nn.Module (run as it is: call .eval() first for an inference trace); x: its
+    input, e.g. images [B, 3, H, W] in [0, 1]. The model runs `warmup` untimed passes, then
+    `passes` recorded ones; each event's duration is the median over those passes, which damps
+    the scheduler's noise on a shared CPU. Raises RuntimeError if two passes make different
+    calls (a model whose call sequence depends on the data cannot be traced this way).
+    """
+    return record_passes(model, x, passes=passes, warmup=warmup)[0]
 
 
 def kinds(events: Sequence[TraceEvent]) -> list[str]:

@@ -62,7 +62,8 @@ def trace_leak(report: Builder) -> Section:
             acc = mean_of(m["edge_op_accuracy"] for m in per)
             chance = mean_of(m.get("chance_edge_op_accuracy") for m in per)
             survived = mean_of(float(m["true_survived"]) for m in per if "true_survived" in m)
-            if acc is not None and chance is not None and acc <= chance + 1e-9:
+            beats = _beats(acc, chance)
+            if beats is False:
                 at_chance.append(f"{label} at {level} ({acc:.3f} vs {chance:.3f})")
             if survived is not None and survived < 1.0:
                 lost.append(f"{label} at {level} (survived {survived:.2f})")
@@ -72,7 +73,7 @@ def trace_leak(report: Builder) -> Section:
                 acc,
                 chance,
                 mean_of(m.get("prior_edge_op_accuracy") for m in per),
-                "" if acc is None or chance is None else ("yes" if acc > chance + 1e-9 else "no"),
+                {True: "yes", False: "no", None: "-"}[beats],
                 survived,
                 mean_of(m["edge_input_accuracy"] for m in per),
                 mean_of(m["concat_accuracy"] for m in per),
@@ -99,6 +100,16 @@ def trace_leak(report: Builder) -> Section:
                + ". Remaining bits do not bound the attacker's uncertainty there.")
     _correlations(report, s, by_model)
     return s
+
+
+def _beats(acc: float | None, chance: float | None) -> bool | None:
+    """Edge op accuracy above the in-family chance pick; None when unknown or both are 1 (the
+    call kinds alone fix every op: nothing to beat)."""
+    if acc is None or chance is None:
+        return None
+    if acc > chance + 1e-9:
+        return True
+    return None if min(acc, chance) >= 1.0 - 1e-9 else False
 
 
 def _correlations(report: Builder, s: Section, by_model: dict[str, list[dict[str, Any]]]) -> None:
