@@ -114,7 +114,7 @@ _PROBE_OPTIONS: tuple[tuple[str, str, str, list[tuple[str, str, Any, Any, str]]]
             ),
             ("--noise", "noise", float, 0.05, "timing_noisy: probe miss (and duplicate) rate"),
             ("--draws", "draws", int, 5, "timing_noisy: noise draws"),
-            ("--passes", "passes", int, 5, "timed forward passes (median per call)"),
+            ("--passes", "passes", int, 5, "reference cells the attacker times per timed op (its timing calibration)"),
             ("--space", "space", str, "paper", "search space the attacker assumes"),
         ],
     ),
