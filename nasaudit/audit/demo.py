@@ -22,9 +22,8 @@ DEMO_CONFIG: dict[str, Any] = {
     "description": "nasaudit demo: search and audit on the embedded digits data (tiny budgets)",
     "seeds": [0],
     "dataset": {"name": "digits"},
-    # No flips: a mirrored digit is another glyph. Two epochs at batch 32 beat three at batch
-    # 64 on digits in two thirds of the time (darts_v2 C=4: test accuracy 0.36 against 0.32;
-    # resnet18 width 8: 0.87 against 0.72, both measured on one thread).
+    # No flips: a mirrored digit is another glyph. Two epochs at batch 32 learn more than three
+    # at batch 64 on digits, in less time.
     "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "drop_path_prob": 0.0, "flip": False},
     "model_defaults": {"nas": {"C": 4, "layers": 3, "auxiliary": False}, "manual": {"width": 8}},
     "searches": [
@@ -49,7 +48,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "pgd_sweep": {"n_inputs": 40, "eps": [1 / 255, 2 / 255, 4 / 255, 8 / 255], "restarts": 1},
         "nes": {"n_inputs": 6, "n_query": 60, "restarts": 1},
         "poison": {"fractions": [0.0, 0.3], "epochs": 1},
-        "backdoor": {"method": "trojannn", "epochs": 1, "trigger_iters": 5, "n_trigger_images": 64, "trigger_size": 5, "poison_fraction": 0.2},
+        "backdoor": {"method": "trojannn", "epochs": 1, "trigger_size": 5, "poison_fraction": 0.2},
         # each_model: every model is also a replica architecture (the cross-architecture table).
         "knockoff": {"budgets": [50, 100], "epochs": 1, "each_model": "replica"},
         "membership": {"n_members": 16, "n_nonmembers": 16, "max_iter": 3, "max_eval": 80,
@@ -110,8 +109,8 @@ def restrict_to_installed(config: dict[str, Any]) -> tuple[dict[str, Any], list[
 def default_workers(device: str, cores: int | None) -> int:
     """Worker processes for the demo: 2 on a CPU with 2 or more cores, else 1 (this process).
 
-    The demo's networks are too small to keep two cores busy from one process (its units took
-    124 s on two threads and 159 s on one), so two one-thread workers finish sooner. On a GPU
+    The demo's networks are too small to keep two cores busy from one process
+    (docs/BENCHMARKS.md times both), so two one-thread workers finish sooner. On a GPU
     one process feeds the device.
     """
     from nasaudit.device import resolve_device

@@ -1,8 +1,8 @@
 """The processes engine: units on N worker processes of this machine, the cores split among them.
 
-For small networks (the demo's, digits-size models) one unit cannot keep two cores busy: on
-this project's 2-core machine the demo's units took 124 s of wall time on two threads and 159 s
-on one. Two one-thread processes therefore finish the grid sooner than one two-thread process,
+For small networks (the demo's, digits-size models) one unit cannot keep two cores busy
+(docs/BENCHMARKS.md times the demo both ways). Two one-thread processes therefore finish the
+grid sooner than one two-thread process,
 with no cluster to start. The driver stays the only writer of results.sqlite (`drive` commits
 each outcome as it arrives), exactly as with the other engines.
 
