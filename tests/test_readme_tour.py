@@ -1,5 +1,6 @@
-"""The README's tour, executed: every command block marked `<!-- tour ... -->` runs, at tiny
-sizes, in order, in a scratch directory laid out like a checkout.
+"""The README's and docs/'s tour, executed: every command block marked `<!-- tour ... -->` runs,
+at tiny sizes, in order (README first, then docs/*.md), in a scratch directory laid out like a
+checkout.
 
 The marker comment is the documented way to shrink a block for the test without making the
 README less readable. Its clauses, separated by `;`:
@@ -38,7 +39,7 @@ MARKER = re.compile(r"^<!-- tour(?::\s*(.*?))?\s*-->$")
 
 @dataclass
 class TourBlock:
-    line: int  # 1-based line of the marker in README.md
+    line: int  # 1-based line of the marker in its file
     commands: list[str]
     sets: dict[str, str] = field(default_factory=dict)
     adds: dict[str, str] = field(default_factory=dict)
@@ -168,22 +169,28 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("experiments", "genotypes", "search_spaces", "tests/fixtures"):
         shutil.copytree(REPO / name, work / name, symlinks=False)
     shared = REPO.parent / "shared"
-    if not shared.is_dir():
-        pytest.skip("../shared (the CIFAR-10 subset) is not beside the checkout")
+    assert shared.is_dir(), "../shared (the CIFAR-10 subset) must be beside the checkout"
     (root / "shared").symlink_to(shared)
     return work
 
 
-BLOCKS = parse_tour(README.read_text()) if README.is_file() else []
+# The README first, then the docs pages in reading order (a block may use what an earlier one
+# made: the attacks train the checkpoint they attack after the search page's training).
+_ORDER = ["SEARCH.md", "ATTACKS.md", "AUDIT.md"]
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"),
+                         key=lambda p: (_ORDER.index(p.name) if p.name in _ORDER else len(_ORDER), p.name))]
+BLOCKS = [(page.relative_to(REPO).as_posix(), block) for page in PAGES for block in parse_tour(page.read_text())]
 
 
-def test_the_readme_has_a_tour() -> None:
-    assert len(BLOCKS) >= 6, "the README's tour blocks are marked `<!-- tour -->` and tested here"
+def test_the_readme_and_docs_have_a_tour() -> None:
+    pages = {page for page, _ in BLOCKS}
+    assert {"README.md", "docs/SEARCH.md", "docs/ATTACKS.md", "docs/AUDIT.md"} <= pages
+    assert len(BLOCKS) >= 8, "the tour blocks are marked `<!-- tour -->` and tested here"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"README.md:{b.line}" for b in BLOCKS])
-def test_tour_block_runs(block: TourBlock, scratch: Path) -> None:
+@pytest.mark.parametrize(("page", "block"), BLOCKS, ids=[f"{p}:{b.line}" for p, b in BLOCKS])
+def test_tour_block_runs(page: str, block: TourBlock, scratch: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     output = ""
@@ -193,11 +200,11 @@ def test_tour_block_runs(block: TourBlock, scratch: Path) -> None:
         run = shrink(command, block.sets, block.adds) if command.startswith("nasaudit") else command
         proc = subprocess.run(["bash", "-c", f"set -euo pipefail; {run}"], cwd=scratch, env=env,
                               capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, (f"README.md:{block.line}: `{run}` exited {proc.returncode}\n"
+        assert proc.returncode == 0, (f"{page}:{block.line}: `{run}` exited {proc.returncode}\n"
                                       f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        assert "Traceback" not in proc.stderr, f"README.md:{block.line}: `{run}`\n{proc.stderr[-2000:]}"
+        assert "Traceback" not in proc.stderr, f"{page}:{block.line}: `{run}`\n{proc.stderr[-2000:]}"
         output = proc.stdout
     if block.expected:  # the README shows the output exactly as the command prints it today
         shown = [_squash(line) for line in block.expected]
         printed = [_squash(line) for line in output.splitlines() if line.strip()]
-        assert shown == printed, f"README.md:{block.line}: the sample output differs from:\n{output}"
+        assert shown == printed, f"{page}:{block.line}: the sample output differs from:\n{output}"
