@@ -129,6 +129,18 @@ def check_scheduler_state(fresh: dict[str, Any], saved: Any, source: str | Path)
             raise InputError(source, f"cannot resume: the learning-rate schedule's {key!r} is {other!r}")
 
 
+def load_states(pairs: list[tuple[Any, Any]], source: str | Path) -> None:
+    """`obj.load_state_dict(state)` for each (module/optimizer/scheduler, saved state) of a
+    checkpoint being resumed; a state that does not fit is one InputError naming the file."""
+    from nasaudit.errors import first_line
+
+    try:
+        for obj, state in pairs:
+            obj.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise InputError(source, f"cannot resume from this checkpoint: {first_line(exc)}") from None
+
+
 def load_training_state(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint weights-only; a raw ``state_dict`` is wrapped as ``{"model": ...}``.
 

@@ -31,6 +31,7 @@ from nasaudit.checkpoint import (
     checkpoint_path,
     genotype_record,
     load_checkpoint_model,
+    load_states,
     load_training_state,
     read_sidecar,
     save_training_state,
@@ -48,7 +49,7 @@ from nasaudit.device import (
     stream_seed,
     to_device,
 )
-from nasaudit.errors import InputError, first_line
+from nasaudit.errors import InputError
 from nasaudit.models.base import ImageClassifier, count_parameters
 
 __all__ = [
@@ -515,13 +516,8 @@ def train_model(
         _check_resume_config(state.get("config"), config, ckpt)
         start_epoch, history = _resume_progress(state, config, ckpt)
         check_scheduler_state(scheduler.state_dict(), state.get("scheduler"), ckpt)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            first = first_line(exc)
-            raise InputError(ckpt, f"cannot resume from this checkpoint: {first[:200]}") from None
+        load_states([(model, state["model"]), (optimizer, state["optimizer"]),
+                     (scheduler, state["scheduler"])], ckpt)
 
     meta_base = {**(sidecar or {}), "config": config.to_dict(), "seed": config.seed}
     meta_base.setdefault("parameters", count_parameters(model))

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasaudit.cli import main
 from nasaudit.errors import InputError
 from nasaudit.outdir import MARKER
+from tests.cli_helpers import cli, one_line
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -45,22 +45,6 @@ name = "tiny_cnn"
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    """Run `nasaudit ARGV` in-process: (exit code, stdout, stderr)."""
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str, *needles: str) -> str:
-    """The error is exactly one line, starts like every nasaudit error, has no traceback."""
-    assert err.startswith("nasaudit: error:") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def hashes(root: Path) -> dict[str, str]:

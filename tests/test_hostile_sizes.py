@@ -12,20 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasaudit.cli import main
 from nasaudit.errors import InputError
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str, *needles: str) -> None:
-    assert err.startswith("nasaudit: error:") and err.count("\n") == 1, err
-    for needle in needles:
-        assert needle in err, err
+from tests.cli_helpers import cli, one_line
 
 
 @pytest.mark.parametrize("flags,limit", [

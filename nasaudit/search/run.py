@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from nasaudit.checkpoint import check_scheduler_state
-from nasaudit.errors import InputError, first_line
+from nasaudit.checkpoint import check_scheduler_state, load_states
+from nasaudit.errors import InputError
 from nasaudit.records import Record
 from nasaudit.search.architect import MODES, Architect
 from nasaudit.search.hessian import DartsEarlyStop, alpha_hessian_eigenvalue, parse_early_stop
@@ -381,14 +381,8 @@ def run_search(
     if state is not None:
         _check_resume_progress(state, config, iters, term_keys, ckpt_path)
         check_scheduler_state(sched.state_dict(), state.get("sched"), ckpt_path)
-        try:
-            model.load_state_dict(state["model"])
-            w_opt.load_state_dict(state["w_opt"])
-            a_opt.load_state_dict(state["a_opt"])
-            sched.load_state_dict(state["sched"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            first = first_line(exc)
-            raise InputError(ckpt_path, f"cannot resume from this checkpoint: {first[:200]}") from None
+        load_states([(model, state["model"]), (w_opt, state["w_opt"]), (a_opt, state["a_opt"]),
+                     (sched, state["sched"])], ckpt_path)
         for k in ("weight_steps", "arch_steps", "virtual_steps"):
             setattr(architect, k, state["counters"][k])
         loop.update({k: state.get(k) for k in loop})  # "monitor" is absent from older checkpoints

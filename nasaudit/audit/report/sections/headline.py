@@ -76,15 +76,19 @@ def summary_lines(report: Builder, comparisons: list[Comparison]) -> list[str]:
     return lines
 
 
+def _why_no_comparison(report: Builder) -> str:
+    if not report.data.labels(NAS) or not report.data.labels(MANUAL):
+        return "the comparison needs at least one NAS and one manual model with results."
+    return "no metric has values for both groups yet."
+
+
 def summary(report: Builder) -> Section:
     """The report's opening, in words: what was compared, what this audit can conclude at its
     size, and the verdicts that hold."""
     s = Section("Summary")
-    if not report.data.labels(NAS) or not report.data.labels(MANUAL):
-        return s.missing("the comparison needs at least one NAS and one manual model with results.")
     comparisons = nas_vs_manual(report.data)
     if not comparisons:
-        return s.missing("no metric has values for both groups yet.")
+        return s.missing(_why_no_comparison(report))
     for line in summary_lines(report, comparisons):
         s.text(line)
     nas, manual = report.data.labels(NAS), report.data.labels(MANUAL)
@@ -112,11 +116,9 @@ def _one_against_one(report: Builder, s: Section, a: str, b: str) -> None:
 def headline(report: Builder) -> Section:
     """NAS minus manual for every metric: group means, permutation p, interval and the verdict."""
     s = Section("Headline: NAS minus manual")
-    if not report.data.labels(NAS) or not report.data.labels(MANUAL):
-        return s.missing("the comparison needs at least one NAS and one manual model with results.")
     comparisons = nas_vs_manual(report.data)
     if not comparisons:
-        return s.missing("no metric has values for both groups yet.")
+        return s.missing(_why_no_comparison(report))
     rows = [[c.metric.title, c.a_mean, c.b_mean, c.point, c.low, c.high, c.direction or "-", c.verdict,
              f"{c.n_a}/{c.n_b}", None if c.accuracy_gap is None else c.accuracy_gap.gap, c.p, c.p_holm]
             for c in comparisons]
