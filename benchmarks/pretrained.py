@@ -7,10 +7,13 @@ Builds darts_v2 at the published size (C=36, 20 cells, auxiliary head, ~3.3M par
 random weights and batch-norm statistics, saves it exactly as DARTS's code saves a state dict
 (its key names, no num_batches_tracked, legacy non-zip serialisation), then runs an audit of it
 (`format = "darts"`): the import unit, clean accuracy, the probes and the attacks that only
-query the victim (PGD, the PGD sweep, NES, label-only membership), each on --inputs inputs of
-the CIFAR-10 data (by default the subset in ../shared/data/cifar10-subset). It prints the
-seconds of `nasaudit import`'s reader and of every audit unit, from the results database.
-The weights are random, so the attack outcomes mean nothing; the timings do.
+query the victim (PGD and NES at the study's settings, the PGD sweep, label-only membership
+with fewer boundary steps), each on --inputs inputs of the CIFAR-10 data (by default the subset
+in ../shared/data/cifar10-subset). It prints the seconds of `nasaudit import`'s reader and of
+every audit unit, from the results database, and the network's forward and forward+backward
+throughput (images/s), from which the cost of any attack budget follows.
+The weights are random, so the attack outcomes mean nothing, and attacks that stop at success
+stop early: read their units as lower bounds and the throughput as the worst case.
 """
 
 from __future__ import annotations
@@ -60,7 +63,6 @@ iters = 5
 
 [attacks.pgd]
 n_inputs = {n}
-restarts = 1
 
 [attacks.pgd_sweep]
 n_inputs = {n}
@@ -68,7 +70,6 @@ eps = [0.00784, 0.03137]
 
 [attacks.nes]
 n_inputs = {small}
-n_query = 40
 
 [attacks.membership]
 n_members = {small}
@@ -77,6 +78,36 @@ max_iter = 2
 max_eval = 100
 init_eval = 20
 """
+
+
+def throughput(model, device, batch: int, repeats: int = 3) -> tuple[float, float]:
+    """(forward, forward+backward w.r.t. the input) images per second of `model` in eval mode on
+    random [batch, 3, 32, 32] inputs: the median of `repeats` timed passes after one warm-up."""
+    import statistics
+
+    import torch
+
+    model = model.to(device).eval()
+    x = torch.rand(batch, 3, 32, 32, device=device)
+
+    def timed(step) -> float:
+        step()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        return batch / statistics.median(times)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    def forward_backward():
+        xg = x.clone().requires_grad_(True)
+        model(xg).logsumexp(1).sum().backward()
+
+    return timed(forward), timed(forward_backward)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         read_seconds = time.perf_counter() - started
         print(f"darts_v2 C={C} layers={layers}: {count_parameters(imported.model):,} parameters, "
               f"{checkpoint.stat().st_size / 2**20:.1f} MiB file; reader {read_seconds:.2f} s")
+        forward, backward = throughput(imported.model, torch.device(args.device), batch=max(2, n))
+        print(f"throughput at batch {max(2, n)}: forward {forward:.1f} images/s, "
+              f"forward+backward (input gradient) {backward:.1f} images/s")
 
         cfg = root / "bench.toml"
         cfg.write_text(CONFIG.format(out=root / "audit", data=args.data_dir, C=C, layers=layers,

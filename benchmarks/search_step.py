@@ -148,7 +148,7 @@ def measure(args: argparse.Namespace, mode: str, n_step: int, partial: int, fast
     # Counted after the peak is taken: the counter's dispatch mode keeps more tensors alive.
     flops = count_flops(lambda: arch.step(batches[:n_step], batches[-1]))
     return {"mode": mode if fast else f"{mode}_ref", "n_step": n_step, "partial": partial,
-            "device": str(device), "s_per_iter": seconds,
+            "device": str(device), "batch_size": args.batch_size, "s_per_iter": seconds,
             "images_per_s": (n_step + 1) * args.batch_size / seconds, "peak_mb": peak_mb,
             "gflop_per_iter": flops / 1e9, "gflop_per_s": flops / 1e9 / seconds}
 

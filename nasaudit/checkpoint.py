@@ -25,7 +25,7 @@ import torch
 
 from nasaudit import __version__
 from nasaudit.device import prepare_model, resolve_device, seeded
-from nasaudit.errors import InputError
+from nasaudit.errors import InputError, first_line
 from nasaudit.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
 from nasaudit.limits import MAX_CLASSES, MAX_MODEL_SIZES, MAX_OTHER_INT
 from nasaudit.models.base import ImageClassifier
@@ -312,9 +312,8 @@ def load_checkpoint_model(
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         name = model_name or meta.get("model")
-        raise InputError(path, f"weights do not fit model {name!r}: {first[:200]}") from None
+        raise InputError(path, f"weights do not fit model {name!r}: {first_line(exc)}") from None
     model = prepare_model(model, resolve_device(device))
     model.eval()
     return model, meta

@@ -75,11 +75,14 @@ def describe_os_error(exc: OSError) -> str:
 _CONTROL_CHARS = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name when empty), at most `limit`
-    characters: what a one-line error quotes of a library's multi-line text."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+def first_line(exc: BaseException | str | None, limit: int = 200) -> str:
+    """The first line of an exception's message or of a text, at most `limit` characters, with
+    "..." where it was cut: what a one-line error quotes of a library's multi-line text. An
+    empty message gives the exception's type name ("no error message" for an empty text)."""
+    text = ("" if exc is None else str(exc)).strip()
+    empty = type(exc).__name__ if isinstance(exc, BaseException) else "no error message"
+    line = text.splitlines()[0] if text else empty
+    return line if len(line) <= limit else line[: max(limit - 3, 0)] + "..."
 
 
 def printable(text: str) -> str:

@@ -514,10 +514,6 @@ def _check_name(name: Any, source: str) -> None:
         raise InputError(source, f"genotype name {_short(name)} is not a usable name")
 
 
-def _first_line(exc: BaseException) -> str:
-    return _short_text(first_line(exc, limit=10_000))
-
-
 def _short_text(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -1084,7 +1080,7 @@ def _parse_python(text: str, source: str, default_name: str) -> GenotypeFile:
             source, f"line {exc.lineno}: invalid Python ({_short_text(str(exc.msg))})"
         ) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
-        raise InputError(source, f"invalid Python ({_first_line(exc)})") from None
+        raise InputError(source, f"invalid Python ({first_line(exc, limit=120)})") from None
     try:
         return _PyReader(source).read_module(tree, default_name)
     except RecursionError:  # pragma: no cover - the depth limit comes first
@@ -1261,7 +1257,7 @@ def _shipped() -> GenotypeFile:
         try:
             aliases = json.loads(alias_path.read_text(encoding="utf-8"))
         except (ValueError, RecursionError) as exc:
-            raise InputError(alias_path, f"invalid JSON ({_first_line(exc)})") from None
+            raise InputError(alias_path, f"invalid JSON ({first_line(exc, limit=120)})") from None
         if not isinstance(aliases, dict) or not all(
             isinstance(target, str) and target in parsed.genotypes for target in aliases.values()
         ):

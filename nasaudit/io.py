@@ -204,6 +204,23 @@ def read_limited(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
     return data
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The parsed TOML of `path` (at most MAX_CONFIG_BYTES); InputError naming the file for a
+    missing, oversized or non-UTF-8 file, bad TOML or nesting deep enough to overflow the parser."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from nasaudit.limits import MAX_CONFIG_BYTES
+
+    raw = read_limited(path, MAX_CONFIG_BYTES, what)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        problem = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InputError(path, f"invalid TOML ({problem})") from None
+
+
 def open_lock_file(path: str | Path):
     """Open (creating) a lock file for flock without following a symlink planted in its place:
     a link would make nasaudit create or truncate a file outside its own directory."""

@@ -20,6 +20,10 @@ MAX_OTHER_INT = 1 << 20
 # Units one audit plans (models x seeds x stages x parameter sets).
 MAX_PLANNED_UNITS = 20_000
 MAX_SEEDS = 1_000
+# A seed is fed to torch.Generator.manual_seed and numpy: 0..2^63-1 on every platform.
+MAX_SEED = 2**63 - 1
+# Bytes of one TOML config (audit or search) read before parsing.
+MAX_CONFIG_BYTES = 4 << 20
 MAX_SWEEP_POINTS = 1_000
 # Worker processes or Ray workers one machine is asked to start.
 MAX_WORKERS = 256

@@ -181,8 +181,8 @@ def test_nes_succeeds_without_victim_gradients(trained_model):
 
 
 def test_registry_and_param_validation(victim, trained_model):
-    assert set(ATTACKS) == {"pgd", "pgd_sweep", "nes", "poison", "backdoor", "knockoff",
-                            "membership", "model_reuse"}
+    assert set(ATTACKS) == {"pgd", "pgd_sweep", "nes", "autoattack", "poison", "backdoor", "knockoff",
+                            "membership", "rmia", "model_reuse"}
     for spec in ATTACKS.values():
         spec.params_cls()  # defaults construct
     assert ATTACKS["pgd"].params_cls().eps == pytest.approx(8 / 255)

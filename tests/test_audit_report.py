@@ -20,11 +20,14 @@ SECTIONS = [
     "Summary", "Run", "Headline: NAS minus manual", "Clean accuracy (Table 1)", "Cell metrics (Table 3)",
     "Evasion: PGD and NES (Figures 2 and 5)", "ASR against eps (Figure 3)",
     "How many models each input breaks (Figure 4)",
+    "AutoAttack robust accuracy (L-inf)",
     "Evasion on common inputs (one denominator for every model)",
     "Poisoning: CAD against p (Figure 6)",
     "Backdoor: ASR and CAD (Figure 7)",
+    "Backdoor defences: Neural Cleanse and fine-pruning",
     "Functionality stealing: Knockoff ACE against budget (Figure 9, Table 2)",
     "Membership inference AUC (Figure 10)",
+    "Membership inference at low FPR: offline RMIA (Zarifzadeh et al., ICML 2024)",
     "Model reuse: poisoned primitive, host misclassifies the targets (Ji et al.)",
     "Gradient variance at initialisation and after training (Figure 12)",
     "Loss contours and curvature",
@@ -35,7 +38,9 @@ SECTIONS = [
 ]
 # Sections this synthetic audit has no data for, by design (tests/test_sweep.py fills the trade-off).
 ASR_TITLE = "model-reuse ASR (host on the poisoned primitive)"
-WITHOUT_DATA = {"Trade-off: accuracy, robustness and search cost (sweeps)"}
+WITHOUT_DATA = {"Trade-off: accuracy, robustness and search cost (sweeps)", "AutoAttack robust accuracy (L-inf)",
+                "Backdoor defences: Neural Cleanse and fine-pruning",
+                "Membership inference at low FPR: offline RMIA (Zarifzadeh et al., ICML 2024)"}
 CONFIG = {
     "name": "synthetic",
     "source": "test",

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from nasaudit.attacks import TEST, TEST_NOT_TARGET
 from nasaudit.rates import FEW_INPUTS, Rate, binomial_interval, near_chance, rate_from_fraction
 
 # ------------------------------------------------------------------------------ nasaudit.rates
@@ -67,37 +68,41 @@ def test_binomial_interval_coverage(p, n):
 
 
 def _record_classes():
-    from nasaudit.attacks import backdoor, knockoff, membership, model_reuse, nes, pgd, poisoning
+    """Attack name -> its record class, read from its run function's return annotation."""
+    import inspect
+    import sys
 
-    return {
-        "pgd": pgd.PGDRecord, "pgd_sweep": pgd.PGDSweepRecord, "nes": nes.NESRecord,
-        "poison": poisoning.PoisonRecord, "backdoor": backdoor.BackdoorRecord,
-        "knockoff": knockoff.KnockoffRecord, "membership": membership.MembershipRecord,
-        "model_reuse": model_reuse.ModelReuseRecord,
-    }
+    from nasaudit.attacks import NAMES, attack_spec
+
+    classes = {}
+    for name in NAMES:
+        run = attack_spec(name).run
+        classes[name] = getattr(sys.modules[run.__module__], inspect.signature(run).return_annotation)
+    return classes
 
 
 def test_rate_table_names_real_record_fields():
-    """Every rate and every record-held count in RATE_COUNTS is a field of the attack's record,
-    every attack is covered, and the victim's accuracy field is one of the rates."""
-    from nasaudit.attacks import ATTACKS
+    """Every rate and every record-held count an AttackSpec declares is a field of the attack's
+    record, every count has its text, and the victim's accuracy field is one of the rates."""
+    from nasaudit.attacks import NAMES, TEST, TEST_NOT_TARGET, attack_spec
     from nasaudit.cli import attack as cli
 
-    derived = {cli.TEST, cli.TEST_NOT_TARGET, cli.TEST_NOT_TARGETS}
     classes = _record_classes()
-    assert set(cli.RATE_COUNTS) == set(ATTACKS) == set(classes) == set(cli.VICTIM_ACCURACY)
-    for attack, table in cli.RATE_COUNTS.items():
+    assert set(NAMES) == set(classes)
+    for attack in NAMES:
+        spec = attack_spec(attack)
         fields = {f.name for f in dataclasses.fields(classes[attack])}
-        for rate, count in table.items():
+        assert spec.rates, attack
+        for rate, count in spec.rates.items():
             assert rate in fields, (attack, rate)
-            assert count in derived or count in fields, (attack, count)
-            assert count in cli._COUNT_TEXT
-        if cli.VICTIM_ACCURACY[attack] is not None:
-            assert cli.VICTIM_ACCURACY[attack] in table
-        if any(c in (cli.TEST_NOT_TARGET,) for c in table.values()):
+            assert count in (TEST, TEST_NOT_TARGET) or count in fields, (attack, count)
+            assert all(cli.count_text(attack, count)), (attack, count)
+        if spec.victim_accuracy is not None:
+            assert spec.victim_accuracy in spec.rates
+        if TEST_NOT_TARGET in spec.rates.values():
             assert "target_class" in fields
-        if any(c in (cli.TEST_NOT_TARGETS,) for c in table.values()):
-            assert "targets" in fields
+        if spec.axis is not None:
+            assert spec.axis[0] in fields
 
 
 def test_rates_from_test_split_counts_and_summary_layout():
@@ -111,14 +116,15 @@ def test_rates_from_test_split_counts_and_summary_layout():
     backdoor = {"target_class": 0, "asr": 0.5, "clean_model_asr": 0.125, "badnet_asr": None,
                 "clean_accuracy": 0.7, "backdoor_accuracy": 0.6}
     counts = cli.rate_counts("backdoor", backdoor, labels)
-    assert counts == {cli.TEST: 10, cli.TEST_NOT_TARGET: 8}
+    assert counts == {TEST: 10, TEST_NOT_TARGET: 8}
     rates = cli.record_rates("backdoor", backdoor, counts)
     assert rates["asr"] == Rate(4, 8) and rates["clean_model_asr"] == Rate(1, 8)
     assert rates["clean_accuracy"] == Rate(7, 10) and "badnet_asr" not in rates
 
-    reuse = {"targets": [3, 7], "asr": 0.5, "clean_accuracy": 0.5}
+    # model_reuse's host task is not the victim's test split: its count is the record's own.
+    reuse = {"targets": [3, 7], "asr": 0.5, "clean_accuracy": 0.5, "n_evaluation": 8}
     counts = cli.rate_counts("model_reuse", reuse, labels)
-    assert counts[cli.TEST_NOT_TARGETS] == 8 and counts["targets"] == 2
+    assert counts["n_evaluation"] == 8 and counts["targets"] == 2
     assert cli.record_rates("model_reuse", reuse, counts)["clean_accuracy"] == Rate(4, 8)
 
     sweep = {"kind": "attack.pgd_sweep", "attack": "pgd_sweep", "model_name": "m", "dataset": "d",
@@ -239,12 +245,17 @@ def test_cli_model_reuse_checks_the_victim_itself(digits_checkpoints, capsys):
     for which in ("trained", "untrained"):
         assert main([*argv, "--checkpoint", str(digits_checkpoints[which])]) == 0
         captured = capsys.readouterr()
-        results[which] = (json.loads(captured.out)["rates"], captured.err)
-    rates, err = results["trained"]
+        results[which] = (json.loads(captured.out), captured.err)
+    record, err = results["trained"]
+    rates = record["rates"]
     assert rates["victim_accuracy_cli"]["n"] == 359 and rates["victim_accuracy_cli"]["value"] > 0.5
-    assert rates["asr"]["n"] == 2 and rates["clean_accuracy"]["n"] == 359 - 2
+    # The default transfer host learns classes 5..9; its rates are over their test inputs
+    # minus the 2 targets, not over the victim's whole test split.
+    host_inputs = record["n_evaluation"]
+    assert rates["asr"]["n"] == 2 and rates["clean_accuracy"]["n"] == host_inputs
+    assert 100 < host_inputs < 359 - 2
     assert "near chance" not in err and "over 2 targets" in err and "--param n_targets" in err
-    rates, err = results["untrained"]
-    assert rates["victim_accuracy_cli"]["value"] < 0.2
+    record, err = results["untrained"]
+    assert record["rates"]["victim_accuracy_cli"]["value"] < 0.2
     assert any(line.startswith("warning: the victim is near chance") and "/359 seeded test inputs" in line
                for line in err.splitlines())

@@ -45,8 +45,8 @@ VALID = {
 # Keys the loader knows (so random documents hit real branches), near-misses and junk.
 KNOWN = sorted(
     audit_config.TOP_KEYS | audit_config.DATASET_KEYS | audit_config.MODEL_KEYS
-    | audit_config.MODEL_DEFAULT_GROUPS | audit_config.AUDIT_KEYS | set(audit_config.KNOWN_ATTACKS)
-    | set(audit_config.KNOWN_PROBES)
+    | audit_config.MODEL_DEFAULT_GROUPS | audit_config.AUDIT_KEYS | set(audit_config.ATTACK_NAMES)
+    | set(audit_config.PROBE_NAMES)
     | {"epochs", "lr", "C", "layers", "width", "n_step", "gamma", "n_inputs", "budgets", "replica",
        "engine", "address", "resources", "weighting", "data-dir", "manul", "seed", "hooks"}
 )

@@ -44,11 +44,12 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
 
 def test_demo_config_covers_every_attack_and_probe() -> None:
-    from nasaudit.audit.config import KNOWN_ATTACKS, KNOWN_PROBES, config_from_dict
+    from nasaudit import attacks, probes
+    from nasaudit.audit.config import config_from_dict
 
     config = config_from_dict({**demo_config(), "out_dir": "x"})
-    assert {t.name for t in config.attacks} == set(KNOWN_ATTACKS)
-    assert {t.name for t in config.probes} == set(KNOWN_PROBES)
+    assert {t.name for t in config.attacks} == set(attacks.NAMES)
+    assert {t.name for t in config.probes} == set(probes.NAMES)
     assert [m.spec for m in config.models] == ["search:digits", "darts_v2", "resnet18"]
     assert demo_config(quick=True)["train"]["epochs"] < DEMO_CONFIG["train"]["epochs"]
     kept, notes = restrict_to_installed(DEMO_CONFIG)

@@ -20,7 +20,7 @@ from torch import nn
 
 from nasaudit.errors import InputError
 from nasaudit.models.base import ImageClassifier
-from nasaudit.probes import PROBES, GradVarRecord, make_params, run_probe
+from nasaudit.probes import PROBES, probe_params, run_probe
 from nasaudit.probes.contour import (
     centred_grid,
     first_conv_weight_name,
@@ -33,7 +33,7 @@ from nasaudit.probes.curvature import (
     param_top_eigenvalue,
     power_iteration,
 )
-from nasaudit.probes.gradvar import per_sample_grad_variance
+from nasaudit.probes.gradvar import GradVarRecord, per_sample_grad_variance
 
 # --------------------------------------------------------------------------------------------
 # Fixtures
@@ -383,10 +383,10 @@ def test_curvature_probe_record_and_plot(tmp_path):
 
 def test_registry_and_params_validation():
     assert set(PROBES) == {"gradvar", "contour_param", "contour_input", "curvature", "trace_leak"}
-    assert make_params("gradvar", None).n_samples == 512
-    assert make_params("contour-param", {"points": 9}).points == 9
+    assert probe_params("gradvar", None).n_samples == 512
+    assert probe_params("contour-param", {"points": 9}).points == 9
     with pytest.raises(InputError, match="unknown parameter"):
-        make_params("gradvar", {"n_sampels": 3})
+        probe_params("gradvar", {"n_sampels": 3})
     with pytest.raises(InputError, match="unknown probe"):
         run_probe("nope", None, None, None, device="cpu", seed=0)
 

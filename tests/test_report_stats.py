@@ -98,7 +98,7 @@ def test_two_vs_two_can_never_reach_five_percent():
 
 # ---- simulations: the verdict rule's error rates ----------------------------------------------
 
-FAMILY = 17  # the headline's metrics with a direction in a full audit
+FAMILY = 21  # the headline's metrics a full audit tests (Holm family)
 MC_TOL = 0.03  # Monte Carlo tolerance: about 3 binomial sd at 0.05 over 500 draws
 SIZES = [(2, 2), (3, 3), (5, 5), (10, 7)]
 _METRIC = METRIC_BY_KEY["pgd_asr_ml"]  # direction "higher"
@@ -130,13 +130,13 @@ def test_null_false_positive_rates(n_a: int, n_b: int, seeds: int):
     clear = [any(v in ("agrees", "disagrees") for v in _audit_verdicts(rng, n_a, n_b, seeds, [0.0] * FAMILY))
              for _ in range(audits)]
     assert np.mean(clear) <= 0.05 + MC_TOL
-    if (n_a, n_b) != (10, 7):  # too few models for 17 metrics: the report says no verdict is possible
+    if (n_a, n_b) != (10, 7):  # too few models for 21 metrics: the report says no verdict is possible
         assert all(v.startswith("no verdict possible") for v in _audit_verdicts(rng, n_a, n_b, seeds, [3.0] * FAMILY))
 
 
 def test_power_at_ten_against_seven():
-    """A true difference of 2.5 model-sd on one metric among 17 gives the agreeing verdict in at
-    least 60% of simulated 10-vs-7 audits (Holm's first step needs p < 0.05 / 17)."""
+    """A true difference of 2.5 model-sd on one metric among 21 gives the agreeing verdict in at
+    least 60% of simulated 10-vs-7 audits (Holm's first step needs p < 0.05 / 21)."""
     rng = np.random.default_rng(7)
     hits = [_audit_verdicts(rng, 10, 7, 1, [2.5] + [0.0] * (FAMILY - 1))[0] == "agrees" for _ in range(200)]
     assert np.mean(hits) >= 0.6
@@ -244,7 +244,7 @@ def test_common_input_asr_uses_only_inputs_every_model_attacked():
 
 def test_shipped_configs_model_counts_against_what_a_verdict_needs():
     """The smoke audit (2 vs 2) can never give a verdict, whatever it measures; the paper's
-    config (10 vs 7) can over all 17 headline metrics."""
+    config (10 vs 7) can over all 21 headline metrics."""
     from nasaudit.audit.config import load_config
     from nasaudit.resources import data_dir
 

@@ -8,44 +8,89 @@ Python use, in a few lines::
                         device=torch.device("cpu"), seed=0)
     print(record.asr)
 
-`ATTACKS[name]` is an `AttackSpec(params_cls, run)`; `params_cls()` holds the study's defaults
-(Table 5) and every field can be overridden by a dict.
+`MODULES` below is the list of attacks: the command line's choices, the audit config's known
+names and the report's order all come from it, without importing torch. Each attack's module
+declares `ATTACKS = {name: AttackSpec(...)}`: its Params (the study's Table 5 defaults), its
+entry point and which of its record's fields are rates over which counts. `ATTACKS` here is
+the merged dict, built on first use.
+
+Adding an attack: write `nasaudit/attacks/<module>.py` with its Params, record, run function and
+`ATTACKS`, add it to `MODULES`, and give it a report section (`audit/report/sections/`).
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from nasaudit.attacks import backdoor, knockoff, membership, model_reuse, nes, pgd, poisoning
-from nasaudit.attacks.common import AttackRecord, Victim, make_params
 from nasaudit.errors import InputError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import torch
 
+    from nasaudit.attacks.common import AttackRecord, Victim
     from nasaudit.data import ImageDataset
+
+# Attack name -> the module of nasaudit.attacks that defines it, in report order.
+MODULES: dict[str, str] = {
+    "pgd": "pgd",
+    "pgd_sweep": "pgd",
+    "nes": "nes",
+    "autoattack": "autoattack",
+    "poison": "poisoning",
+    "backdoor": "backdoor",
+    "knockoff": "knockoff",
+    "membership": "membership",
+    "rmia": "rmia",
+    "model_reuse": "model_reuse",
+}
+NAMES: tuple[str, ...] = tuple(MODULES)
+
+# Counts every attack may use, which the records do not store (the caller has the data set):
+TEST = "test"  # every test input of the data set
+TEST_NOT_TARGET = "test_not_target"  # test inputs whose true class != the record's target_class
 
 
 class AttackSpec(NamedTuple):
-    """An attack's parameter dataclass and its entry point."""
+    """One attack.
+
+    params_cls: its settings dataclass (fields declared with `nasaudit.params.param`).
+    run: `run(victim, data, params, *, device, seed, progress, work_dir) -> record`.
+    rates: record field -> the count it is a rate over: TEST, TEST_NOT_TARGET or a record field
+        (a list: its length; an int: itself). A field may hold one rate, a dict of rates or a
+        list of rates (aligned with `axis`). Differences, areas and exact counts are left out.
+    counts: each record-field count -> (what it counts, how to get more of it), for warnings.
+    victim_accuracy: the record field holding the victim's own clean accuracy (None: the
+        record has none, and the caller measures it).
+    axis: (record field, label) a list of rates is aligned with, e.g. ("eps", "eps").
+    retrains: the attack trains networks (the plan schedules it as a long unit).
+    members: the attack needs the victim's training inputs as members (an imported model must
+        say which split it was trained on).
+    """
 
     params_cls: type
-    run: Callable[..., AttackRecord]
+    run: Callable[..., Any]
+    rates: Mapping[str, str] = {}
+    counts: Mapping[str, tuple[str, str]] = {}
+    victim_accuracy: str | None = None
+    axis: tuple[str, str] | None = None
+    retrains: bool = False
+    members: bool = False
 
 
-ATTACKS: dict[str, AttackSpec] = {
-    "pgd": AttackSpec(pgd.Params, pgd.run_pgd),
-    "pgd_sweep": AttackSpec(pgd.SweepParams, pgd.run_pgd_sweep),
-    "nes": AttackSpec(nes.Params, nes.run_nes),
-    "poison": AttackSpec(poisoning.Params, poisoning.run_poisoning),
-    "backdoor": AttackSpec(backdoor.Params, backdoor.run_backdoor),
-    "knockoff": AttackSpec(knockoff.Params, knockoff.run_knockoff),
-    "membership": AttackSpec(membership.Params, membership.run_membership),
-    "model_reuse": AttackSpec(model_reuse.Params, model_reuse.run_model_reuse),
-}
+def attack_spec(name: str) -> AttackSpec:
+    """The spec of attack `name` ("-" may replace "_"); InputError for an unknown name."""
+    key = name.replace("-", "_")
+    if key not in MODULES:
+        raise InputError("attack", f"unknown attack {name!r}; known: {', '.join(NAMES)}")
+    return importlib.import_module(f"nasaudit.attacks.{MODULES[key]}").ATTACKS[key]
+
+
+def all_specs() -> dict[str, AttackSpec]:
+    """Every attack's spec by name, in `NAMES` order (imports every attack module)."""
+    return {name: attack_spec(name) for name in NAMES}
 
 
 def run_attack(
@@ -59,23 +104,32 @@ def run_attack(
     progress: bool = True,
     work_dir: str | Path | None = None,
 ) -> AttackRecord:
-    """Run attack `name` ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "knockoff",
-    "membership", "model_reuse"; "-" may replace "_") against `victim` on `data` and return its record.
+    """Run attack `name` (one of `NAMES`; "-" may replace "_") against `victim` on `data` and
+    return its record.
 
     params: a dict of overrides of the attack's Params defaults, a Params instance, or None.
     work_dir: where retraining attacks keep checkpoints (resumable); None keeps them in memory.
     The victim's weights are never modified and nothing is written next to its checkpoint.
     """
     from nasaudit.device import resolve_device
+    from nasaudit.params import make_params
 
-    key = name.replace("-", "_")
-    if key not in ATTACKS:
-        raise InputError("attack", f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
-    spec = ATTACKS[key]
+    spec = attack_spec(name)
     return spec.run(
-        victim, data, make_params(spec.params_cls, params), device=resolve_device(device),
+        victim, data, make_params(spec.params_cls, params, source="params"), device=resolve_device(device),
         seed=int(seed), progress=progress, work_dir=None if work_dir is None else str(work_dir),
     )
 
 
-__all__ = ["ATTACKS", "AttackRecord", "AttackSpec", "Victim", "make_params", "run_attack"]
+def __getattr__(name: str) -> Any:
+    # The torch-importing parts load on first use, so that the names above cost no torch import.
+    if name == "ATTACKS":
+        return all_specs()
+    if name in ("AttackRecord", "Victim"):
+        from nasaudit.attacks import common
+
+        return getattr(common, name)
+    raise AttributeError(f"module 'nasaudit.attacks' has no attribute {name!r}")
+
+
+__all__ = ["ATTACKS", "MODULES", "NAMES", "AttackRecord", "AttackSpec", "Victim", "attack_spec", "run_attack"]

@@ -30,21 +30,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from nasaudit.attacks import TEST, TEST_NOT_TARGET, AttackSpec
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
     accuracy,
     batched_logits,
-    make_params,
     record_fields,
     timed,
     victim_train_config,
 )
+from nasaudit.attacks.defences import DEFENCES, SCHEDULES
 from nasaudit.data import to_float
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
-from nasaudit.params import param
+from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -205,7 +206,7 @@ def fine_tune_with_trigger(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    trigger: Trigger,
+    trigger: Trigger | None,
     target: int,
     num_classes: int,
     *,
@@ -234,12 +235,15 @@ def fine_tune_with_trigger(
     "dataset" (Gu et al.'s data poisoning): a seeded fixed round(f * N) of the images carry the
     trigger and the target label in every epoch; with few images the model can memorise those
     images instead of the trigger. The trigger is applied after augmentation (crop, flip) in
-    both, so it stays where the test-time trigger is.
+    both, so it stays where the test-time trigger is. trigger None (with poison_fraction 0) is a
+    clean fine-tune, as fine-pruning's (`nasaudit.attacks.defences`).
     """
     from nasaudit.data import Augment, DeviceLoader
 
     if poison_mode not in POISON_MODES:
         raise InputError("--param poison_mode", f"expected one of {POISON_MODES}, got {poison_mode!r}")
+    if trigger is None and poison_fraction > 0:
+        raise ValueError("a fine-tune without a trigger poisons nothing: pass poison_fraction=0")
     n = images.shape[0]
     gen = make_generator(seed, "cpu")
     coded = labels.clone()
@@ -261,7 +265,9 @@ def fine_tune_with_trigger(
     model.train()
     for epoch in range(epochs):
         for x, y in loader.epoch(epoch):
-            if poison_mode == "dataset":
+            if trigger is None:
+                pass
+            elif poison_mode == "dataset":
                 flag = y >= num_classes
                 x = torch.where(flag.view(-1, 1, 1, 1), trigger.apply(x), x)
                 y = torch.where(flag, torch.full_like(y, target), y)
@@ -315,7 +321,9 @@ class Params:
     pgd lr 0.015 pixel units, 20 steps, target 10); poison_fraction: None -> 0.1 for TrojanNN,
     0.02 for BadNet; poison_mode: how the poisoned images are drawn (see
     `fine_tune_with_trigger`); epochs (None -> 10 for TrojanNN, 20 for BadNet), lr, batch_size
-    (None -> the victim's): the fine-tuning of the victim copy.
+    (None -> the victim's): the fine-tuning of the victim copy. defences and the nc_*, prune_*
+    and finetune_* fields: the defences run on the backdoored model afterwards (see
+    `nasaudit.attacks.defences`), on the defender's clean images (`defence_inputs`).
     """
 
     method: str = param("trojannn", choices=METHODS, doc="trigger of TrojanNN or BadNet")
@@ -385,6 +393,42 @@ class Params:
         False, doc="TrojanNN: also backdoor with BadNet at the same poison fraction and epochs, "
         "and say in the record's notes which implants better (doubles the cost)",
     )
+    defences: tuple[str, ...] | None = param(
+        None, choices=(*DEFENCES, "none"), unique=True, nonempty=False,
+        doc="backdoor defences run on the backdoored model afterwards (nasaudit.attacks.defences): "
+        "neural_cleanse (detection), fine_pruning (removal), e.g. neural_cleanse,fine_pruning; none "
+        "(the default: Neural Cleanse alone costs 2 x classes x nc_steps x nc_batch_size "
+        "forward-backward passes) or an empty list: no defence",
+    )
+    defence_inputs: int = param(
+        1000, min=1, max=100_000, doc="the defender's clean images: at most this many of the victim's "
+        "validation split (of the training images when it has none)",
+    )
+    nc_steps: int = param(300, min=1, max=100_000, doc="Neural Cleanse: Adam steps per class")
+    nc_batch_size: int = param(32, min=1, max=4096, doc="Neural Cleanse: clean images per step and class")
+    nc_inputs: int = param(
+        256, min=1, max=100_000, doc="Neural Cleanse: clean images the triggers are reversed on (of the "
+        "defender's)",
+    )
+    nc_schedule: str = param(
+        "nc", choices=SCHEDULES, doc="Neural Cleanse's L1 weight: nc (NC's adaptive schedule from "
+        "nc_init_cost) or fixed (nc_init_cost throughout)",
+    )
+    nc_init_cost: float = param(1e-3, gt=0, max=10, doc="Neural Cleanse: initial (or fixed) weight of |mask|_1")
+    nc_clean_model: bool = param(
+        True, doc="Neural Cleanse also on the clean victim, so false positives show (doubles its cost)"
+    )
+    prune_max_drop: float = param(
+        0.04, min=0, max=1, doc="fine-pruning: prune while the defender's clean accuracy drops by at most "
+        "this (Liu et al.'s 4 points; 0: only prunes that cost no accuracy)",
+    )
+    prune_max_fraction: float = param(
+        0.9, gt=0, max=1, doc="fine-pruning: at most this share of the penultimate channels is pruned",
+    )
+    finetune_epochs: int = param(
+        5, min=0, max=10_000, doc="fine-pruning: clean fine-tuning epochs after pruning (0: prune only)"
+    )
+    finetune_lr: float = param(0.01, gt=0, max=10, doc="fine-pruning: fine-tuning learning rate")
 
 
 @dataclass
@@ -401,6 +445,15 @@ class BackdoorRecord(AttackRecord):
     trigger_optimizer, trigger_iters, target_value, position: the settings used (defaults
     resolved); badnet_asr and notes: with compare_badnet, BadNet's ASR at the same budget and a
     sentence saying which implants better.
+
+    Defences (None when not run; `defences` lists those run; defence_inputs: the defender's clean
+    images). Neural Cleanse: detected, anomaly_index (of the smallest-norm class),
+    smallest_norm_class, flagged_class (that class when detected), trigger_norms (L1 norm of each
+    class's reversed mask, pixels), reversed_success (each reversed trigger's rate on the
+    defender's images); clean_*: the same on the clean victim (a detection there is a false
+    positive). Fine-pruning: pruned_channels of the penultimate features (pruned_fraction of
+    them), then ASR and clean test accuracy after pruning and after the clean fine-tune.
+    defence_seconds: wall-clock time per defence (not in `seconds`).
     """
 
     kind = "attack.backdoor"
@@ -428,6 +481,29 @@ class BackdoorRecord(AttackRecord):
     position: str | None = None
     badnet_asr: float | None = None  # TrojanNN with compare_badnet: BadNet's ASR at the same budget
     notes: list = dataclasses.field(default_factory=list)
+    # Defences (None when not run). Neural Cleanse on the backdoored model, and on the clean victim
+    # (clean_*) so that a false positive shows.
+    defences: list = dataclasses.field(default_factory=list)
+    defence_inputs: int | None = None
+    detected: bool | None = None
+    anomaly_index: float | None = None
+    flagged_class: int | None = None
+    smallest_norm_class: int | None = None
+    trigger_norms: list | None = None
+    reversed_success: list | None = None
+    clean_detected: bool | None = None
+    clean_anomaly_index: float | None = None
+    clean_flagged_class: int | None = None
+    clean_trigger_norms: list | None = None
+    # Fine-pruning: the channels pruned, then test ASR and clean accuracy after pruning and after
+    # the clean fine-tune.
+    pruned_channels: int | None = None
+    pruned_fraction: float | None = None
+    asr_after_pruning: float | None = None
+    clean_accuracy_after_pruning: float | None = None
+    asr_after_finetune: float | None = None
+    clean_accuracy_after_finetune: float | None = None
+    defence_seconds: dict = dataclasses.field(default_factory=dict)
 
 
 def run_backdoor(
@@ -443,7 +519,7 @@ def run_backdoor(
     """Backdoor a deep copy of the victim (TrojanNN or BadNet) and measure ASR and CAD."""
     from nasaudit.data import train_val_split
 
-    params = make_params(Params, params)
+    params = make_params(Params, params, source="params")
     method = params.method.lower()
     if method not in METHODS:
         raise InputError("--param method", f"expected one of {METHODS}, got {params.method!r}")
@@ -502,15 +578,19 @@ def run_backdoor(
     if trojan and params.compare_badnet:
         # TrojanNN's point is to implant with less poison than BadNet: check at this budget.
         same = dataclasses.replace(params, method="badnet", poison_fraction=fraction, epochs=epochs,
-                                   transparency=None, compare_badnet=False)
+                                   transparency=None, compare_badnet=False, defences=("none",))
         badnet = run_backdoor(victim, data, same, device=device, seed=seed, progress=progress)
         badnet_asr = badnet.asr
         verb = "beats" if asr > badnet.asr else "does not beat"
         notes.append(f"TrojanNN {verb} BadNet at an equal poison budget ({fraction:g} poisoned, "
                      f"{epochs} epochs): ASR {asr:.3f} vs {badnet.asr:.3f} (CAD {clean_acc - bd_acc:.3f} vs "
                      f"{badnet.cad:.3f})")
+    seconds = elapsed()
+    defended = run_defences(
+        params, victim_model, model, data, trigger, cfg, device=device, seed=seed, progress=progress
+    )
     return BackdoorRecord(
-        **record_fields("backdoor", victim, data, seed, params, elapsed()),
+        **record_fields("backdoor", victim, data, seed, params, seconds), **defended,
         method=method, target_class=params.target_class, transparency=transparency,
         poison_fraction=fraction, poison_mode=params.poison_mode, epochs=epochs,
         neuron_rule=params.neuron_rule if trojan else None,
@@ -524,3 +604,80 @@ def run_backdoor(
         activation_after=after, badnet_asr=badnet_asr, notes=notes,
         trigger=(trigger.mark * trigger.mask).squeeze(0)[..., mask[0, 0].any(1), :][..., mask[0, 0].any(0)].cpu().tolist(),
     )
+
+
+def defence_images(data: ImageDataset, cfg, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The defender's clean images (uint8 [n, C, H, W]) and labels [n], n <= limit: the victim's
+    validation split, which neither its training nor the backdoor fine-tune saw; a seeded draw
+    of the training images when the victim kept no validation split."""
+    from nasaudit.data import train_val_split
+
+    n = data.train_images.shape[0]
+    if cfg.val_fraction > 0:
+        idx = train_val_split(n, cfg.val_fraction, cfg.seed)[1]
+    else:
+        idx = torch.randperm(n, generator=make_generator(seed))
+    idx = idx[:limit]
+    return data.train_images[idx], data.train_labels[idx]
+
+
+def run_defences(params: Params, victim_model: nn.Module, model: nn.Module, data: ImageDataset,
+                 trigger: Trigger, cfg, *, device: torch.device, seed: int, progress: bool) -> dict:
+    """The configured defences on the backdoored `model` (and Neural Cleanse on the clean
+    `victim_model` with nc_clean_model): BackdoorRecord's defence fields as keyword arguments
+    (empty with defences none)."""
+    from nasaudit.attacks import defences as d
+
+    given = params.defences or ()
+    chosen = [name for name in given if name != "none"]
+    if len(chosen) != len(given) and chosen:
+        raise InputError("--param defences", "none cannot be combined with a defence")
+    if not chosen:
+        return {}
+    images, labels = defence_images(data, cfg, params.defence_inputs, seed)
+    out: dict = {"defences": chosen, "defence_inputs": int(images.shape[0]), "defence_seconds": {}}
+    test = (data.test_images, data.test_labels)
+    if "neural_cleanse" in chosen:
+        nc = {"steps": params.nc_steps, "batch_size": params.nc_batch_size, "init_cost": params.nc_init_cost,
+              "schedule": params.nc_schedule, "device": device, "seed": seed, "progress": progress}
+        inputs = images[: params.nc_inputs]
+        with timed() as elapsed:
+            found = d.neural_cleanse(model, inputs, data.num_classes, **nc)
+            out.update(detected=found.detected, anomaly_index=found.anomaly_index,
+                       flagged_class=found.flagged_class, smallest_norm_class=found.smallest_class,
+                       trigger_norms=found.norms, reversed_success=found.success)
+            if params.nc_clean_model:
+                clean = d.neural_cleanse(victim_model, inputs, data.num_classes, **nc)
+                out.update(clean_detected=clean.detected, clean_anomaly_index=clean.anomaly_index,
+                           clean_flagged_class=clean.flagged_class, clean_trigger_norms=clean.norms)
+        out["defence_seconds"]["neural_cleanse"] = elapsed()
+    if "fine_pruning" in chosen:
+        with timed() as elapsed:
+            fp = d.fine_pruning(
+                model, images, labels, max_accuracy_drop=params.prune_max_drop,
+                max_fraction=params.prune_max_fraction, epochs=params.finetune_epochs, lr=params.finetune_lr,
+                batch_size=params.batch_size or cfg.batch_size, momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, auxiliary_weight=cfg.auxiliary_weight,
+                crop_padding=cfg.crop_padding, flip=cfg.flip, device=device, seed=seed, progress=progress,
+            )
+            out.update(
+                pruned_channels=fp.plan.pruned, pruned_fraction=fp.plan.pruned / len(fp.plan.order),
+                asr_after_pruning=attack_success_rate(fp.pruned, *test, trigger, params.target_class, device=device),
+                clean_accuracy_after_pruning=accuracy(fp.pruned, *test, device=device),
+                asr_after_finetune=attack_success_rate(fp.fine_tuned, *test, trigger, params.target_class,
+                                                       device=device),
+                clean_accuracy_after_finetune=accuracy(fp.fine_tuned, *test, device=device),
+            )
+        out["defence_seconds"]["fine_pruning"] = elapsed()
+    return out
+
+
+ATTACKS = {
+    "backdoor": AttackSpec(
+        Params, run_backdoor,
+        rates={"asr": TEST_NOT_TARGET, "clean_model_asr": TEST_NOT_TARGET, "badnet_asr": TEST_NOT_TARGET,
+               "clean_accuracy": TEST, "backdoor_accuracy": TEST,
+               "asr_after_pruning": TEST_NOT_TARGET, "asr_after_finetune": TEST_NOT_TARGET,
+               "clean_accuracy_after_pruning": TEST, "clean_accuracy_after_finetune": TEST},
+        victim_accuracy="clean_accuracy", retrains=True),
+}

@@ -1,7 +1,6 @@
 """What every attack shares: the `Victim`, the record base, parameter parsing and batched queries.
 
-Kept apart from `nasaudit.attacks.__init__` so that attack modules can import it without a
-circular import through the `ATTACKS` registry.
+Kept apart from `nasaudit.attacks.__init__`, which must not import torch.
 """
 
 from __future__ import annotations
@@ -57,19 +56,6 @@ class AttackRecord(Record):
     seed: int
     params: dict[str, Any]
     seconds: float
-
-
-def make_params(params_cls: type[P], params: Any = None, *, source: Any = "params") -> P:
-    """A validated `params_cls` instance from an instance, a dict of overrides, or None (the
-    defaults); see `nasaudit.params.make_params`.
-
-    Unknown keys, values of the wrong type and values outside the constraints declared on the
-    fields raise InputError(source, problem) naming the field (a typo or a negative count must
-    not silently run something else).
-    """
-    from nasaudit.params import make_params as build
-
-    return build(params_cls, params, source=source)
 
 
 def record_fields(

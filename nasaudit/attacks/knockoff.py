@@ -26,12 +26,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nasaudit.attacks import TEST, AttackSpec
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
     batched_logits,
     build_fresh,
-    make_params,
     record_fields,
     soft_cross_entropy,
     timed,
@@ -40,7 +40,7 @@ from nasaudit.data import to_float
 from nasaudit.device import autocast
 from nasaudit.device import generator as make_generator
 from nasaudit.models.inference import inference_model
-from nasaudit.params import param
+from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -290,7 +290,7 @@ def run_knockoff(
     work_dir: str | None = None,
 ) -> KnockoffRecord:
     """Steal the victim with adaptive Knockoff Nets at every budget; returns a KnockoffRecord."""
-    params = make_params(Params, params)
+    params = make_params(Params, params, source="params")
     budgets = sorted(set(params.budgets))
     name = params.replica or victim.model_name
     kwargs = (params.replica_kwargs if params.replica_kwargs is not None
@@ -329,3 +329,10 @@ def run_knockoff(
         victim_accuracy=float((v_logits.argmax(1) == y_test).float().mean()),
         victim_entropy=entropy, action_counts=counts.tolist(),
     )
+
+
+ATTACKS = {
+    "knockoff": AttackSpec(Params, run_knockoff,
+                           rates={"replica_accuracy": TEST, "agreement": TEST, "victim_accuracy": TEST},
+                           victim_accuracy="victim_accuracy", axis=("budgets", "budget"), retrains=True),
+}

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nasaudit.attacks import AttackSpec
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
     batched_logits,
-    make_params,
     record_fields,
     timed,
 )
@@ -33,7 +33,7 @@ from nasaudit.device import full_precision
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
 from nasaudit.models.inference import inference_model
-from nasaudit.params import param
+from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -352,7 +352,7 @@ def run_membership(
     work_dir: str | None = None,
 ) -> MembershipRecord:
     """Label-only decision-boundary membership inference; returns a MembershipRecord."""
-    params = make_params(Params, params)
+    params = make_params(Params, params, source="params")
     if params.norm.lower() not in ("l2", "2"):
         raise InputError("--param norm", f"only the L2 boundary distance is implemented, got {params.norm!r}")
     with timed() as elapsed:
@@ -388,3 +388,14 @@ def run_membership(
         member_indices=members.tolist(), nonmember_indices=nonmembers.tolist(),
         member_distances=m_dist.tolist(), nonmember_distances=n_dist.tolist(),
     )
+
+
+ATTACKS = {
+    "membership": AttackSpec(
+        Params, run_membership,
+        rates={"member_accuracy": "member_indices", "nonmember_accuracy": "nonmember_indices",
+               "tpr_at_fpr": "member_indices"},
+        counts={"member_indices": ("members", "--param n_members"),
+                "nonmember_indices": ("non-members", "--param n_nonmembers")},
+        victim_accuracy="nonmember_accuracy", members=True),
+}

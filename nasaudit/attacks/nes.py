@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nasaudit.adversarial import project_linf, uniform_start
+from nasaudit.attacks import AttackSpec
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
@@ -26,10 +27,10 @@ from nasaudit.attacks.common import (
     batched_logits,
     cat_batches,
     forward_chunk,
-    make_params,
     record_fields,
     timed,
 )
+from nasaudit.attacks.pgd import INPUT_COUNTS
 from nasaudit.attacks.sampling import (
     CASES,
     by_case,
@@ -42,7 +43,7 @@ from nasaudit.data import to_float
 from nasaudit.device import full_precision
 from nasaudit.device import generator as make_generator
 from nasaudit.models.inference import inference_model
-from nasaudit.params import param
+from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -226,7 +227,7 @@ def run_nes(
     work_dir: str | None = None,
 ) -> NESRecord:
     """Targeted NES on seeded, correctly classified test inputs; returns an NESRecord."""
-    params = make_params(Params, params)
+    params = make_params(Params, params, source="params")
     with timed() as elapsed:
         model = inference_model(victim.model)
         oracle = ProbabilityOracle(model, device, params.query_batch)
@@ -266,3 +267,9 @@ def run_nes(
         **by_case(res, ("asr", "success", "targets", "iterations", "queries", "mean_queries",
                         "mean_queries_success")),
     )
+
+
+ATTACKS = {
+    "nes": AttackSpec(Params, run_nes, rates={"asr": "indices", "clean_accuracy": "candidates"},
+                      counts=INPUT_COUNTS, victim_accuracy="clean_accuracy"),
+}

@@ -17,13 +17,13 @@ from tqdm.auto import tqdm
 
 from nasaudit.adversarial import pgd_untargeted as pgd_untargeted  # re-exported: public API
 from nasaudit.adversarial import project_linf, uniform_start
+from nasaudit.attacks import AttackSpec
 from nasaudit.attacks.common import (
     CPU_GRADIENT_CHUNK,
     AttackRecord,
     Victim,
     batch_slices,
     cat_batches,
-    make_params,
     record_fields,
     timed,
 )
@@ -39,7 +39,7 @@ from nasaudit.data import to_float
 from nasaudit.device import autocast, autocast_enabled, full_precision, stream_seed
 from nasaudit.device import generator as make_generator
 from nasaudit.models.inference import inference_model
-from nasaudit.params import param
+from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -282,7 +282,7 @@ def run_pgd(
     work_dir: str | None = None,
 ) -> PGDRecord:
     """Targeted PGD on seeded, correctly classified test inputs; returns a PGDRecord."""
-    params = make_params(Params, params)
+    params = make_params(Params, params, source="params")
     with timed() as elapsed:
         model = inference_model(victim.model)
         candidates, kept, logits = select_correct(
@@ -363,7 +363,7 @@ def run_pgd_sweep(
     work_dir: str | None = None,
 ) -> PGDSweepRecord:
     """Untargeted PGD ASR as a function of eps on seeded, correctly classified test inputs."""
-    params = make_params(SweepParams, params)
+    params = make_params(SweepParams, params, source="params")
     with timed() as elapsed:
         model = inference_model(victim.model)
         candidates, kept, _ = select_correct(
@@ -389,3 +389,13 @@ def run_pgd_sweep(
         **record_fields("pgd_sweep", victim, data, seed, params, elapsed()),
         **selection_fields(candidates, kept), eps=list(params.eps), asr=asr, success=success,
     )
+
+
+INPUT_COUNTS = {"indices": ("attacked inputs", "--param n_inputs"),
+                "candidates": ("candidates", "--param n_inputs")}
+ATTACKS = {
+    "pgd": AttackSpec(Params, run_pgd, rates={"asr": "indices", "clean_accuracy": "candidates"},
+                      counts=INPUT_COUNTS, victim_accuracy="clean_accuracy"),
+    "pgd_sweep": AttackSpec(SweepParams, run_pgd_sweep, rates={"asr": "indices", "clean_accuracy": "candidates"},
+                            counts=INPUT_COUNTS, victim_accuracy="clean_accuracy", axis=("eps", "eps")),
+}

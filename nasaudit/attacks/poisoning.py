@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from nasaudit.attacks import TEST, AttackSpec
 from nasaudit.attacks.common import (
     AttackRecord,
     Victim,
     accuracy,
     build_fresh,
-    make_params,
     record_fields,
     timed,
     victim_train_config,
 )
 from nasaudit.device import generator as make_generator
 from nasaudit.errors import InputError
-from nasaudit.params import param
+from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
@@ -95,7 +95,7 @@ def run_poisoning(
     from nasaudit.data import train_val_split
     from nasaudit.training import train_model
 
-    params = make_params(Params, params)
+    params = make_params(Params, params, source="params")
     fractions = sorted({0.0, *map(float, params.fractions)})
     config = dataclasses.replace(victim_train_config(victim), epochs=int(params.epochs))
     n = data.train_images.shape[0]
@@ -127,3 +127,9 @@ def run_poisoning(
         fractions=fractions, test_accuracy=accs,
         cad=[accs[0] - a for a in accs], n_flipped=flips, victim_test_accuracy=victim_acc,
     )
+
+
+ATTACKS = {
+    "poison": AttackSpec(Params, run_poisoning, rates={"test_accuracy": TEST, "victim_test_accuracy": TEST},
+                         victim_accuracy="victim_test_accuracy", axis=("fractions", "p"), retrains=True),
+}

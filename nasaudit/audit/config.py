@@ -91,22 +91,15 @@ import difflib
 import hashlib
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasaudit.attacks import NAMES as ATTACK_NAMES
 from nasaudit.errors import InputError
-from nasaudit.limits import MAX_CLASSES, MAX_SEEDS, MAX_SWEEP_POINTS, check_at_most
+from nasaudit.limits import MAX_CLASSES, MAX_SEED, MAX_SEEDS, MAX_SWEEP_POINTS, check_at_most
+from nasaudit.probes import NAMES as PROBE_NAMES
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
-# Attack and probe names the audit knows how to schedule, in report order.
-KNOWN_ATTACKS = ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "knockoff", "membership", "model_reuse")
-KNOWN_PROBES = ("gradvar", "contour_param", "contour_input", "curvature", "trace_leak")
 # Keys inside an attack/probe table that configure scheduling, never passed to the module.
 AUDIT_KEYS = frozenset({"enabled", "models", "each_model", "each_model_in", "at_init"})
 SEARCH_PREFIX = "search:"
@@ -141,8 +134,6 @@ WEIGHTING_KEYS = frozenset({*TRADEOFF_METRICS, "search_seconds", "search_steps"}
 LIST_SEARCH_FIELDS = frozenset({"hooks", "objectives", "arch_betas"})
 SWEEP_GROUP = "sweep"  # model group of the sweep's points (kept apart from the study's nas/manual)
 # Bounds of values that size a loop or an allocation, checked before anything runs.
-MAX_SEED = 2**63 - 1
-MAX_CONFIG_BYTES = 4 << 20
 # Model labels and search names become path components under OUT (checkpoints, work, probes):
 # a plain name, never "..", a separator or an absolute path.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")
@@ -399,17 +390,12 @@ def _replace(config: AuditConfig, **changes: Any) -> AuditConfig:
 
 def load_config(path: str | Path) -> AuditConfig:
     """Read and validate an audit TOML file. Raises InputError naming the file and the problem."""
-    from nasaudit.io import read_limited
+    from nasaudit.io import read_toml
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "config file not found")
-    raw = read_limited(path, MAX_CONFIG_BYTES, "config file")  # bounded: never /dev/zero
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        problem = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise InputError(path, f"invalid TOML ({problem})") from None
+    data = read_toml(path)
     return config_from_dict(data, base_dir=path.resolve().parent, source=str(path))
 
 
@@ -782,8 +768,8 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
         train=train,
         models=tuple(models),
         searches=tuple(searches),
-        attacks=_tasks(data, "attack", KNOWN_ATTACKS, labels, source),
-        probes=_tasks(data, "probe", KNOWN_PROBES, labels, source),
+        attacks=_tasks(data, "attack", ATTACK_NAMES, labels, source),
+        probes=_tasks(data, "probe", PROBE_NAMES, labels, source),
         raw=data,
         run=_run_spec(data, source),
     )

@@ -43,8 +43,6 @@ from nasaudit.limits import MAX_PLANNED_UNITS, check_at_most
 
 # Stage order within a (model, seed).
 STAGES = ("search", "analyze", "probe_init", "import", "train", "clean", "probe", "attack")
-# Attacks that train networks of their own: scheduled with the "retrain" resources.
-RETRAINING_ATTACKS = frozenset({"poison", "backdoor", "knockoff"})
 
 
 @dataclass(frozen=True)
@@ -237,8 +235,21 @@ def _tasks_for(config: AuditConfig, model: ModelSpec) -> list[TaskSpec]:
     return [t for t in (*config.probes, *config.attacks) if t.models is None or model.label in t.models]
 
 
+def _needs_members_name(name: str) -> bool:
+    from nasaudit.attacks import MODULES, attack_spec
+
+    return name in MODULES and attack_spec(name).members
+
+
+def _needs_members(task: TaskSpec) -> bool:
+    """The task is an attack that reads the victim's training inputs as members."""
+    return task.kind == "attack" and _needs_members_name(task.name)
+
+
 def _attack_kind(name: str) -> str:
-    return "retrain" if name in RETRAINING_ATTACKS else "light"
+    from nasaudit.attacks import attack_spec
+
+    return "retrain" if attack_spec(name).retrains else "light"
 
 
 def build_plan(config: AuditConfig) -> Plan:
@@ -281,8 +292,8 @@ def build_plan(config: AuditConfig) -> Plan:
 
             tasks = _tasks_for(config, model)
             skip = membership_skip(config, model)
-            if skip is not None and any(t.name == "membership" for t in tasks):
-                tasks = [t for t in tasks if t.name != "membership"]
+            if skip is not None and any(_needs_members(t) for t in tasks):
+                tasks = [t for t in tasks if not _needs_members(t)]
                 if i == 0:
                     notes.append(skip)
             if model.imported and i == 0:
@@ -325,9 +336,12 @@ def _import_notes(config: AuditConfig, model: ModelSpec, tasks: list[TaskSpec]) 
     if "backdoor" in names:
         notes.append(f"{model.label}: backdoor fine-tunes the imported weights (a copy; the file is "
                      "never written)")
-    if "membership" in names:
-        notes.append(f"{model.label}: membership members are the audit's {config.dataset.name} training "
+    for name in sorted(n for n in names if _needs_members_name(n)):
+        notes.append(f"{model.label}: {name} members are the audit's {config.dataset.name} training "
                      f"images (trained_on = {model.trained_on!r})")
+    if "rmia" in names:
+        notes.append(f"{model.label}: rmia trains its reference models of {model.spec} from scratch with "
+                     f"the victim recipe ([attacks.rmia] n_reference, reference_epochs)")
     return notes
 
 
@@ -403,9 +417,6 @@ def validate_config(config: AuditConfig) -> None:
             raise InputError(config.source, f"{where}: {first_line(exc)}") from None
 
     for task in (*config.attacks, *config.probes):
-        registry = registry_for(task.kind)
-        if task.name not in registry:
-            raise InputError(config.source, f"{task.kind} {task.name!r} is not available in this install")
         where = f"[{task.kind}s.{task.name}]"
         try:
             params = concrete_params(config, task)
@@ -421,12 +432,13 @@ def validate_config(config: AuditConfig) -> None:
 def _make_task_params(task: TaskSpec, params: dict[str, Any], source: str) -> Any:
     """The module's own Params instance for `params` (its `make_params` checks the values)."""
     if task.kind == "probe":
-        from nasaudit.probes import make_params as make_probe_params
+        from nasaudit.probes import probe_params
 
-        return make_probe_params(task.name, params, source=source)
-    from nasaudit.attacks.common import make_params
+        return probe_params(task.name, params, source=source)
+    from nasaudit.attacks import attack_spec
+    from nasaudit.params import make_params
 
-    return make_params(registry_for("attack")[task.name][0], params, source=source)
+    return make_params(attack_spec(task.name).params_cls, params, source=source)
 
 
 def _validate_model(config: AuditConfig, model: ModelSpec) -> None:
@@ -467,17 +479,6 @@ def _validate_model(config: AuditConfig, model: ModelSpec) -> None:
     except (TypeError, ValueError) as exc:
         first = first_line(exc)
         raise InputError(config.source, f"{where}: kwargs {model.kwargs} do not fit: {first}") from None
-
-
-def registry_for(kind: str) -> dict:
-    """nasaudit.attacks.ATTACKS for "attack", nasaudit.probes.PROBES for "probe"."""
-    if kind == "attack":
-        from nasaudit.attacks import ATTACKS
-
-        return ATTACKS
-    from nasaudit.probes import PROBES
-
-    return PROBES
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import IO, Any
 
-from nasaudit.errors import printable
+from nasaudit.errors import first_line, printable
 
 MODES = ("bars", "lines", "off")
 
@@ -113,11 +113,6 @@ def log(message: str) -> None:
     tqdm.write(f"nasaudit audit: {message}", file=sys.stderr)
 
 
-def _first_line(text: str | None) -> str:
-    text = (text or "").strip()
-    return printable(text.splitlines()[0] if text else "no error message")
-
-
 class AuditProgress:
     """The progress display of one audit run, fed by the driver (`drive`) for every engine.
 
@@ -196,12 +191,12 @@ class AuditProgress:
         failed = outcome.status != "done"
         if self.mode == "off":
             if failed:
-                log(f"{label} failed: {_first_line(outcome.error)}")
+                log(f"{label} failed: {printable(first_line(outcome.error, limit=10_000))}")
             return
         width = len(str(self.total))
         head = f"[{self.count:>{width}}/{self.total}]"
         if failed:
-            line = f"{head} FAILED {label}: {_first_line(outcome.error)}"
+            line = f"{head} FAILED {label}: {printable(first_line(outcome.error, limit=10_000))}"
         else:
             seconds = max(0.0, float(outcome.finished) - float(outcome.started))
             line = f"{head} done {label} ({seconds:.1f} s)"

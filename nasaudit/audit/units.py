@@ -34,7 +34,7 @@ from nasaudit.audit.plan import (
     search_config,
     train_settings,
 )
-from nasaudit.errors import InputError, describe_os_error
+from nasaudit.errors import InputError, describe_os_error, first_line
 from nasaudit.records import Record
 
 
@@ -468,7 +468,7 @@ def _search(job: UnitJob, device, resume: bool) -> SearchSummary:
                          dataclasses.asdict(settings), details)
 
 
-def _do(job: UnitJob, ctx: UnitContext, device, resume: bool) -> dict[str, Any]:
+def _unit_work(job: UnitJob, ctx: UnitContext, device, resume: bool) -> dict[str, Any]:
     """The work of one unit; returns its result record as a dict."""
     unit, config = job.unit, job.config
     if unit.stage == "search":
@@ -498,10 +498,10 @@ def _do(job: UnitJob, ctx: UnitContext, device, resume: bool) -> dict[str, Any]:
                                       out_dir=out_dir, progress=job.progress,
                                       at_init=unit.stage == "probe_init"))
     if unit.stage == "attack":
-        from nasaudit.attacks import run_attack
+        from nasaudit.attacks import attack_spec, run_attack
         from nasaudit.attacks.common import Victim
 
-        if unit.name == "membership":
+        if attack_spec(unit.name).members:
             _check_members(job, data)
         victim = Victim(_trained(job, ctx, device), job.model.build_name, _train_config(job),
                         dict(job.model.spec.kwargs))
@@ -516,7 +516,7 @@ def describe_error(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {describe_os_error(exc)}"
     if isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):
         # torch.save on a full disk reports a zip-writer offset error, not ENOSPC.
-        return f"OSError: disk full while writing a checkpoint ({str(exc).splitlines()[0][:160]})"
+        return f"OSError: disk full while writing a checkpoint ({first_line(exc, limit=160)})"
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return " ".join(text.split())[:2000]
 
@@ -556,7 +556,7 @@ def execute_unit(job: UnitJob, ctx: UnitContext | None = None) -> UnitOutcome:
     attempt, retried = _start_attempt(job)
     status, result, error = "done", None, None
     try:
-        result = _do(job, ctx, device, job.resume or retried)
+        result = _unit_work(job, ctx, device, job.resume or retried)
         json.dumps(result, default=str)  # fail here, in the unit, if the record cannot be stored
     except Exception as exc:  # a broken unit must not sink the whole audit
         status, error = "failed", describe_error(exc)

@@ -26,10 +26,11 @@ import json
 import sys
 from typing import Any
 
+from nasaudit.attacks import NAMES, TEST, TEST_NOT_TARGET, attack_spec
 from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
 from nasaudit.errors import InputError
 
-ATTACK_NAMES = ("pgd", "pgd-sweep", "nes", "poison", "backdoor", "knockoff", "membership", "model-reuse")
+ATTACK_NAMES = tuple(name.replace("_", "-") for name in NAMES)
 
 # The epilog lists every attack's parameters; it is built only when --help is shown, because
 # the Params dataclasses live in modules that import torch.
@@ -43,13 +44,12 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def _params_epilog() -> str:
     """Every attack's parameters with their defaults, types and constraints."""
-    from nasaudit.attacks import ATTACKS
     from nasaudit.params import params_help
 
     lines = ["attack parameters (set with --param KEY=VALUE; defaults: the study's Table 5):"]
     for name in ATTACK_NAMES:
         lines.append(f"  {name}:")
-        lines += [f"    {line}" for line in params_help(ATTACKS[name.replace('-', '_')].params_cls)]
+        lines += [f"    {line}" for line in params_help(attack_spec(name).params_cls)]
     return "\n".join(lines)
 
 
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `attack` command."""
     parser = subparsers.add_parser(
         "attack",
-        help="run an attack (pgd, pgd-sweep, nes, poison, backdoor, knockoff, membership, model-reuse)",
+        help=f"run an attack ({', '.join(ATTACK_NAMES)})",
         description="Point one attack at a trained checkpoint and print its metrics (or the\n"
         "full JSON record). Defaults are the study's (Table 5); override them with --param\n"
         "(the parameters are listed below). The checkpoint is only read, never modified.",
@@ -108,61 +108,21 @@ def parse_params(params_cls: type, items: list[str]) -> Any:
 
 # ---------------------------------------------------------------------------- rates and their n
 #
-# Every rate the summary prints is a count over a denominator; this table is the one place that
-# says which record field is a rate over which count. A field may hold one rate, a dict of rates
-# (per target case) or a list of rates (aligned with the record's `_AXES` list). A count is a
-# record field (a list: its length) or one of the test-split counts below, which the records do
-# not store (the CLI has the data set the attack ran on). Fields left out (cad, auc, advantages,
-# param_l0, ...) are differences, areas or exact counts, not sampled proportions.
-TEST = "test"                    # every test input of the data set
-TEST_NOT_TARGET = "test_not_target"  # test inputs whose true class != the record's target_class
-TEST_NOT_TARGETS = "test_not_targets"  # test inputs minus the record's `targets`
-RATE_COUNTS: dict[str, dict[str, str]] = {
-    "pgd": {"asr": "indices", "clean_accuracy": "candidates"},
-    "pgd_sweep": {"asr": "indices", "clean_accuracy": "candidates"},
-    "nes": {"asr": "indices", "clean_accuracy": "candidates"},
-    "poison": {"test_accuracy": TEST, "victim_test_accuracy": TEST},
-    "backdoor": {
-        "asr": TEST_NOT_TARGET, "clean_model_asr": TEST_NOT_TARGET, "badnet_asr": TEST_NOT_TARGET,
-        "clean_accuracy": TEST, "backdoor_accuracy": TEST,
-    },
-    "knockoff": {"replica_accuracy": TEST, "agreement": TEST, "victim_accuracy": TEST},
-    "membership": {
-        "member_accuracy": "member_indices", "nonmember_accuracy": "nonmember_indices",
-        "tpr_at_fpr": "member_indices",
-    },
-    # Per-primitive means (joint=False) are shown as a rate over the inputs each was measured on.
-    "model_reuse": {
-        "asr": "targets", "clean_asr": "targets", "asr_after_finetune": "targets",
-        "clean_asr_after_finetune": "targets", "targets_in_region": "targets",
-        "clean_accuracy": TEST_NOT_TARGETS, "poisoned_accuracy": TEST_NOT_TARGETS,
-        "clean_accuracy_after_finetune": TEST_NOT_TARGETS,
-        "poisoned_accuracy_after_finetune": TEST_NOT_TARGETS,
-        "changed_predictions": TEST_NOT_TARGETS, "changed_predictions_floor": TEST_NOT_TARGETS,
-    },
-}
-# The list a list of rates is aligned with, and the label of one entry.
-_AXES: dict[str, tuple[str, str]] = {
-    "pgd_sweep": ("eps", "eps"), "poison": ("fractions", "p"), "knockoff": ("budgets", "budget"),
-}
-# The record field holding the victim's own clean accuracy (on held-out inputs). model_reuse
-# records only its hosts' accuracies: the CLI measures the victim itself (`_victim_accuracy`).
-VICTIM_ACCURACY: dict[str, str | None] = {
-    "pgd": "clean_accuracy", "pgd_sweep": "clean_accuracy", "nes": "clean_accuracy",
-    "poison": "victim_test_accuracy", "backdoor": "clean_accuracy", "knockoff": "victim_accuracy",
-    "membership": "nonmember_accuracy", "model_reuse": None,
-}
-# What each count is, and how to get more of it (for the few-inputs warning).
-_COUNT_TEXT: dict[str, tuple[str, str]] = {
-    "indices": ("attacked inputs", "--param n_inputs"),
-    "candidates": ("candidates", "--param n_inputs"),
-    "member_indices": ("members", "--param n_members"),
-    "nonmember_indices": ("non-members", "--param n_nonmembers"),
-    "targets": ("targets", "--param n_targets"),
+# Every rate the summary prints is a count over a denominator; each attack's AttackSpec says
+# which record field is a rate over which count (`rates`, `counts`, `axis`, `victim_accuracy`).
+# The test-split counts (TEST, TEST_NOT_TARGET) are not stored in the records: the CLI has the
+# data set the attack ran on.
+_SPLIT_COUNT_TEXT: dict[str, tuple[str, str]] = {
     TEST: ("test inputs", "a data set with more test inputs"),
     TEST_NOT_TARGET: ("test inputs not of the target class", "a data set with more test inputs"),
-    TEST_NOT_TARGETS: ("non-target test inputs", "a data set with more test inputs"),
 }
+
+
+def count_text(attack: str, count: str) -> tuple[str, str]:
+    """(what `count` counts, how to get more of it) for one of `attack`'s rate counts."""
+    return _SPLIT_COUNT_TEXT.get(count) or attack_spec(attack).counts[count]
+
+
 # Test inputs the CLI classifies to check a victim whose record holds no clean accuracy, and
 # the name of that rate in the output.
 VICTIM_CHECK_INPUTS = 1000
@@ -170,18 +130,16 @@ CLI_VICTIM_ACCURACY = "victim_accuracy_cli"
 
 
 def rate_counts(attack: str, record: dict[str, Any], test_labels: Any) -> dict[str, int]:
-    """The denominators of `attack`'s rates: count name (see RATE_COUNTS) -> n.
+    """The denominators of `attack`'s rates: count name (see AttackSpec.rates) -> n.
 
     record: the record's dict; test_labels: int64 [N] labels of the test split it ran on.
     """
     counts: dict[str, int] = {}
-    for count in set(RATE_COUNTS.get(attack, {}).values()):
+    for count in set(attack_spec(attack).rates.values()):
         if count == TEST:
             counts[count] = int(len(test_labels))
         elif count == TEST_NOT_TARGET:
             counts[count] = int((test_labels != int(record["target_class"])).sum())
-        elif count == TEST_NOT_TARGETS:
-            counts[count] = int(len(test_labels)) - len(record["targets"])
         else:
             value = record[count]
             counts[count] = len(value) if isinstance(value, list) else int(value)
@@ -197,7 +155,7 @@ def record_rates(attack: str, record: dict[str, Any], counts: dict[str, int]) ->
     from nasaudit.rates import rate_from_fraction
 
     rates = {}
-    for field, count in RATE_COUNTS.get(attack, {}).items():
+    for field, count in attack_spec(attack).rates.items():
         value = record.get(field)
         if isinstance(value, dict):
             entries = {f"{field}.{key}": v for key, v in value.items()}
@@ -229,14 +187,14 @@ def rate_warnings(attack: str, counts: dict[str, int], victim_accuracy: Any,
     from nasaudit.rates import FEW_INPUTS, near_chance
 
     lines = []
-    fields = RATE_COUNTS.get(attack, {})
+    fields = attack_spec(attack).rates
     few = [count for count in dict.fromkeys(fields.values()) if counts[count] < FEW_INPUTS]
     if few:
         parts = []
         for count in few:
             names = ", ".join(f for f, c in fields.items() if c == count)
-            parts.append(f"{names} over {counts[count]} {_COUNT_TEXT[count][0]}")
-        hints = " / ".join(dict.fromkeys(_COUNT_TEXT[count][1] for count in few))
+            parts.append(f"{names} over {counts[count]} {count_text(attack, count)[0]}")
+        hints = " / ".join(dict.fromkeys(count_text(attack, count)[1] for count in few))
         lines.append(f"warning: {attack} rates rest on fewer than {FEW_INPUTS} inputs ("
                      + "; ".join(parts) + f"): read the 95% intervals, not the values; raise {hints}")
     if victim_accuracy is not None and victim_accuracy.n > 0 and near_chance(victim_accuracy.value, num_classes):
@@ -268,7 +226,7 @@ def _summary(data: dict[str, Any], rates: dict[str, Any] | None = None) -> str:
     lines = [f"{data['attack']} on {data['model_name']} ({data['dataset']}), seed {data['seed']}, "
              f"{data['seconds']:.1f} s, autocast {data['autocast']}"]
     skip = {"kind", "attack", "model_name", "dataset", "seed", "seconds", "params", "autocast"}
-    axis, label = _AXES.get(data["attack"], (None, None))
+    axis, label = attack_spec(data["attack"]).axis or (None, None)
     for key, value in data.items():
         if key in skip:
             continue
@@ -315,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from nasaudit.attacks import ATTACKS, Victim, run_attack
+    from nasaudit.attacks import Victim, run_attack
     from nasaudit.data import load_dataset
     from nasaudit.device import resolve_device
     from nasaudit.io import atomic_write_text
@@ -323,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
 
     name = args.attack.replace("-", "_")
     # Everything the user typed is checked before the checkpoint and the data are loaded.
-    params = parse_params(ATTACKS[name].params_cls, args.param)
+    spec = attack_spec(name)
+    params = parse_params(spec.params_cls, args.param)
     from nasaudit.cli.options import check_seed
 
     check_seed("--seed", args.seed)
@@ -366,10 +325,10 @@ def run(args: argparse.Namespace) -> int:
     out = {**record.to_dict(), "autocast": "bf16" if args.bf16 or device.type == "cuda" else "off"}
     counts = rate_counts(name, out, data.test_labels)
     rates = record_rates(name, out, counts)
-    field = VICTIM_ACCURACY.get(name)
+    field = spec.victim_accuracy
     if field is not None and field in rates:
         victim_acc = rates[field]
-        accuracy_on = _COUNT_TEXT[RATE_COUNTS[name][field]][0]
+        accuracy_on = count_text(name, spec.rates[field])[0]
     else:
         victim_acc = _victim_accuracy(model, data, args.seed, device)
         accuracy_on = "seeded test inputs, checked by the CLI"

@@ -62,10 +62,6 @@ def parse_fraction(text: str) -> float:
         ) from None
 
 
-# Seeds are fed to torch.Generator.manual_seed and numpy: 0..2^63-1 on every platform.
-MAX_SEED = 2**63 - 1
-
-
 def check_bounds(flag: str, value, *, min=None, max=None, gt=None, lt=None):  # noqa: A002
     """`value` when it lies within the bounds, else InputError(flag, "must be ..., got ...").
 
@@ -88,6 +84,7 @@ def check_bounds(flag: str, value, *, min=None, max=None, gt=None, lt=None):  # 
 def check_seed(flag: str, value):
     """`value` if it is a seed in 0..2^63-1 (or None), else InputError naming `flag`."""
     from nasaudit.errors import InputError
+    from nasaudit.limits import MAX_SEED
 
     if value is not None and not 0 <= value <= MAX_SEED:
         raise InputError(flag, f"must be a seed in 0..2^63-1, got {value}")

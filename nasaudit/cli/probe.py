@@ -315,7 +315,7 @@ def _summary(record: Any) -> str:
 def _check_params(args: argparse.Namespace) -> Any:
     """The probe's validated Params from its flags; a bad value names the flag at fault."""
     from nasaudit.params import ParamError
-    from nasaudit.probes import make_params
+    from nasaudit.probes import probe_params
 
     values = {f: getattr(args, f) for f in args.probe_fields if getattr(args, f) is not None}
     if args.probe_name == "gradvar":
@@ -324,7 +324,7 @@ def _check_params(args: argparse.Namespace) -> Any:
              if command == args.command_name}
     flags["clamp"] = "--clamp"
     try:
-        return make_params(args.probe_name, values, source=f"probe {args.probe_name}")
+        return probe_params(args.probe_name, values, source=f"probe {args.probe_name}")
     except ParamError as exc:
         if exc.field in flags:
             raise InputError(flags[exc.field], exc.problem) from None

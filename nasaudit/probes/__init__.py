@@ -1,7 +1,9 @@
 """Probes: measurements of the properties the study blames for NAS models' vulnerability.
 
-`PROBES` maps a probe name to `ProbeSpec(params_cls, run_fn)`; `run_probe` is the one entry
-point the CLI and the audit use:
+`MODULES` below is the list of probes (the command line's choices, the audit config's known
+names), readable without importing torch. Each probe's module declares
+`PROBES = {name: ProbeSpec(params_cls, run)}`; `PROBES` here is the merged dict, built on first
+use, and `run_probe` is the one entry point the CLI and the audit use:
 
 * "gradvar": per-sample gradient variance (Eq. 14) and the artifact's clipped variant;
 * "contour_param": loss contour over the first convolution's weights (Eq. 12);
@@ -11,64 +13,57 @@ point the CLI and the audit use:
   level (architecture stealing after Hong et al., ICLR 2020).
 
 Every run function has the signature
-`run_fn(model, data, params, *, device, seed, out_dir=None, progress=True) -> Record`.
+`run_fn(model, data, params, *, device, seed, out_dir=None, progress=True) -> Record`
+(plus `at_init` for the probes whose spec says `at_init=True`).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nasaudit.errors import InputError
-from nasaudit.params import make_params as build_params
-from nasaudit.probes.contour import (
-    ContourInputParams,
-    ContourParamParams,
-    ContourRecord,
-    run_contour_input,
-    run_contour_param,
-)
-from nasaudit.probes.curvature import CurvatureParams, CurvatureRecord, run_curvature
-from nasaudit.probes.gradvar import (
-    GradVarParams,
-    GradVarRecord,
-    per_sample_grad_variance,
-    run_gradvar,
-)
-from nasaudit.probes.trace_leak import TraceLeakParams, TraceLeakRecord, run_trace_leak
-from nasaudit.records import Record
+
+if TYPE_CHECKING:
+    from nasaudit.records import Record
+
+# Probe name -> the module of nasaudit.probes that defines it, in report order.
+MODULES: dict[str, str] = {
+    "gradvar": "gradvar",
+    "contour_param": "contour",
+    "contour_input": "contour",
+    "curvature": "curvature",
+    "trace_leak": "trace_leak",
+}
+NAMES: tuple[str, ...] = tuple(MODULES)
 
 
 class ProbeSpec(NamedTuple):
-    """A probe: its settings dataclass and its run function."""
+    """A probe: its settings dataclass, its run function, and whether the run takes `at_init`
+    (the model is untrained, so the probe applies its initialisation scheme)."""
 
     params_cls: type
     run: Callable[..., Record]
+    at_init: bool = False
 
 
-PROBES: dict[str, ProbeSpec] = {
-    "gradvar": ProbeSpec(GradVarParams, run_gradvar),
-    "contour_param": ProbeSpec(ContourParamParams, run_contour_param),
-    "contour_input": ProbeSpec(ContourInputParams, run_contour_input),
-    "curvature": ProbeSpec(CurvatureParams, run_curvature),
-    "trace_leak": ProbeSpec(TraceLeakParams, run_trace_leak),
-}
+def probe_spec(name: str) -> ProbeSpec:
+    """The spec of probe `name` ("-" may replace "_"); InputError for an unknown name."""
+    key = name.replace("-", "_")
+    if key not in MODULES:
+        raise InputError("probe", f"unknown probe {name!r}; known: {', '.join(NAMES)}")
+    return importlib.import_module(f"nasaudit.probes.{MODULES[key]}").PROBES[key]
 
 
-def make_params(name: str, params: Mapping[str, Any] | Any | None, *, source: Any = None) -> Any:
+def probe_params(name: str, params: Mapping[str, Any] | Any | None, *, source: Any = None) -> Any:
     """The probe's validated Params instance from a dict (e.g. an audit TOML table), an instance,
     or None (defaults); see `nasaudit.params.make_params`. Unknown keys and bad values raise
     InputError(source, problem), source defaulting to "probe NAME"."""
-    spec = _spec(name)
-    return build_params(spec.params_cls, params, source=source or f"probe {name}")
+    from nasaudit.params import make_params
 
-
-def _spec(name: str) -> ProbeSpec:
-    key = name.replace("-", "_")
-    if key not in PROBES:
-        raise InputError("probe", f"unknown probe {name!r}; known: {', '.join(PROBES)}")
-    return PROBES[key]
+    return make_params(probe_spec(name).params_cls, params, source=source or f"probe {name}")
 
 
 def run_probe(
@@ -83,20 +78,20 @@ def run_probe(
     progress: bool = True,
     at_init: bool | None = None,
 ) -> Record:
-    """Run probe `name` ("gradvar", "contour_param", "contour_input", "curvature"; hyphens
-    accepted) on `model` (an ImageClassifier, put in eval mode for the probe and restored) with
-    data from `data` (an ImageDataset). Writes npz/png files into out_dir when given.
+    """Run probe `name` (one of `NAMES`; hyphens accepted) on `model` (an ImageClassifier, put
+    in eval mode for the probe and restored) with data from `data` (an ImageDataset). Writes
+    npz/png files into out_dir when given.
 
     at_init (gradvar only): whether `model` is untrained, so that the probe applies its `init`
     scheme (Kaiming by default); None detects it from the batch norm counters."""
     from nasaudit.device import resolve_device
 
-    spec = _spec(name)
-    extra = {"at_init": at_init} if spec.run is run_gradvar else {}
+    spec = probe_spec(name)
+    extra = {"at_init": at_init} if spec.at_init else {}
     return spec.run(
         model,
         data,
-        make_params(name, params),
+        probe_params(name, params),
         device=resolve_device(device),
         seed=int(seed),
         out_dir=out_dir,
@@ -105,19 +100,11 @@ def run_probe(
     )
 
 
-__all__ = [
-    "PROBES",
-    "ContourInputParams",
-    "ContourParamParams",
-    "ContourRecord",
-    "CurvatureParams",
-    "CurvatureRecord",
-    "GradVarParams",
-    "GradVarRecord",
-    "ProbeSpec",
-    "TraceLeakParams",
-    "TraceLeakRecord",
-    "make_params",
-    "per_sample_grad_variance",
-    "run_probe",
-]
+def __getattr__(name: str) -> Any:
+    # The merged dict imports every probe module (and torch): built on first use only.
+    if name == "PROBES":
+        return {probe: probe_spec(probe) for probe in NAMES}
+    raise AttributeError(f"module 'nasaudit.probes' has no attribute {name!r}")
+
+
+__all__ = ["MODULES", "NAMES", "PROBES", "ProbeSpec", "probe_params", "probe_spec", "run_probe"]

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from nasaudit.data import to_float
 from nasaudit.params import make_params, param
+from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, new_figure, sample_indices, save_figure, save_npz
 from nasaudit.records import Record
 
@@ -487,3 +488,9 @@ __all__: list[str] = [
     "run_contour_input",
     "run_contour_param",
 ]
+
+
+PROBES = {
+    "contour_param": ProbeSpec(ContourParamParams, run_contour_param),
+    "contour_input": ProbeSpec(ContourInputParams, run_contour_input),
+}

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from nasaudit.data import to_float
 from nasaudit.params import make_params, param
+from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, new_figure, sample_indices, save_figure, save_npz
 from nasaudit.records import Record
 
@@ -323,3 +324,6 @@ def _write_outputs(out: Path, p_out: dict | None, i_out: dict | None) -> dict[st
     ax1.set_ylabel("samples")
     files["plot"] = str(save_figure(fig, out / "curvature.png"))
     return files
+
+
+PROBES = {"curvature": ProbeSpec(CurvatureParams, run_curvature)}

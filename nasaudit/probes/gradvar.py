@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from nasaudit.data import to_float
 from nasaudit.params import make_params, param
+from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, is_untrained, new_figure, sample_indices, save_figure
 from nasaudit.records import Record
 
@@ -557,3 +558,6 @@ def kaiming_init(model: nn.Module) -> nn.Module:
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
     return model
+
+
+PROBES = {"gradvar": ProbeSpec(GradVarParams, run_gradvar, at_init=True)}

@@ -97,6 +97,7 @@ import torch
 from torch import nn
 
 from nasaudit.params import make_params, param
+from nasaudit.probes import ProbeSpec
 from nasaudit.probes.trace import INPUT, PARAMETER, TraceEvent, record_passes, record_trace
 from nasaudit.records import Record
 
@@ -1382,3 +1383,6 @@ def run_trace_leak(model: nn.Module, data: Any, params: TraceLeakParams | dict |
         path = atomic_write_json(Path(out_dir) / "trace_leak.json", record.to_dict())
         record.files["record"] = str(path)
     return record
+
+
+PROBES = {"trace_leak": ProbeSpec(TraceLeakParams, run_trace_leak)}

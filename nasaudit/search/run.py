@@ -110,17 +110,10 @@ class SearchConfig:
     @classmethod
     def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
         """Read a TOML file (flat keys, or a [search] table), then apply `overrides`."""
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        path = Path(path)
-        try:
-            from nasaudit.io import read_limited
+        from nasaudit.io import read_toml
 
-            data = tomllib.loads(read_limited(path, 4 << 20, "config file").decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InputError(path, f"invalid TOML ({exc})") from None
+        path = Path(path)
+        data = read_toml(path)
         if isinstance(data.get("search"), dict):
             # Keys beside the [search] table would be silently dropped: say so instead.
             others = [key for key in data if key != "search"]

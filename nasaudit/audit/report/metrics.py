@@ -60,6 +60,18 @@ def length(*keys: str) -> Callable[[dict], int | None]:
     return read
 
 
+def tpr_at(record: dict, fpr: float) -> float | None:
+    """The TPR a membership record with `fprs` and `tpr_at_fpr` lists gives at false-positive
+    rate `fpr` (None when it did not ask for it, or could not resolve it with its non-members)."""
+    fprs, tprs = record.get("fprs"), record.get("tpr_at_fpr")
+    if not isinstance(fprs, list) or not isinstance(tprs, list) or len(fprs) != len(tprs):
+        return None
+    for f, t in zip(fprs, tprs, strict=True):
+        if num(f) is not None and abs(float(f) - fpr) <= 1e-12:
+            return num(t)
+    return None
+
+
 def net_of_clean(record: dict) -> float | None:
     """A backdoor's ASR minus the same trigger's ASR on the clean model (the trigger alone)."""
     asr, clean = num(record.get("asr")), num(record.get("clean_model_asr"))
@@ -108,9 +120,9 @@ class Metric:
 # unit name -> family, in the order the forest plot shows families.
 FAMILIES = {
     "clean_accuracy": "accuracy",
-    "pgd": "evasion", "nes": "evasion", "pgd_sweep": "evasion",
+    "pgd": "evasion", "nes": "evasion", "pgd_sweep": "evasion", "autoattack": "evasion",
     "poison": "poisoning", "backdoor": "backdoor",
-    "knockoff": "stealing", "membership": "membership",
+    "knockoff": "stealing", "membership": "membership", "rmia": "membership",
     "model_reuse": "model reuse", "trace_leak": "architecture leak",
     "gradvar": "probes", "curvature": "probes", "contour_param": "probes", "contour_input": "probes",
 }
@@ -141,18 +153,31 @@ METRICS: tuple[Metric, ...] = (
            lambda r: first_num(r, ("asr", "least_likely")), "higher", True, count=length("success", "least_likely")),
     Metric("pgd_sweep_asr", "untargeted PGD ASR, mean over the eps sweep", "attack", "pgd_sweep",
            sweep_mean, "higher", True),
+    # Today's standard beside the study's PGD (RobustBench); the study's direction, NAS less robust.
+    Metric("autoattack_robust_acc", "AutoAttack robust accuracy", "attack", "autoattack",
+           lambda r: num(r.get("robust_accuracy")), "lower", True,
+           "correct and unbroken by the ensemble", count=length("robust")),
     Metric("poison_cad", "poisoning CAD at the largest p", "attack", "poison",
            lambda r: last_num(r, "cad"), "higher", True),
     Metric("backdoor_asr", "backdoor ASR net of the clean model's (first configured method)", "attack",
            "backdoor", net_of_clean, "higher", True),
     Metric("backdoor_cad", "backdoor CAD (first configured method)", "attack", "backdoor",
            lambda r: num(r.get("cad")), "lower", True),
+    # Beyond the study (no direction): are NAS backdoors harder to detect or to remove?
+    Metric("backdoor_anomaly_index", "Neural Cleanse anomaly index of the backdoored model", "attack",
+           "backdoor", lambda r: num(r.get("anomaly_index")), None, False, "above 2: detected", unit="MADs"),
+    Metric("backdoor_asr_after_pruning", "backdoor ASR after fine-pruning's pruning", "attack", "backdoor",
+           lambda r: num(r.get("asr_after_pruning")), None, True, unit="fraction"),
     Metric("knockoff_ace", "Knockoff ACE at the largest budget (own architecture)", "attack", "knockoff",
            lambda r: last_num(r, "ace"), "lower", True),
     Metric("knockoff_kl", "Knockoff KL (ACE - victim entropy) at the largest budget", "attack", "knockoff",
            lambda r: last_num(r, "kl"), "lower", True),
     Metric("membership_auc", "membership inference AUC", "attack", "membership",
            lambda r: num(r.get("auc")), "higher", True),
+    # The study's membership direction at the low-FPR operating point (LiRA/RMIA standard). No
+    # count: a TPR at a threshold estimated from the non-members is not a binomial k/n.
+    Metric("rmia_tpr_1fpr", "RMIA TPR at 1% FPR", "attack", "rmia", lambda r: tpr_at(r, 0.01),
+           "higher", True, "offline RMIA, few reference models", unit="fraction"),
     # The study cites the model-reuse attack (its ref. 30) but measures no direction for it.
     Metric("model_reuse_asr", "model-reuse ASR (host on the poisoned primitive)", "attack", "model_reuse",
            lambda r: num(r.get("asr")), None, True, count=length("targets")),
