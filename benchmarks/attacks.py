@@ -108,7 +108,7 @@ def bench_pgd(model, x, y, device, iters: int, batch: int) -> tuple[float, float
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
     from nasaudit.attacks.pgd import pgd_untargeted
-    from nasaudit.device import generator
+    from nasaudit.infra.device import generator
 
     eps, step = 8 / 255, 2 / 255
     xd, yd = x.to(device), y.to(device)
@@ -146,7 +146,7 @@ def bench_pgd_attack(model, x, device, batch: int, *, targeted: bool, iters: int
 
     from nasaudit.attacks.pgd import pgd_attack
     from nasaudit.attacks.sampling import target_classes
-    from nasaudit.device import generator
+    from nasaudit.infra.device import generator
 
     eps, step = 8 / 255, 2 / 255
     xd = x.to(device)
@@ -246,7 +246,7 @@ def bench_bf16(model, x, y, device, iters: int, batch: int) -> dict:
     ASRs and the fraction of inputs whose success agrees (success is always decided in fp32)."""
     from nasaudit.attacks.pgd import pgd_attack, pgd_untargeted
     from nasaudit.attacks.sampling import target_classes
-    from nasaudit.device import generator
+    from nasaudit.infra.device import generator
 
     xd, yd = x.to(device), y.to(device)
     fast = inference_model(model)
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         args.train_epochs, args.train_subset = 1, args.train_subset or 256
         victims = [("darts_v2", {"C": 4, "layers": 3, "auxiliary": False}), ("resnet18", {"width": 4})]
 
-    from nasaudit.device import resolve_device
+    from nasaudit.infra.device import resolve_device
 
     device = resolve_device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}")
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         model, x, y = _victim(args, device)
         results.append(run_victim(args, device, args.model, model, x, y))
     if args.json:
-        from nasaudit.io import atomic_write_json
+        from nasaudit.infra.io import atomic_write_json
 
         atomic_write_json(args.json, {"device": str(device), "victims": results})
     return 0

@@ -82,7 +82,7 @@ def main() -> None:
         args.n, args.apgd_iters, args.fab_iters, args.square_queries, args.epochs = 32, 10, 10, 200, 2
     torch.set_num_threads(args.threads)
     from nasaudit.attacks.autoattack import run_autoattack
-    from nasaudit.device import resolve_device
+    from nasaudit.infra.device import resolve_device
     from nasaudit.models.inference import inference_model
 
     device = resolve_device(args.device)

@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nasaudit.device import seeded
+from nasaudit.infra.device import seeded
 from nasaudit.models.registry import build_model
 
 MODELS = (

@@ -55,7 +55,7 @@ def main() -> None:
     from nasaudit.attacks.common import Victim
     from nasaudit.attacks.rmia import run_rmia
     from nasaudit.data import load_dataset
-    from nasaudit.device import resolve_device
+    from nasaudit.infra.device import resolve_device
     from nasaudit.models.base import count_parameters
     from nasaudit.training import TrainConfig, train_on_dataset
 

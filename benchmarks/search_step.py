@@ -103,7 +103,7 @@ def build(args: argparse.Namespace, mode: str, n_step: int, partial: int, fast: 
     """(device, supernet, architect, n_step + 1 synthetic batches) for one configuration."""
     import torch
 
-    from nasaudit.device import generator, prepare_model, resolve_device, seeded
+    from nasaudit.infra.device import generator, prepare_model, resolve_device, seeded
     from nasaudit.search import Architect, Supernet
     from nasaudit.search_space import load_search_space
 
@@ -232,7 +232,7 @@ def measure_nni(args: argparse.Namespace) -> dict:
     from nni.nas.hub.pytorch import DARTS as DartsSpace
     from nni.nas.strategy import DARTS as DartsStrategy
 
-    from nasaudit.device import generator, resolve_device, seeded
+    from nasaudit.infra.device import generator, resolve_device, seeded
 
     device = resolve_device(args.device)
     steps, warmup = args.steps, args.warmup
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"monitor: failed: {m['error']}")
             m = None
     if args.json:
-        from nasaudit.io import atomic_write_json
+        from nasaudit.infra.io import atomic_write_json
 
         atomic_write_json(args.json, figures)
     if args.monitor and m is not None:

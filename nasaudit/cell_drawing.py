@@ -539,8 +539,8 @@ def draw_genotype(
     from matplotlib.lines import Line2D
     from matplotlib.text import Text
 
-    from nasaudit.errors import printable
-    from nasaudit.io import atomic_write_bytes
+    from nasaudit.infra.errors import printable
+    from nasaudit.infra.io import atomic_write_bytes
 
     metrics = analyze_genotype(g)
     layouts = [layout_cell(getattr(g, cell), getattr(g, f"{cell}_concat")) for cell in CELLS]

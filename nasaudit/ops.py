@@ -351,7 +351,7 @@ def drop_path(
 
     Randomness: the mask is drawn from `generator` when given (it must live on x's device),
     otherwise from torch's default RNG for x's device. The evaluation network uses the default
-    RNG, so training is deterministic when the trainer seeds it (`nasaudit.device.seeded`) around
+    RNG, so training is deterministic when the trainer seeds it (`nasaudit.infra.device.seeded`) around
     the training loop. Raises ValueError for drop_prob >= 1.
     """
     if drop_prob <= 0.0:

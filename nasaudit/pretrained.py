@@ -23,9 +23,9 @@ from the file's keys and says why.
   `conv1`, `bn1`, `layerL.B.{conv1,bn1,conv2,bn2,shortcut.{0,1}}`, `linear`. nasaudit's
   resnet18 has the same modules in the same order (`shortcut` is our `downsample`, `linear` our
   `classifier`; kuangliu's `avg_pool2d(out, 4)` is our global pool at 32x32).
-* ``nasaudit``: nasaudit's own checkpoint and sidecar (`nasaudit.checkpoint`).
+* ``nasaudit``: nasaudit's own checkpoint and sidecar (`nasaudit.infra.checkpoint`).
 
-Every file is read with `nasaudit.io.safe_torch_load` (weights_only: tensors and plain
+Every file is read with `nasaudit.infra.io.safe_torch_load` (weights_only: tensors and plain
 containers, never code). The network is first built on the meta device (no memory) and every
 tensor of the file is matched to one of its parameters or buffers, by name for the ResNets and by
 structure for the DARTS-family cells (per stem / preprocess / op / head, the tensors in order,
@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasaudit.errors import InputError
-from nasaudit.limits import MAX_CLASSES, MAX_FILE_BYTES, MAX_MODEL_SIZES, MAX_TENSOR_ELEMENTS
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.limits import MAX_CLASSES, MAX_FILE_BYTES, MAX_MODEL_SIZES, MAX_TENSOR_ELEMENTS
 
 __all__ = [
     "LAYOUTS",
@@ -129,7 +129,7 @@ LAYOUTS: dict[str, Layout] = {
         "kuangliu/pytorch-cifar models/resnet.py, main.py",
         {"cifar10": KUANGLIU_CIFAR10}, _KUANGLIU_RECIPE, genotype=False),
     "nasaudit": Layout(
-        "nasaudit", "nasaudit's own checkpoint and JSON sidecar", "nasaudit/checkpoint.py",
+        "nasaudit", "nasaudit's own checkpoint and JSON sidecar", "nasaudit/infra/checkpoint.py",
         {}, {}, genotype=True, trains_on_full_train_split=False),
 }
 AUTO = "auto"
@@ -198,7 +198,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def _load(path: Path) -> Any:
     """The file's object, read weights-only; bounded in size first."""
-    from nasaudit.io import safe_torch_load
+    from nasaudit.infra.io import safe_torch_load
 
     if path.is_dir():
         raise InputError(path, "is a directory, not a checkpoint file")
@@ -817,7 +817,7 @@ def _read_nasaudit(obj: Any, path: Path, sha: str, how: str, model: str | None, 
     """A nasaudit checkpoint: the sidecar names the network (flags, when given, must agree)."""
     import torch
 
-    from nasaudit.checkpoint import build_from_sidecar, read_sidecar
+    from nasaudit.infra.checkpoint import build_from_sidecar, read_sidecar
 
     meta = read_sidecar(path) or {}
     state, wrapper = _unwrap(obj, path)
@@ -883,8 +883,8 @@ def save_imported(imported: ImportedModel, checkpoint: str | Path, *, dataset: s
     "imported" block names the source file, its sha256, the layout, the normalisation and where
     it came from, the genotype hash and the reader's notes. Returns the .pth path.
     """
-    from nasaudit.checkpoint import save_training_state, versions, write_sidecar
     from nasaudit.genotype import genotype_hash, genotype_to_json
+    from nasaudit.infra.checkpoint import save_training_state, versions, write_sidecar
     from nasaudit.models.base import count_parameters
     from nasaudit.training import TrainConfig
 
@@ -895,7 +895,7 @@ def save_imported(imported: ImportedModel, checkpoint: str | Path, *, dataset: s
     record = None
     ghash = None
     if genotype is not None:
-        from nasaudit.checkpoint import model_stem
+        from nasaudit.infra.checkpoint import model_stem
 
         record = genotype_to_json(genotype, name=model_stem(imported.model_name))
         ghash = genotype_hash(genotype)

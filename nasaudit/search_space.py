@@ -1,6 +1,6 @@
 """Search spaces as data: the op set a cell may use and the cell's shape.
 
-A space is a JSON file under `search_spaces/` (found through `nasaudit.resources.data_dir`):
+A space is a JSON file under `search_spaces/` (found through `nasaudit.infra.resources.data_dir`):
 
     {"ops": ["none", ...], "nodes": 4, "inputs_per_node": 2, "source": "..."}
 
@@ -17,9 +17,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nasaudit.errors import InputError
-from nasaudit.io import read_limited
-from nasaudit.resources import data_dir
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.io import read_limited
+from nasaudit.infra.resources import data_dir
 
 # Ops without weights. Kept here, with the op names, so that the analyzer does not need torch.
 PARAMETER_FREE_OPS: frozenset[str] = frozenset(

@@ -7,7 +7,7 @@ then score the test set once. Model selection never looks at the test set.
 
 Determinism: every epoch `e` draws its randomness from seeds derived from (config.seed, e): the
 loader's shuffle/augmentation (`DeviceLoader.epoch(e)`), torch's global RNG used by drop path
-(`nasaudit.device.seeded`, scoped to the epoch) and the PGD random starts. A run resumed from
+(`nasaudit.infra.device.seeded`, scoped to the epoch) and the PGD random starts. A run resumed from
 the checkpoint of epoch k therefore replays epochs k+1.. exactly and ends, on CPU, with the same
 weights as an uninterrupted run.
 """
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from nasaudit.checkpoint import (
+from nasaudit.data import to_float
+from nasaudit.infra.checkpoint import (
     check_scheduler_state,
     checkpoint_path,
     genotype_record,
@@ -39,8 +40,7 @@ from nasaudit.checkpoint import (
     versions,
     write_sidecar,
 )
-from nasaudit.data import to_float
-from nasaudit.device import (
+from nasaudit.infra.device import (
     autocast,
     generator,
     prepare_model,
@@ -49,7 +49,9 @@ from nasaudit.device import (
     stream_seed,
     to_device,
 )
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.limits import MAX_SEED
+from nasaudit.infra.params import param
 from nasaudit.models.base import ImageClassifier, count_parameters
 
 __all__ = [
@@ -71,21 +73,6 @@ ADV_TRAIN_METHODS = ("pgd",)
 
 # The ranges where the training recipe means something (field -> bounds), for a TOML [train]
 # table and the CLI's flags alike; counts are capped where they size a loop.
-TRAIN_BOUNDS: dict[str, dict[str, float]] = {
-    "epochs": {"min": 1, "max": 100_000},
-    "batch_size": {"min": 1, "max": 1 << 20},
-    "lr": {"gt": 0, "max": 100},
-    "momentum": {"min": 0, "max": 1},
-    "weight_decay": {"min": 0, "max": 1},
-    "cutout": {"min": 0, "max": 1024},
-    "drop_path_prob": {"min": 0, "lt": 1},
-    "auxiliary_weight": {"min": 0, "max": 100},
-    "grad_clip": {"min": 0},
-    "val_fraction": {"min": 0, "lt": 1},
-    "adv_eps": {"min": 0, "max": 1},
-    "adv_step": {"gt": 0, "max": 1},
-    "adv_iters": {"min": 1, "max": 10_000},
-}
 
 
 @dataclasses.dataclass
@@ -104,26 +91,26 @@ class TrainConfig:
     `adv_train="pgd"` turns on Madry et al.'s PGD adversarial training (see `train_model`).
     """
 
-    epochs: int = 600
-    batch_size: int = 96
-    lr: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    auxiliary_weight: float = 0.4
-    drop_path_prob: float = 0.2
-    cutout: int = 0
-    val_fraction: float = 0.1
-    seed: int = 0
-    adv_train: str | None = None
-    adv_eps: float = 8 / 255
-    adv_step: float = 2 / 255
-    adv_iters: int = 7
+    epochs: int = param(600, min=1, max=100_000, doc="training epochs")
+    batch_size: int = param(96, min=1, max=1 << 20, doc="images per SGD step")
+    lr: float = param(0.025, gt=0, max=100, doc="initial learning rate (cosine-annealed to lr_min)")
+    momentum: float = param(0.9, min=0, max=1, doc="SGD momentum")
+    weight_decay: float = param(3e-4, min=0, max=1, doc="L2 weight decay per step")
+    grad_clip: float = param(5.0, min=0, doc="gradient-norm clip (0: none)")
+    auxiliary_weight: float = param(0.4, min=0, max=100, doc="weight of the auxiliary head's loss")
+    drop_path_prob: float = param(0.2, min=0, lt=1, doc="final drop-path probability (linear ramp)")
+    cutout: int = param(0, min=0, max=1024, doc="cutout side in pixels (0: none)")
+    val_fraction: float = param(0.1, min=0, lt=1, doc="training images held out for model selection")
+    seed: int = param(0, min=0, max=MAX_SEED, doc="seed of initialisation, order and augmentation")
+    adv_train: str | None = param(None, choices=ADV_TRAIN_METHODS, doc="pgd: PGD adversarial training")
+    adv_eps: float = param(8 / 255, min=0, max=1, doc="adversarial training's L-inf radius, pixel units")
+    adv_step: float = param(2 / 255, gt=0, max=1, doc="adversarial training's PGD step, pixel units")
+    adv_iters: int = param(7, min=1, max=10_000, doc="adversarial training's PGD steps")
     # Additions beyond the contract (all with the conventional values).
-    lr_min: float = 0.0
-    crop_padding: int = 4
-    flip: bool = True
-    adv_random_start: bool = True
+    lr_min: float = param(0.0, min=0, doc="learning rate at the end of the cosine schedule")
+    crop_padding: int = param(4, min=0, max=1024, doc="random-crop padding in pixels")
+    flip: bool = param(True, doc="random horizontal flips")
+    adv_random_start: bool = param(True, doc="adversarial training starts PGD at a random point")
 
     @classmethod
     def artifact(cls, **overrides: Any) -> TrainConfig:
@@ -168,37 +155,27 @@ class TrainConfig:
                 raise InputError(source, f"{f.name} must be {want}, got {value!r}")
 
     def validate(self, source: str = "train config") -> None:
-        """Raise InputError(source, ...) for a wrongly typed or out-of-range setting."""
+        """Raise InputError(source, ...) for a wrongly typed or out-of-range setting (the
+        bounds are the fields' own, as `param` declares them)."""
         self.check_types(source)
-        from nasaudit.params import out_of_bounds
+        from nasaudit.infra.params import out_of_bounds
 
         problems = [f"{name} {why}" for name, why in
-                    ((name, out_of_bounds(getattr(self, name), **bounds)) for name, bounds in TRAIN_BOUNDS.items())
+                    ((name, out_of_bounds(getattr(self, name), **bounds)) for name, bounds in train_bounds().items())
                     if why]
-        if self.epochs < 1:
-            problems.append(f"epochs must be >= 1 (got {self.epochs})")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0 (got {self.lr})")
-        if self.weight_decay < 0 or self.momentum < 0 or self.grad_clip < 0:
-            problems.append("weight_decay, momentum and grad_clip must be >= 0")
-        if self.auxiliary_weight < 0:
-            problems.append(f"auxiliary_weight must be >= 0 (got {self.auxiliary_weight})")
-        if not 0 <= self.drop_path_prob < 1:
-            problems.append(f"drop_path_prob must be in [0, 1) (got {self.drop_path_prob})")
-        if self.cutout < 0 or self.crop_padding < 0:
-            problems.append("cutout and crop_padding must be >= 0")
-        if not 0 <= self.val_fraction < 1:
-            problems.append(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
         if self.adv_train is not None and self.adv_train not in ADV_TRAIN_METHODS:
             problems.append(
                 f"adv_train must be one of {ADV_TRAIN_METHODS} (got {self.adv_train!r})"
             )
-        if self.adv_train and (self.adv_eps < 0 or self.adv_step <= 0 or self.adv_iters < 1):
-            problems.append("adversarial training needs adv_eps >= 0, adv_step > 0, adv_iters >= 1")
         if problems:
             raise InputError(source, "; ".join(problems))
+
+
+def train_bounds() -> dict[str, dict[str, float]]:
+    """The numeric bounds each TrainConfig field declares: field -> {min/max/gt/lt: bound}."""
+    keys = ("min", "max", "gt", "lt")
+    return {f.name: {k: f.metadata[k] for k in keys if k in f.metadata}
+            for f in dataclasses.fields(TrainConfig) if any(k in f.metadata for k in keys)}
 
 
 @dataclasses.dataclass
@@ -432,6 +409,70 @@ def _accuracies(history: list[dict[str, Any]], test: tuple[float, float] | None 
     }
 
 
+def _train_epoch(model: ImageClassifier, loader: Any, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 epoch: int, device: torch.device, bar: Any) -> tuple[float, float]:
+    """One epoch of SGD steps over `loader`; (mean train loss, train accuracy) of the main head.
+
+    Each step: augment on the device (inside the loader), with `adv_train="pgd"` replace the
+    batch by PGD examples (`_adversarial_batch`), forward with `forward_train` so the auxiliary
+    head adds `auxiliary_weight` * its loss, clip the gradient norm, step. Losses and hits
+    accumulate on the device; the host syncs once, at the end of the epoch."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    adv_gen = generator(epoch_seed(config.seed, epoch, "pgd"), device) if config.adv_train else None
+    # Drop path draws from torch's global RNG: seed it per epoch, inside this epoch only.
+    with seeded(epoch_seed(config.seed, epoch, "torch"), device):
+        for x, y in loader.epoch(epoch):
+            x = _channels_last(to_float(x), device)
+            if config.adv_train:
+                x = _adversarial_batch(model, x, y, config, adv_gen, device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits, aux = model.forward_train(x)
+                loss_main = F.cross_entropy(logits.float(), y)
+                loss = loss_main
+                if aux is not None and config.auxiliary_weight > 0:
+                    loss = loss + config.auxiliary_weight * F.cross_entropy(aux.float(), y)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            loss_sum += loss_main.detach() * y.shape[0]
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+            seen += y.shape[0]
+            bar.update(1)
+    return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1)
+
+
+def _save_epoch(ckpt: Path, model: ImageClassifier, optimizer: torch.optim.Optimizer, scheduler: Any,
+                history: list[dict[str, Any]], config: TrainConfig, meta_base: dict[str, Any]) -> None:
+    """The resumable state after the last epoch of `history`, atomically, and its sidecar."""
+    epoch = history[-1]["epoch"]
+    save_training_state(ckpt, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
+        "config": config.to_dict(),
+    })
+    write_sidecar(ckpt, {
+        **meta_base, "epoch": epoch, "epochs": config.epochs, "accuracies": _accuracies(history),
+        "history": history, "versions": versions(),
+    })
+
+
+def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
+    """One epoch's scalars (loss, accuracy, lr; validation when measured) in TensorBoard."""
+    step = record["epoch"]
+    writer.add_scalar("train/loss", record["train_loss"], step)
+    writer.add_scalar("train/accuracy", record["train_acc"], step)
+    writer.add_scalar("lr", record["lr"], step)
+    if record["val_acc"] is not None:
+        writer.add_scalar("val/loss", record["val_loss"], step)
+        writer.add_scalar("val/accuracy", record["val_acc"], step)
+    writer.flush()
+
+
 def train_model(
     model: ImageClassifier,
     train_images: torch.Tensor,
@@ -458,7 +499,7 @@ def train_model(
         val_images, val_labels: optional held-out split (uint8 [M, C, H, W], int64 [M]) scored
             after every epoch for model selection; never pass the test set here.
         checkpoint_path: where to save (model, optimizer, scheduler, epoch, history) after every
-            epoch, atomically, with a JSON sidecar beside it (`nasaudit.checkpoint`).
+            epoch, atomically, with a JSON sidecar beside it (`nasaudit.infra.checkpoint`).
         resume: continue from `checkpoint_path` if it exists (same config required); on CPU the
             final weights equal those of an uninterrupted run.
         log_dir: TensorBoard directory for per-epoch scalars (loss, accuracy, lr).
@@ -466,11 +507,10 @@ def train_model(
         progress: show a tqdm bar over all training steps.
         on_epoch: called with each epoch's history dict after its checkpoint is written.
 
-    Each step: augment on the device (crop + flip + optional cutout), with `adv_train="pgd"`
-    replace the batch by PGD examples (see `_adversarial_batch`), forward with `forward_train`
-    so the auxiliary head adds `auxiliary_weight` * its loss, clip the gradient norm, SGD step.
-    Losses/accuracies accumulate on the device; the host syncs once per epoch. Reported train
-    loss/accuracy are those of the main head on the (possibly adversarial) training batches.
+    An orchestrator: set up (optimizer, cosine schedule, device loader, resume), then per epoch
+    `_train_epoch` (the steps), validation, `_save_epoch` (checkpoint and sidecar) and
+    `_log_epoch` (TensorBoard). Reported train loss/accuracy are those of the main head on the
+    (possibly adversarial) training batches.
     """
     from nasaudit.data import Augment, DeviceLoader
 
@@ -544,46 +584,11 @@ def train_model(
             lr = optimizer.param_groups[0]["lr"]
             drop_prob = config.drop_path_prob * epoch / config.epochs
             model.drop_path_prob = drop_prob
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = 0
-            adv_gen = (
-                generator(epoch_seed(config.seed, epoch, "pgd"), device)
-                if config.adv_train
-                else None
-            )
-            # Drop path draws from torch's global RNG: seed it per epoch, inside this epoch only.
-            with seeded(epoch_seed(config.seed, epoch, "torch"), device):
-                for x, y in loader.epoch(epoch):
-                    x = _channels_last(to_float(x), device)
-                    if config.adv_train:
-                        x = _adversarial_batch(model, x, y, config, adv_gen, device)
-                    optimizer.zero_grad(set_to_none=True)
-                    with autocast(device):
-                        logits, aux = model.forward_train(x)
-                        loss_main = F.cross_entropy(logits.float(), y)
-                        loss = loss_main
-                        if aux is not None and config.auxiliary_weight > 0:
-                            loss = loss + config.auxiliary_weight * F.cross_entropy(aux.float(), y)
-                    loss.backward()
-                    if config.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    optimizer.step()
-                    loss_sum += loss_main.detach() * y.shape[0]
-                    correct += (logits.detach().argmax(dim=1) == y).sum()
-                    seen += y.shape[0]
-                    bar.update(1)
+            train_loss, train_acc = _train_epoch(model, loader, optimizer, config, epoch, device, bar)
             scheduler.step()
-            # The one host sync of the epoch.
             record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "drop_path_prob": drop_prob,
-                "train_loss": float(loss_sum) / max(seen, 1),
-                "train_acc": int(correct) / max(seen, 1),
-                "val_loss": None,
-                "val_acc": None,
+                "epoch": epoch + 1, "lr": lr, "drop_path_prob": drop_prob,
+                "train_loss": train_loss, "train_acc": train_acc, "val_loss": None, "val_acc": None,
             }
             if has_val:
                 record["val_loss"], record["val_acc"] = evaluate(
@@ -596,37 +601,9 @@ def train_model(
                 )
             history.append(record)
             if ckpt is not None:
-                save_training_state(
-                    ckpt,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "config": config.to_dict(),
-                    },
-                )
-                write_sidecar(
-                    ckpt,
-                    {
-                        **meta_base,
-                        "epoch": epoch + 1,
-                        "epochs": config.epochs,
-                        "accuracies": _accuracies(history),
-                        "history": history,
-                        "versions": versions(),
-                    },
-                )
+                _save_epoch(ckpt, model, optimizer, scheduler, history, config, meta_base)
             if writer is not None:
-                step = epoch + 1
-                writer.add_scalar("train/loss", record["train_loss"], step)
-                writer.add_scalar("train/accuracy", record["train_acc"], step)
-                writer.add_scalar("lr", lr, step)
-                if has_val:
-                    writer.add_scalar("val/loss", record["val_loss"], step)
-                    writer.add_scalar("val/accuracy", record["val_acc"], step)
-                writer.flush()
+                _log_epoch(writer, record)
             bar.set_postfix(
                 loss=f"{record['train_loss']:.3f}",
                 acc=f"{record['train_acc']:.3f}",

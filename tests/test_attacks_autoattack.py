@@ -25,7 +25,7 @@ from nasaudit.attacks.autoattack import (
 )
 from nasaudit.attacks.common import Victim
 from nasaudit.attacks.sampling import candidate_indices
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from nasaudit.models.inference import inference_model
 
 CPU = torch.device("cpu")

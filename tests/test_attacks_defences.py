@@ -26,7 +26,7 @@ from nasaudit.attacks.defences import (
     prune_features,
     reverse_triggers,
 )
-from nasaudit.records import Record
+from nasaudit.infra.records import Record
 
 CPU = torch.device("cpu")
 TARGET = 0
@@ -153,8 +153,8 @@ def test_defences_are_opt_in_and_checked():
     """No defence by default (none, or an empty list, says so too); unknown names and none mixed
     with a defence are refused."""
     from nasaudit.attacks.backdoor import Params, run_defences
-    from nasaudit.errors import InputError
-    from nasaudit.params import make_params
+    from nasaudit.infra.errors import InputError
+    from nasaudit.infra.params import make_params
 
     assert Params().defences is None
     for value in ("none", [], ["none"]):

@@ -14,8 +14,8 @@ from nasaudit.attacks import ATTACKS, Victim, run_attack
 from nasaudit.attacks.nes import Params as NESParams
 from nasaudit.attacks.pgd import PGDRecord, pgd_attack, pgd_untargeted
 from nasaudit.attacks.sampling import candidate_indices, select_correct, target_classes
-from nasaudit.device import generator
-from nasaudit.errors import InputError
+from nasaudit.infra.device import generator
+from nasaudit.infra.errors import InputError
 
 CPU = torch.device("cpu")
 

@@ -11,7 +11,7 @@ import torch
 
 from nasaudit.attacks import ATTACKS, Victim, run_attack
 from nasaudit.attacks import model_reuse as mr
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 CPU = torch.device("cpu")
 # Small but real: a third of the host-task training images for the host, a few targets, short

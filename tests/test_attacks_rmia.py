@@ -28,7 +28,7 @@ from nasaudit.attacks.rmia import (
     run_rmia,
     tpr_at_fpr,
 )
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from nasaudit.training import TrainConfig
 
 CPU = torch.device("cpu")

@@ -22,7 +22,7 @@ from nasaudit.attacks.backdoor import (
 )
 from nasaudit.attacks.poisoning import flip_labels
 from nasaudit.data import to_float
-from nasaudit.device import generator
+from nasaudit.infra.device import generator
 from nasaudit.training import TrainConfig
 
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ import pytest
 from nasaudit.audit.config import DEFAULT_RESOURCES, config_from_dict
 from nasaudit.audit.plan import Scheduler, build_plan, describe_plan, search_key
 from nasaudit.audit.runner import choose_engine
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 BASE = {
     "dataset": {"name": "digits"},

@@ -21,7 +21,7 @@ from nasaudit.audit.runner import run_audit
 from nasaudit.audit.store import Store
 from nasaudit.audit.units import checkpoint_file
 from nasaudit.cli import main
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from tests.engine_helpers import TINY, TOTAL, one_thread
 from tests.engine_helpers import comparable as _comparable
 from tests.engine_helpers import make_config as _config

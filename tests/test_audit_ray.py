@@ -186,7 +186,7 @@ def test_ray_missing_is_one_line(tmp_path: Path) -> None:
 def test_run_directory_not_shared_stops_the_audit(tmp_path: Path) -> None:
     """A node that cannot read the driver's token (its OUT is not the driver's) is one line."""
     from nasaudit.audit.engines.ray_engine import verify_token_reads
-    from nasaudit.errors import InputError
+    from nasaudit.infra.errors import InputError
 
     good = [("head", "10.0.0.1", "t0k"), ("gpu7", "10.0.0.7", "t0k")]
     assert verify_token_reads(tmp_path, "t0k", good) == ["gpu7", "head"]

@@ -16,7 +16,7 @@ import pytest
 from nasaudit.audit.config import config_from_dict, load_config
 from nasaudit.audit.runner import run_audit
 from nasaudit.audit.store import Store
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 # 2 models x (analyze, gradvar at init, train, clean, gradvar, pgd, pgd_sweep) = 14 units.
 TINY = """

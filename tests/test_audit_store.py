@@ -159,7 +159,7 @@ def _foreign_databases(tmp_path: Path) -> list[Path]:
 def test_database_of_another_tool_is_refused_untouched(tmp_path: Path) -> None:
     import hashlib
 
-    from nasaudit.errors import InputError
+    from nasaudit.infra.errors import InputError
 
     for path in _foreign_databases(tmp_path):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -181,7 +181,7 @@ def test_database_of_another_tool_is_refused_untouched(tmp_path: Path) -> None:
 
 
 def test_must_exist(tmp_path: Path) -> None:
-    from nasaudit.errors import InputError
+    from nasaudit.infra.errors import InputError
 
     with pytest.raises(InputError, match="results.sqlite"):
         Store(tmp_path / "nothing", must_exist=True)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from nasaudit.audit import config as audit_config
 from nasaudit.audit.config import AuditConfig, load_config
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 try:  # the runner is being split into plan/engines/units
     from nasaudit.audit.plan import validate_config

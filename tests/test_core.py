@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from nasaudit.cli import main
-from nasaudit.device import generator, resolve_device, seeded
-from nasaudit.errors import InputError
-from nasaudit.io import (
+from nasaudit.infra.device import generator, resolve_device, seeded
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.io import (
     atomic_torch_save,
     atomic_write,
     atomic_write_json,
     read_json,
     safe_torch_load,
 )
-from nasaudit.records import Record
+from nasaudit.infra.records import Record
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):

@@ -30,8 +30,8 @@ from nasaudit.data import (
     to_float,
     train_val_split,
 )
-from nasaudit.device import generator
-from nasaudit.errors import InputError
+from nasaudit.infra.device import generator
+from nasaudit.infra.errors import InputError
 
 SUBSET = Path(__file__).resolve().parents[2] / "shared/data/cifar10-subset"
 CPU = torch.device("cpu")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from nasaudit.errors import InputError
 from nasaudit.genotype import (
     Genotype,
     genotype_hash,
@@ -21,7 +20,8 @@ from nasaudit.genotype import (
     validate_genotype,
     write_genotype,
 )
-from nasaudit.resources import data_dir
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.resources import data_dir
 from nasaudit.search_space import load_search_space
 
 FIXTURES = Path(__file__).parent / "fixtures" / "genotypes"

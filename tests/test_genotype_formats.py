@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nasaudit.errors import InputError
 from nasaudit.genotype import (
     Genotype,
     genotype_from_nni,
@@ -28,6 +27,7 @@ from nasaudit.genotype import (
     shipped_genotypes,
     validate_genotype,
 )
+from nasaudit.infra.errors import InputError
 from nasaudit.search_space import load_search_space
 
 FIXTURES = Path(__file__).parent / "fixtures" / "genotypes"

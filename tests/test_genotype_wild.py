@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nasaudit.cli import main
-from nasaudit.errors import InputError
 from nasaudit.genotype import (
     Genotype,
     genotype_hash,
@@ -30,6 +29,7 @@ from nasaudit.genotype import (
     resolve_genotypes,
     shipped_genotypes,
 )
+from nasaudit.infra.errors import InputError
 
 WILD = Path(__file__).parent / "fixtures" / "genotypes" / "wild"
 # What each file must give: readable genotypes (name -> shipped genotype it equals, or None when

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasaudit.errors import InputError
-from nasaudit.outdir import MARKER
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.outdir import MARKER
 from tests.cli_helpers import cli, one_line
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -307,7 +307,7 @@ def test_disk_full_leaves_the_previous_checkpoint_intact(tmp_path, capsys, monke
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("nasaudit.io.os.fsync", full)
+    monkeypatch.setattr("nasaudit.infra.io.os.fsync", full)
     code, _, err = cli(capsys, *argv, "--overwrite")  # starting over writes at the epoch's end
     assert code == 2
     one_line(err, str(ckpt.parent), "disk full")
@@ -320,8 +320,8 @@ def test_torch_save_on_a_really_full_device_names_the_file(tmp_path, monkeypatch
     "disk full" naming the target, with bytes really refused by the kernel (/dev/full)."""
     import torch
 
-    from nasaudit.errors import describe_os_error
-    from nasaudit.io import atomic_torch_save
+    from nasaudit.infra.errors import describe_os_error
+    from nasaudit.infra.io import atomic_torch_save
 
     real_fdopen = os.fdopen
 
@@ -329,7 +329,7 @@ def test_torch_save_on_a_really_full_device_names_the_file(tmp_path, monkeypatch
         os.close(fd)
         return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode, *args, **kwargs)
 
-    monkeypatch.setattr("nasaudit.io.os.fdopen", to_dev_full)
+    monkeypatch.setattr("nasaudit.infra.io.os.fdopen", to_dev_full)
     target = tmp_path / "model.pth"
     with pytest.raises(OSError) as caught:
         atomic_torch_save({"w": torch.zeros(100_000)}, target)
@@ -371,7 +371,7 @@ def test_unwritable_proc_targets_are_one_line_exit_2(argv, capsys):
 
 def test_special_files_are_never_replaced(tmp_path, capsys):
     """Renaming a temp file over /dev/full (root may) would replace the device for everyone."""
-    from nasaudit.io import atomic_write_text
+    from nasaudit.infra.io import atomic_write_text
 
     with pytest.raises(InputError, match="special file"):
         atomic_write_text("/dev/full", "x")

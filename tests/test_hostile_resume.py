@@ -95,8 +95,8 @@ def test_search_resume_refuses_a_malformed_checkpoint(tmp_path, capsys, searched
 def test_a_sidecar_that_points_elsewhere_or_contradicts_itself_is_refused(tmp_path, capsys, trained, change, needle):
     import json
 
-    from nasaudit.checkpoint import sidecar_path
     from nasaudit.genotype import genotype_to_json, shipped_genotypes
+    from nasaudit.infra.checkpoint import sidecar_path
 
     ckpt, _ = trained
     copy = tmp_path / "m.pth"

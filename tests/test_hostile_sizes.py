@@ -1,5 +1,5 @@
 """Sizes from flags, configs and data files are bounded before anything is allocated, extracted
-or spawned (`nasaudit.limits`): each case is a one-line refusal naming the limit, nothing written."""
+or spawned (`nasaudit.infra.limits`): each case is a one-line refusal naming the limit, nothing written."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from tests.cli_helpers import cli, one_line
 
 

@@ -163,7 +163,7 @@ def test_a_symlinked_lock_file_creates_nothing_outside(tmp_path, capsys, lock):
         code, _, err = cli(capsys, "report", out)
     else:
         from nasaudit.audit.runner import _exclusive
-        from nasaudit.errors import InputError
+        from nasaudit.infra.errors import InputError
 
         with pytest.raises(InputError, match="symbolic link"), _exclusive(out):
             pass

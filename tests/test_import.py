@@ -363,7 +363,7 @@ def test_audit_imports_instead_of_training_and_a_rerun_is_free(tmp_path: Path, c
 ])
 def test_config_checks_pretrained_keys(extra: str, text: str, tmp_path: Path) -> None:
     from nasaudit.audit.config import load_config
-    from nasaudit.errors import InputError
+    from nasaudit.infra.errors import InputError
 
     cfg = tmp_path / "a.toml"
     cfg.write_text(f'[dataset]\nname = "digits"\n[[models]]\nname = "darts_v2"\n{extra}\n')

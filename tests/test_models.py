@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nasaudit.device import seeded
-from nasaudit.errors import InputError
 from nasaudit.genotype import Genotype, resolve_genotype
+from nasaudit.infra.device import seeded
+from nasaudit.infra.errors import InputError
 from nasaudit.models import build_model, count_parameters, list_models
 from nasaudit.models.darts_network import build_genotype_network
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasaudit.device import generator, seeded
+from nasaudit.infra.device import generator, seeded
 from nasaudit.models import ImageClassifier, build_model
 from nasaudit.models.inference import inference_model
 

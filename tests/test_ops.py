@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasaudit.device import generator, seeded
+from nasaudit.infra.device import generator, seeded
 from nasaudit.ops import (
     OPS,
     PARAMETER_FREE_OPS,
@@ -260,7 +260,7 @@ def test_channels_last_training_step_on_an_odd_batch_does_not_corrupt_memory(tmp
     script = tmp_path / "odd_batch.py"
     script.write_text(
         "import torch, torch.nn.functional as F\n"
-        "from nasaudit.device import prepare_model\n"
+        "from nasaudit.infra.device import prepare_model\n"
         "from nasaudit.models.registry import build_model\n"
         "for name, kw in (('resnet18', {'width': 8}), ('darts_v2', {'C': 4, 'layers': 3})):\n"
         "    m = prepare_model(build_model(name, 10, **kw), torch.device('cpu')).train()\n"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from nasaudit.attacks.sampling import select_correct, target_classes
-from nasaudit.device import generator
+from nasaudit.infra.device import generator
 
 CPU = torch.device("cpu")
 

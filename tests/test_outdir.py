@@ -1,4 +1,4 @@
-"""nasaudit.outdir: a run writes only into a directory it made or marked, never deletes others'."""
+"""nasaudit.infra.outdir: a run writes only into a directory it made or marked, never deletes others'."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nasaudit.errors import InputError
-from nasaudit.io import atomic_write_text
-from nasaudit.outdir import (
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.io import atomic_write_text
+from nasaudit.infra.outdir import (
     MARKER,
     check_output_dir,
     check_output_file,
@@ -158,7 +158,7 @@ def test_a_real_kill_leaves_a_temp_file_that_the_next_claim_removes(tmp_path: Pa
     atomic_write_text(target, "previous\n")
     code = (
         "import sys, time\n"
-        "from nasaudit.io import atomic_write\n"
+        "from nasaudit.infra.io import atomic_write\n"
         "def slow(handle):\n"
         "    handle.write(b'torn'); handle.flush(); print('writing', flush=True); time.sleep(60)\n"
         f"atomic_write({str(target)!r}, slow)\n"

@@ -43,7 +43,7 @@ def wheel_venv(tmp_path_factory) -> Path:
 def test_wheel_contains_data_and_analyzes_darts(wheel_venv: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     where = _run([str(wheel_venv / "bin" / "python"), "-c",
-                  "import nasaudit, nasaudit.resources as r; print(nasaudit.__file__); "
+                  "import nasaudit, nasaudit.infra.resources as r; print(nasaudit.__file__); "
                   "print(r.data_dir('genotypes')); print(r.data_dir('search_spaces'))"],
                  cwd=tmp_path, env=env).stdout.split()
     assert str(wheel_venv) in where[0], "the wheel's nasaudit must be the one imported"

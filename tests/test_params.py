@@ -1,4 +1,4 @@
-"""Parameter validation of attacks and probes: one mechanism (`nasaudit.params.make_params`),
+"""Parameter validation of attacks and probes: one mechanism (`nasaudit.infra.params.make_params`),
 constraints declared on the Params fields, and one-line CLI errors (exit code 2) raised before
 any checkpoint, data or model is loaded."""
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from nasaudit.errors import InputError
-from nasaudit.params import ParamError, make_params, param, params_help
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.params import ParamError, make_params, param, params_help
 
 
 @dataclass
@@ -150,7 +150,7 @@ def test_counts_are_at_least_one_and_radii_positive():
 
 def test_attack_and_probe_entry_points_share_the_mechanism():
     from nasaudit.attacks import ATTACKS
-    from nasaudit.params import make_params
+    from nasaudit.infra.params import make_params
     from nasaudit.probes import probe_params
 
     pgd = ATTACKS["pgd"].params_cls

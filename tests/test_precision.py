@@ -15,7 +15,7 @@ import contextlib
 import torch
 from torch import nn
 
-from nasaudit.device import generator
+from nasaudit.infra.device import generator
 
 CPU = torch.device("cpu")
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from nasaudit.models.base import ImageClassifier
 from nasaudit.probes import PROBES, probe_params, run_probe
 from nasaudit.probes.contour import (
@@ -649,7 +649,7 @@ def test_gradvar_at_init_is_measured_with_calibrated_batch_norm():
     statistics of seeded training images outside the measured sample before Eq. 14; the number
     equals a dense reference on the calibrated model and differs from the identity-BN one."""
     from nasaudit.data import to_float
-    from nasaudit.device import generator, seeded
+    from nasaudit.infra.device import generator, seeded
     from nasaudit.probes.gradvar import kaiming_init
 
     model, data = _tiny_model(), _fake_dataset()
@@ -712,7 +712,7 @@ def test_calibration_removes_the_nas_vs_manual_sign_artefact_at_init():
     """Small digits case: with identity batch norms a DARTS network's at-init variance is far
     above the manual baselines'; with calibrated statistics (same weights) it is below."""
     from nasaudit.data import load_dataset
-    from nasaudit.device import seeded
+    from nasaudit.infra.device import seeded
     from nasaudit.models.registry import build_model
 
     data = load_dataset("digits")

@@ -15,7 +15,7 @@ from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import AuditData
 from nasaudit.audit.report.write import build_sections
 from nasaudit.audit.store import Store
-from nasaudit.resources import data_dir
+from nasaudit.infra.resources import data_dir
 from tests.test_audit_report import CONFIG, _records
 
 

@@ -220,7 +220,7 @@ def test_an_accuracy_gap_over_the_tolerance_confounds_the_verdict(tmp_path, nas_
 
 def test_report_settings_are_checked(tmp_path):
     from nasaudit.audit.config import config_from_dict
-    from nasaudit.errors import InputError
+    from nasaudit.infra.errors import InputError
 
     base = {"dataset": {"name": "digits"}, "models": [{"name": "resnet18"}]}
     config_from_dict({**base, "report": {"accuracy_tolerance": 0.1, "accept_accuracy_gap": True}}, base_dir=tmp_path)
@@ -246,7 +246,7 @@ def test_shipped_configs_model_counts_against_what_a_verdict_needs():
     """The smoke audit (2 vs 2) can never give a verdict, whatever it measures; the paper's
     config (10 vs 7) can over all 21 headline metrics."""
     from nasaudit.audit.config import load_config
-    from nasaudit.resources import data_dir
+    from nasaudit.infra.resources import data_dir
 
     def groups(name: str) -> tuple[int, int]:
         config = load_config(data_dir("experiments") / name)

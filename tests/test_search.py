@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nasaudit.errors import InputError
 from nasaudit.genotype import genotype_from_nni, genotype_to_nni
+from nasaudit.infra.errors import InputError
 from nasaudit.search import Architect, Supernet, derive_genotype, parse_hook, skip_penalty
 from nasaudit.search.supernet import MixedOp, edge_list, num_edges
 from nasaudit.search_space import load_search_space

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from nasaudit.search import SearchConfig, Supernet, run_search
 from nasaudit.search.hessian import (
     DartsEarlyStop,
@@ -221,7 +221,7 @@ def test_search_early_stop_returns_epoch_i_minus_k_across_a_resume(tmp_path, mon
     cut = run_search(config, out_dir=out, device="cpu", progress=False)
     assert not cut.finished and cut.epochs_done == 2 and cut.early_stop["stopped_at_epoch"] is None
     assert measured[0][:2] == (40, 16) and torch.isfinite(torch.tensor(measured[0][2]))
-    from nasaudit.io import safe_torch_load
+    from nasaudit.infra.io import safe_torch_load
 
     state = safe_torch_load(out / "checkpoint.pt")
     assert state["early_stop"]["eigenvalues"] == {"1": 1.0, "2": 1.0} and list(state["early_stop"]["genotypes"]) == ["1", "2"]

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from nasaudit.cli import main
-from nasaudit.errors import InputError
-from nasaudit.io import read_json, safe_torch_load
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.io import read_json, safe_torch_load
 from nasaudit.search import SearchConfig, build_supernet, run_search
 from nasaudit.search.monitor import SearchMonitor, alpha_tag, tensorboard_dir
 from nasaudit.search.supernet import CELL_TYPES, edge_list

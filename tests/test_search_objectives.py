@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from nasaudit.search import Architect, Supernet
 from nasaudit.search.objectives import (
     ObjectiveContext,

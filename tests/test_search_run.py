@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from nasaudit.cli import main
-from nasaudit.errors import InputError
 from nasaudit.genotype import genotype_from_nni, genotype_to_nni, resolve_genotype
-from nasaudit.io import read_json, safe_torch_load
-from nasaudit.resources import data_dir
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.io import read_json, safe_torch_load
+from nasaudit.infra.resources import data_dir
 from nasaudit.search import SearchConfig, run_search
 from nasaudit.search.monitor import EPOCH_TAGS, IMAGE_TAGS, STEP_TAGS
 

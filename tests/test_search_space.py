@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from nasaudit.search_space import (
     PARAMETER_FREE_OPS,
     SearchSpace,

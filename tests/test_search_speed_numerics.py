@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nasaudit.device import seeded
+from nasaudit.infra.device import seeded
 from nasaudit.ops import OPS, forward_after_relu, starts_with_relu
 from nasaudit.search import Architect, Supernet
 from nasaudit.search_space import load_search_space

@@ -14,7 +14,7 @@ from nasaudit.audit.config import (
     config_from_dict,
     expand_sweep,
 )
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 
 def test_list_valued_search_fields_are_declared():

@@ -1,4 +1,4 @@
-"""Tests of nasaudit.training, nasaudit.checkpoint and the `train` / `eval` commands.
+"""Tests of nasaudit.training, nasaudit.infra.checkpoint and the `train` / `eval` commands.
 
 Real behaviour on real data: the shared tiny_cnn (conftest `trained_model`) must beat chance on
 the CIFAR-10 subset; a resumed run must end with bit-identical weights; PGD adversarial training
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasaudit.checkpoint import model_stem, save_training_state, sidecar_path
 from nasaudit.cli import main
-from nasaudit.device import generator, seeded
-from nasaudit.errors import InputError
+from nasaudit.infra.checkpoint import model_stem, save_training_state, sidecar_path
+from nasaudit.infra.device import generator, seeded
+from nasaudit.infra.errors import InputError
 from nasaudit.models import build_model
 from nasaudit.training import (
     TrainConfig,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ TEST_NOT_TARGET = "test_not_target"  # test inputs whose true class != the recor
 class AttackSpec(NamedTuple):
     """One attack.
 
-    params_cls: its settings dataclass (fields declared with `nasaudit.params.param`).
+    params_cls: its settings dataclass (fields declared with `nasaudit.infra.params.param`).
     run: `run(victim, data, params, *, device, seed, progress, work_dir) -> record`.
     rates: record field -> the count it is a rate over: TEST, TEST_NOT_TARGET or a record field
         (a list: its length; an int: itself). A field may hold one rate, a dict of rates or a
@@ -111,8 +111,8 @@ def run_attack(
     work_dir: where retraining attacks keep checkpoints (resumable); None keeps them in memory.
     The victim's weights are never modified and nothing is written next to its checkpoint.
     """
-    from nasaudit.device import resolve_device
-    from nasaudit.params import make_params
+    from nasaudit.infra.device import resolve_device
+    from nasaudit.infra.params import make_params
 
     spec = attack_spec(name)
     return spec.run(

@@ -42,10 +42,10 @@ from nasaudit.attacks.common import (
 )
 from nasaudit.attacks.defences import DEFENCES, SCHEDULES
 from nasaudit.data import to_float
-from nasaudit.device import autocast
-from nasaudit.device import generator as make_generator
-from nasaudit.errors import InputError
-from nasaudit.params import make_params, param
+from nasaudit.infra.device import autocast
+from nasaudit.infra.device import generator as make_generator
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from nasaudit.data import to_float
-from nasaudit.device import autocast, full_precision
-from nasaudit.errors import InputError
-from nasaudit.records import Record
+from nasaudit.infra.device import autocast, full_precision
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.records import Record
 
 if TYPE_CHECKING:  # the trainer is only needed by the retraining attacks, at call time
     from nasaudit.training import TrainConfig
@@ -169,7 +169,7 @@ def victim_train_config(victim: Victim) -> TrainConfig:
 
 def build_fresh(model_name: str, data: Any, seed: int, model_kwargs: dict | None = None) -> nn.Module:
     """A freshly initialised `model_name` for `data` (its classes and normalisation), seeded."""
-    from nasaudit.device import seeded
+    from nasaudit.infra.device import seeded
     from nasaudit.models.registry import build_model
 
     with seeded(seed):

@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 
 from nasaudit.attacks.common import batched_logits, forward_chunk
 from nasaudit.data import to_float
-from nasaudit.device import autocast
-from nasaudit.device import generator as make_generator
+from nasaudit.infra.device import autocast
+from nasaudit.infra.device import generator as make_generator
 
 DEFENCES = ("neural_cleanse", "fine_pruning")
 SCHEDULES = ("nc", "fixed")

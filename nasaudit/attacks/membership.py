@@ -29,11 +29,11 @@ from nasaudit.attacks.common import (
 )
 from nasaudit.attacks.sampling import candidate_indices
 from nasaudit.data import to_float
-from nasaudit.device import full_precision
-from nasaudit.device import generator as make_generator
-from nasaudit.errors import InputError
+from nasaudit.infra.device import full_precision
+from nasaudit.infra.device import generator as make_generator
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.params import make_params, param
 from nasaudit.models.inference import inference_model
-from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset

@@ -87,10 +87,10 @@ from nasaudit.attacks.common import (
     victim_train_config,
 )
 from nasaudit.data import Augment, DeviceLoader, augment_batch, to_float, train_val_split
-from nasaudit.device import full_precision, seeded, stream_seed
-from nasaudit.device import generator as make_generator
-from nasaudit.errors import InputError
-from nasaudit.params import make_params, param
+from nasaudit.infra.device import full_precision, seeded, stream_seed
+from nasaudit.infra.device import generator as make_generator
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset

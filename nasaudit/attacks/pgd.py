@@ -36,10 +36,10 @@ from nasaudit.attacks.sampling import (
     target_classes,
 )
 from nasaudit.data import to_float
-from nasaudit.device import autocast, autocast_enabled, full_precision, stream_seed
-from nasaudit.device import generator as make_generator
+from nasaudit.infra.device import autocast, autocast_enabled, full_precision, stream_seed
+from nasaudit.infra.device import generator as make_generator
+from nasaudit.infra.params import make_params, param
 from nasaudit.models.inference import inference_model
-from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset

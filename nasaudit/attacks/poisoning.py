@@ -25,9 +25,9 @@ from nasaudit.attacks.common import (
     timed,
     victim_train_config,
 )
-from nasaudit.device import generator as make_generator
-from nasaudit.errors import InputError
-from nasaudit.params import make_params, param
+from nasaudit.infra.device import generator as make_generator
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset

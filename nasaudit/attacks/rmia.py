@@ -95,11 +95,11 @@ from nasaudit.attacks.common import (
 )
 from nasaudit.attacks.membership import _member_pool
 from nasaudit.attacks.sampling import candidate_indices
-from nasaudit.device import generator as make_generator
-from nasaudit.device import stream_seed
-from nasaudit.errors import InputError
+from nasaudit.infra.device import generator as make_generator
+from nasaudit.infra.device import stream_seed
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.params import make_params, param
 from nasaudit.models.inference import inference_model
-from nasaudit.params import make_params, param
 
 if TYPE_CHECKING:
     from nasaudit.data import ImageDataset

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from nasaudit.attacks.common import batched_logits
-from nasaudit.device import generator as make_generator
+from nasaudit.infra.device import generator as make_generator
 
 CASES = ("most_likely", "least_likely")
 

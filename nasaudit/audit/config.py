@@ -96,8 +96,8 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.attacks import NAMES as ATTACK_NAMES
-from nasaudit.errors import InputError
-from nasaudit.limits import MAX_CLASSES, MAX_SEED, MAX_SEEDS, MAX_SWEEP_POINTS, check_at_most
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.limits import MAX_CLASSES, MAX_SEED, MAX_SEEDS, MAX_SWEEP_POINTS, check_at_most
 from nasaudit.probes import NAMES as PROBE_NAMES
 
 # Keys inside an attack/probe table that configure scheduling, never passed to the module.
@@ -390,7 +390,7 @@ def _replace(config: AuditConfig, **changes: Any) -> AuditConfig:
 
 def load_config(path: str | Path) -> AuditConfig:
     """Read and validate an audit TOML file. Raises InputError naming the file and the problem."""
-    from nasaudit.io import read_toml
+    from nasaudit.infra.io import read_toml
 
     path = Path(path)
     if not path.is_file():
@@ -753,7 +753,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path = ".", source
         name = check_plain_name(data.get("name", "audit"), what="name (the default out_dir)", source=source)
         out = f"runs/{name}"
     out_dir = _resolve_path(out, base_dir, source, "out_dir")
-    from nasaudit.outdir import protected_dirs
+    from nasaudit.infra.outdir import protected_dirs
 
     protected = protected_dirs()
     if any(out_dir == p or out_dir in p.parents for p in protected):

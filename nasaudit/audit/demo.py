@@ -14,7 +14,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 # Budgets chosen to finish in a few minutes on 2 CPU cores; every section of the report fills.
 DEMO_CONFIG: dict[str, Any] = {
@@ -121,7 +121,7 @@ def default_workers(device: str, cores: int | None) -> int:
     (docs/BENCHMARKS.md times both), so two one-thread workers finish sooner. On a GPU
     one process feeds the device.
     """
-    from nasaudit.device import resolve_device
+    from nasaudit.infra.device import resolve_device
 
     if resolve_device(device).type != "cpu":
         return 1

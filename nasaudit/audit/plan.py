@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.audit.config import AuditConfig, ModelSpec, TaskSpec, resource_request, stable_hash
-from nasaudit.errors import InputError, first_line
-from nasaudit.limits import MAX_PLANNED_UNITS, check_at_most
+from nasaudit.infra.errors import InputError, first_line
+from nasaudit.infra.limits import MAX_PLANNED_UNITS, check_at_most
 
 # Stage order within a (model, seed).
 STAGES = ("search", "analyze", "probe_init", "import", "train", "clean", "probe", "attack")
@@ -145,7 +145,7 @@ def imported_format(config: AuditConfig, model: ModelSpec) -> str:
         return model.format
 
     def detect(path: Path) -> str:
-        from nasaudit.io import safe_torch_load
+        from nasaudit.infra.io import safe_torch_load
         from nasaudit.pretrained import detect_layout
 
         return detect_layout(safe_torch_load(path), path)[0]
@@ -170,7 +170,7 @@ def imported_recipe(config: AuditConfig, model: ModelSpec) -> dict[str, Any]:
         return layout_recipe(fmt)
 
     def sidecar_config(path: Path) -> dict[str, Any]:
-        from nasaudit.checkpoint import read_sidecar
+        from nasaudit.infra.checkpoint import read_sidecar
 
         meta = read_sidecar(path) or {}
         return dict(meta["config"]) if isinstance(meta.get("config"), dict) else {}
@@ -436,7 +436,7 @@ def _make_task_params(task: TaskSpec, params: dict[str, Any], source: str) -> An
 
         return probe_params(task.name, params, source=source)
     from nasaudit.attacks import attack_spec
-    from nasaudit.params import make_params
+    from nasaudit.infra.params import make_params
 
     return make_params(attack_spec(task.name).params_cls, params, source=source)
 

@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import IO, Any
 
-from nasaudit.errors import first_line, printable
+from nasaudit.infra.errors import first_line, printable
 
 MODES = ("bars", "lines", "off")
 

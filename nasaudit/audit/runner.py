@@ -29,9 +29,9 @@ from nasaudit.audit.engines import ENGINE_NAMES, drive
 from nasaudit.audit.plan import Plan, build_plan, describe_plan, validate_config
 from nasaudit.audit.progress import AuditProgress, plan_line, progress_mode, unit_labels
 from nasaudit.audit.store import DB_NAME, Store
-from nasaudit.errors import InputError
-from nasaudit.io import open_lock_file
-from nasaudit.limits import MAX_WORKERS, check_at_most
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.io import open_lock_file
+from nasaudit.infra.limits import MAX_WORKERS, check_at_most
 
 # Worker processes of the processes engine when --workers is not given.
 DEFAULT_PROCESS_WORKERS = 2

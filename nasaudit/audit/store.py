@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"

@@ -34,8 +34,8 @@ from nasaudit.audit.plan import (
     search_config,
     train_settings,
 )
-from nasaudit.errors import InputError, describe_os_error, first_line
-from nasaudit.records import Record
+from nasaudit.infra.errors import InputError, describe_os_error, first_line
+from nasaudit.infra.records import Record
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def _result_dict(result: Any) -> dict[str, Any]:
     if hasattr(result, "to_dict"):
         return result.to_dict()
     if dataclasses.is_dataclass(result):
-        from nasaudit.records import _plain
+        from nasaudit.infra.records import _plain
 
         return {"kind": type(result).__name__, **_plain(result)}
     raise TypeError(f"unit returned {type(result).__name__}, not a Record")
@@ -236,7 +236,7 @@ def checkpoint_matches(path: Path, model: ModelPlan, cfg: Any, data: Any) -> str
     """None when the sidecar beside `path` describes exactly this (model, seed): the same
     training config, kwargs, data set, class count and genotype hash (or manual model name).
     Otherwise the reason it does not (a foreign or stale checkpoint is never reused)."""
-    from nasaudit.checkpoint import read_sidecar
+    from nasaudit.infra.checkpoint import read_sidecar
 
     try:
         meta = read_sidecar(path)
@@ -258,7 +258,7 @@ def checkpoint_matches(path: Path, model: ModelPlan, cfg: Any, data: Any) -> str
     from nasaudit.genotype import genotype_hash
 
     try:
-        from nasaudit.checkpoint import _genotype_from_record
+        from nasaudit.infra.checkpoint import _genotype_from_record
 
         found = genotype_hash(_genotype_from_record(record, path)) if isinstance(record, dict) else None
     except InputError:
@@ -267,7 +267,7 @@ def checkpoint_matches(path: Path, model: ModelPlan, cfg: Any, data: Any) -> str
 
 
 def _finished_epochs(path: Path) -> int:
-    from nasaudit.checkpoint import read_sidecar
+    from nasaudit.infra.checkpoint import read_sidecar
 
     try:
         meta = read_sidecar(path) or {}
@@ -287,7 +287,7 @@ def _train_config(job: UnitJob):
 
 
 def _fresh_model(job: UnitJob, ctx: UnitContext, device):
-    from nasaudit.device import prepare_model, seeded
+    from nasaudit.infra.device import prepare_model, seeded
     from nasaudit.models.registry import build_model
 
     data = ctx.dataset(job.config)
@@ -326,7 +326,7 @@ def _train(job: UnitJob, ctx: UnitContext, device, resume: bool) -> TrainSummary
 
 
 def _imported_sha(path: Path) -> str | None:
-    from nasaudit.checkpoint import read_sidecar
+    from nasaudit.infra.checkpoint import read_sidecar
 
     try:
         meta = read_sidecar(path) or {}
@@ -364,7 +364,7 @@ def _import(job: UnitJob, ctx: UnitContext) -> ImportSummary:
         save_imported(imported, path, dataset=data.name, config=cfg.to_dict(), model_kwargs=kwargs,
                       trained_on=spec.trained_on or "unknown", extra={"audit_model": model.label})
         ctx.forget(model.group_key)
-    from nasaudit.checkpoint import read_sidecar
+    from nasaudit.infra.checkpoint import read_sidecar
 
     meta = read_sidecar(path) or {}
     rec = meta.get("imported") or {}
@@ -378,7 +378,7 @@ def _import(job: UnitJob, ctx: UnitContext) -> ImportSummary:
 def _check_members(job: UnitJob, data: Any) -> None:
     """Membership inference on a pretrained model whose recipe holds out a validation split (a
     nasaudit checkpoint) needs the training set that split was drawn from: same size."""
-    from nasaudit.checkpoint import read_sidecar
+    from nasaudit.infra.checkpoint import read_sidecar
 
     cfg = _train_config(job)
     if not job.model.spec.imported or cfg.val_fraction <= 0:
@@ -524,7 +524,7 @@ def describe_error(exc: BaseException) -> str:
 def _start_attempt(job: UnitJob) -> tuple[int, bool]:
     """Leave this attempt's marker; returns (attempt number, whether an earlier attempt of this
     run was cut short, so that training and searches resume from their checkpoints)."""
-    from nasaudit.io import atomic_write_json
+    from nasaudit.infra.io import atomic_write_json
 
     marker = attempt_marker(job.config, job.run_id, job.unit.key)
     previous = 0
@@ -546,7 +546,7 @@ def execute_unit(job: UnitJob, ctx: UnitContext | None = None) -> UnitOutcome:
     ``failed`` outcome with a one-line error (KeyboardInterrupt and process death escape)."""
     import torch
 
-    from nasaudit.device import resolve_device
+    from nasaudit.infra.device import resolve_device
 
     ctx = ctx or UnitContext()
     started = time.time()
@@ -577,7 +577,7 @@ def prepare_model(plan: Plan, unit: Unit, store) -> ModelPlan | None:
     from exactly what was recorded.
     """
     from nasaudit.audit.plan import searched_genotype_path
-    from nasaudit.io import atomic_write_json
+    from nasaudit.infra.io import atomic_write_json
 
     for name in {m.search for m in plan.models.values() if m.search}:
         path = searched_genotype_path(plan.config, name)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from nasaudit import __version__
-from nasaudit.errors import InputError, describe_os_error, printable
+from nasaudit.infra.errors import InputError, describe_os_error, printable
 
 # (module under nasaudit.cli, what it adds); the order is the order of `nasaudit --help`.
 COMMAND_MODULES = (

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from nasaudit.errors import InputError, printable
+from nasaudit.infra.errors import InputError, printable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nasaudit: not read: {line}", file=sys.stderr)
     records = [analysis_record(name, g) for name, g in found.genotypes.items()]
     if args.draw:
-        from nasaudit.outdir import check_output_file
+        from nasaudit.infra.outdir import check_output_file
 
         out = Path(args.draw)
         paths = {name: _draw_path(out, name, len(found.genotypes) > 1) for name in found.genotypes}

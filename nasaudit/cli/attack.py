@@ -9,7 +9,7 @@ Examples:
 
 Every `--param KEY=VALUE` overrides one field of the attack's Params (defaults: the study's
 Table 5; `nasaudit attack --help` lists them). Values are parsed by the field's type and checked
-against its constraints by `nasaudit.params.make_params` before anything is loaded: numbers and
+against its constraints by `nasaudit.infra.params.make_params` before anything is loaded: numbers and
 fractions ("8/255"), comma separated lists ("0,0.1,0.2"), true/false, none, or JSON for dicts.
 Nothing is evaluated. A bad value is one error line (exit code 2).
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from nasaudit.attacks import NAMES, TEST, TEST_NOT_TARGET, attack_spec
 from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 ATTACK_NAMES = tuple(name.replace("_", "-") for name in NAMES)
 
@@ -44,7 +44,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def _params_epilog() -> str:
     """Every attack's parameters with their defaults, types and constraints."""
-    from nasaudit.params import params_help
+    from nasaudit.infra.params import params_help
 
     lines = ["attack parameters (set with --param KEY=VALUE; defaults: the study's Table 5):"]
     for name in ATTACK_NAMES:
@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def split_param(item: str) -> tuple[str, str]:
     """One "KEY=VALUE" -> (key with "-" as "_", value text); the value is typed and checked
-    against the attack's Params by `nasaudit.params.make_params`."""
+    against the attack's Params by `nasaudit.infra.params.make_params`."""
     key, sep, text = item.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key:
@@ -101,7 +101,7 @@ def split_param(item: str) -> tuple[str, str]:
 
 def parse_params(params_cls: type, items: list[str]) -> Any:
     """The validated Params instance from the --param items (later items win)."""
-    from nasaudit.params import make_params
+    from nasaudit.infra.params import make_params
 
     return make_params(params_cls, dict(split_param(item) for item in items), source="--param")
 
@@ -275,8 +275,8 @@ def run(args: argparse.Namespace) -> int:
 
     from nasaudit.attacks import Victim, run_attack
     from nasaudit.data import load_dataset
-    from nasaudit.device import resolve_device
-    from nasaudit.io import atomic_write_text
+    from nasaudit.infra.device import resolve_device
+    from nasaudit.infra.io import atomic_write_text
     from nasaudit.training import TrainConfig, load_checkpoint_model
 
     name = args.attack.replace("-", "_")
@@ -292,8 +292,8 @@ def run(args: argparse.Namespace) -> int:
     if output is not None and output.parent.exists() and not output.parent.is_dir():
         raise InputError("--output", f"{output.parent} is not a directory")
     if output is not None:
-        from nasaudit.checkpoint import sidecar_path
-        from nasaudit.outdir import check_output_file
+        from nasaudit.infra.checkpoint import sidecar_path
+        from nasaudit.infra.outdir import check_output_file
 
         check_output_file(output, inputs=(args.checkpoint, sidecar_path(args.checkpoint)), force=args.force,
                           source="--output")
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
         num_classes=meta.get("num_classes") if dataset == "imagenet32" else None,
     )
     if args.work_dir is not None:
-        from nasaudit.outdir import claim_output_dir
+        from nasaudit.infra.outdir import claim_output_dir
 
         claim_output_dir(args.work_dir, "attack", source="--work-dir")
     victim = Victim(

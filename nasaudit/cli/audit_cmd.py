@@ -63,7 +63,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     """Entry point of `nasaudit audit`."""
     from nasaudit.audit.config import load_config
     from nasaudit.audit.runner import choose_engine, run_audit
-    from nasaudit.errors import InputError
+    from nasaudit.infra.errors import InputError
 
     config = load_config(args.config)
     if args.only is not None:
@@ -99,7 +99,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
 
 
 def claim_audit_dir(config, *, source: str) -> None:
-    """Claim config.out_dir for the audit (`nasaudit.outdir`) once the config is known to be
+    """Claim config.out_dir for the audit (`nasaudit.infra.outdir`) once the config is known to be
     good, so that a bad config writes nothing and a directory that is not the audit's own is
     refused before anything is written into it."""
     try:  # the runner is being split; the plan module owns validation once it exists
@@ -107,7 +107,7 @@ def claim_audit_dir(config, *, source: str) -> None:
     except ImportError:
         from nasaudit.audit.runner import validate_config
     from nasaudit.audit.store import Store
-    from nasaudit.outdir import check_output_dir, claim_output_dir, read_marker
+    from nasaudit.infra.outdir import check_output_dir, claim_output_dir, read_marker
 
     target = check_output_dir(config.out_dir, "audit", source=source)
     validate_config(config)
@@ -123,14 +123,14 @@ def run_report_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nasaudit.audit.report import write_report
-    from nasaudit.outdir import check_output_dir
+    from nasaudit.infra.outdir import check_output_dir
 
     if (Path(args.out_dir) / "results.sqlite").exists():
         # Without a database write_report says so; with one, the directory must be an audit's.
         check_output_dir(args.out_dir, "report", source=args.out_dir)
     dest = None
     if args.out is not None:
-        from nasaudit.outdir import claim_output_dir
+        from nasaudit.infra.outdir import claim_output_dir
 
         dest = claim_output_dir(args.out, "report", source="--out")
     path = write_report(args.out_dir, single_file=args.single_file, dest=dest)

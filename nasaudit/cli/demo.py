@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     """Entry point of `nasaudit demo`."""
     from nasaudit.audit.demo import run_demo, summarize
-    from nasaudit.errors import InputError
-    from nasaudit.outdir import claim_output_dir
+    from nasaudit.infra.errors import InputError
+    from nasaudit.infra.outdir import claim_output_dir
 
     if args.workers is not None and args.workers < 1:  # before anything is written
         raise InputError("--workers", f"must be >= 1, got {args.workers}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 # Classes of the data sets whose count is fixed (imagenet32's depends on the subset).
 _CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
@@ -85,8 +85,8 @@ def run_import(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from nasaudit.checkpoint import checkpoint_path, model_stem, sidecar_path
-    from nasaudit.outdir import check_output_dir, claim_output_dir
+    from nasaudit.infra.checkpoint import checkpoint_path, model_stem, sidecar_path
+    from nasaudit.infra.outdir import check_output_dir, claim_output_dir
     from nasaudit.pretrained import read_pretrained, save_imported
 
     if args.genotype is not None and args.model is not None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     """Rewire the genotype, write it, and print its analysis next to the original's."""
     from nasaudit.cli.analyze import analysis_record, format_record
     from nasaudit.genotype import resolve_named_genotype, validate_genotype, write_genotype
+    from nasaudit.infra.outdir import check_output_file
     from nasaudit.mitigation import NOT_REPLACEMENTS, deepen, deskip
-    from nasaudit.outdir import check_output_file
     from nasaudit.search_space import load_search_space
 
     out = Path(args.out) if args.out else None

@@ -39,7 +39,7 @@ def add_data_options(
 
 
 def add_device_option(parser: argparse.ArgumentParser, *, show_default: bool = False) -> None:
-    """--device (default "auto"; resolved by nasaudit.device.resolve_device)."""
+    """--device (default "auto"; resolved by nasaudit.infra.device.resolve_device)."""
     suffix = " (default: auto)" if show_default else ""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP + suffix)
 
@@ -68,8 +68,8 @@ def check_bounds(flag: str, value, *, min=None, max=None, gt=None, lt=None):  # 
     The command line's own check of a number, with the bounds the params/config files use, so
     that `--momentum 2` fails like `momentum = 2` would (one line, exit code 2). None passes.
     """
-    from nasaudit.errors import InputError
-    from nasaudit.params import out_of_bounds
+    from nasaudit.infra.errors import InputError
+    from nasaudit.infra.params import out_of_bounds
 
     if value is None:
         return value
@@ -83,8 +83,8 @@ def check_bounds(flag: str, value, *, min=None, max=None, gt=None, lt=None):  # 
 
 def check_seed(flag: str, value):
     """`value` if it is a seed in 0..2^63-1 (or None), else InputError naming `flag`."""
-    from nasaudit.errors import InputError
-    from nasaudit.limits import MAX_SEED
+    from nasaudit.infra.errors import InputError
+    from nasaudit.infra.limits import MAX_SEED
 
     if value is not None and not 0 <= value <= MAX_SEED:
         raise InputError(flag, f"must be a seed in 0..2^63-1, got {value}")

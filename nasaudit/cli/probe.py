@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 # (sub-command, probe name, [(flag, dest, type, shown default, help)]). Options default to None
 # and fall back to the probe's Params dataclass (one source of truth); the defaults shown in
@@ -212,7 +212,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _load_model(args: argparse.Namespace, data: Any, device: Any) -> tuple[Any, str, dict]:
     """(model in eval mode on device, model label, sidecar) from --checkpoint or built fresh."""
-    from nasaudit.device import prepare_model, seeded
+    from nasaudit.infra.device import prepare_model, seeded
     from nasaudit.models.registry import build_model, is_manual_model
     from nasaudit.probes.gradvar import kaiming_init
     from nasaudit.training import load_checkpoint_model
@@ -314,7 +314,7 @@ def _summary(record: Any) -> str:
 
 def _check_params(args: argparse.Namespace) -> Any:
     """The probe's validated Params from its flags; a bad value names the flag at fault."""
-    from nasaudit.params import ParamError
+    from nasaudit.infra.params import ParamError
     from nasaudit.probes import probe_params
 
     values = {f: getattr(args, f) for f in args.probe_fields if getattr(args, f) is not None}
@@ -335,11 +335,11 @@ def run_probe_command(args: argparse.Namespace) -> int:
     """Run one probe, print its summary (or JSON), write PROBE.json and plots to --out."""
     from pathlib import Path
 
-    from nasaudit.checkpoint import read_sidecar
     from nasaudit.cli.options import check_seed
     from nasaudit.data import load_dataset
-    from nasaudit.device import resolve_device
-    from nasaudit.io import atomic_write_json
+    from nasaudit.infra.checkpoint import read_sidecar
+    from nasaudit.infra.device import resolve_device
+    from nasaudit.infra.io import atomic_write_json
     from nasaudit.probes import run_probe
 
     params = _check_params(args)  # before any data, model or device work
@@ -365,7 +365,7 @@ def run_probe_command(args: argparse.Namespace) -> int:
     )
     model, label, _ = _load_model(args, data, device)
     if args.out is not None:
-        from nasaudit.outdir import claim_output_dir
+        from nasaudit.infra.outdir import claim_output_dir
 
         claim_output_dir(args.out, "probe", source="--out")
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 # flag dest -> SearchConfig field (every flag defaults to None: "not given, keep the config's")
 _FIELDS = (
@@ -131,7 +131,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run the search, then print the genotype, its cell analysis and the search cost."""
     from nasaudit.analysis import analyze_genotype
-    from nasaudit.outdir import claim_output_dir
+    from nasaudit.infra.outdir import claim_output_dir
     from nasaudit.search.run import format_seconds, run_search
     from nasaudit.search_space import load_search_space
 

@@ -16,7 +16,7 @@ from nasaudit.cli.options import (
     add_progress_option,
     parse_fraction,
 )
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 # TrainConfig's defaults, shown in --help without importing torch (tests keep them equal).
 _STUDY_DEFAULTS = {
@@ -205,7 +205,7 @@ def _load_data(args: argparse.Namespace, seed: int = 0):
     )
 
 
-# The training flags whose ranges nasaudit.training.TRAIN_BOUNDS declares (field -> flag).
+# The training flags whose ranges nasaudit.training.TrainConfig's fields declare (field -> flag).
 _FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
           "weight_decay": "--weight-decay", "cutout": "--cutout", "drop_path_prob": "--drop-path",
           "auxiliary_weight": "--aux-weight", "grad_clip": "--grad-clip", "val_fraction": "--val-fraction",
@@ -215,16 +215,16 @@ _FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "mom
 def _check_flag_bounds(args: argparse.Namespace) -> None:
     """InputError naming the flag for a value outside its range (e.g. --momentum 2)."""
     from nasaudit.cli.options import check_bounds, check_seed
-    from nasaudit.training import TRAIN_BOUNDS
+    from nasaudit.training import train_bounds
 
     for field, flag in _FLAGS.items():
-        check_bounds(flag, getattr(args, field), **TRAIN_BOUNDS[field])
+        check_bounds(flag, getattr(args, field), **train_bounds()[field])
     check_seed("--seed", args.seed)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, printing the parameter count, one line per epoch and the final accuracies."""
-    from nasaudit.device import resolve_device
+    from nasaudit.infra.device import resolve_device
     from nasaudit.models.base import count_parameters
     from nasaudit.training import TrainConfig, checkpoint_path, sidecar_path, train_on_dataset
 
@@ -246,7 +246,7 @@ def run_train(args: argparse.Namespace) -> int:
             "a checkpoint of this model already exists; pass --resume to continue it or "
             "--overwrite to start over",
         )
-    from nasaudit.outdir import check_output_dir, claim_output_dir
+    from nasaudit.infra.outdir import check_output_dir, claim_output_dir
 
     check_output_dir(args.model_dir, "models", source="--model-dir")
     print(
@@ -300,7 +300,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Print the clean loss and accuracy of a checkpoint on the chosen split."""
-    from nasaudit.device import resolve_device
+    from nasaudit.infra.device import resolve_device
     from nasaudit.training import checkpoint_path, evaluate, load_checkpoint_model
 
     if args.checkpoint is None and args.model is None:
@@ -310,7 +310,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.dataset is None:
         # Score a checkpoint on what it was trained on unless told otherwise.
-        from nasaudit.checkpoint import read_sidecar
+        from nasaudit.infra.checkpoint import read_sidecar
 
         meta = read_sidecar(args.checkpoint) if args.checkpoint else None
         args.dataset = (meta or {}).get("dataset") or "digits"

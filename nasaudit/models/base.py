@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 
 def check_size(key: str, value: Any, *, minimum: int = 1, model: str | None = None) -> int:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from nasaudit.models.base import ImageClassifier, check_size
 from nasaudit.ops import OPS, FactorizedReduce, Identity, ReLUConvBN, drop_path
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 from nasaudit.models.base import ImageClassifier
 from nasaudit.models.baselines import BASELINES
 
@@ -62,12 +62,12 @@ def build_model(
 
     Extra keyword arguments go to the factory (for genotype networks: C, layers, auxiliary,
     drop_path_prob, space). Raises InputError for an unknown name, a bad genotype file, or a
-    size beyond `nasaudit.limits` (the parameter count is taken from a build on the meta device,
+    size beyond `nasaudit.infra.limits` (the parameter count is taken from a build on the meta device,
     which allocates nothing, before the real one); `source` names where the sizes came from.
     """
     import torch
 
-    from nasaudit.limits import check_parameter_count
+    from nasaudit.infra.limits import check_parameter_count
 
     factory = _factory(name)
     check_model_sizes(kwargs, source or "--model")
@@ -79,7 +79,7 @@ def build_model(
 
 def check_model_sizes(kwargs: dict[str, Any], source: str) -> None:
     """Per-dimension caps (C, width, layers) of build kwargs, before anything is built."""
-    from nasaudit.limits import MAX_MODEL_SIZES, check_at_most
+    from nasaudit.infra.limits import MAX_MODEL_SIZES, check_at_most
 
     for key, limit in MAX_MODEL_SIZES.items():
         value = kwargs.get(key)

@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 if TYPE_CHECKING:
-    from nasaudit.records import Record
+    from nasaudit.infra.records import Record
 
 # Probe name -> the module of nasaudit.probes that defines it, in report order.
 MODULES: dict[str, str] = {
@@ -59,9 +59,9 @@ def probe_spec(name: str) -> ProbeSpec:
 
 def probe_params(name: str, params: Mapping[str, Any] | Any | None, *, source: Any = None) -> Any:
     """The probe's validated Params instance from a dict (e.g. an audit TOML table), an instance,
-    or None (defaults); see `nasaudit.params.make_params`. Unknown keys and bad values raise
+    or None (defaults); see `nasaudit.infra.params.make_params`. Unknown keys and bad values raise
     InputError(source, problem), source defaulting to "probe NAME"."""
-    from nasaudit.params import make_params
+    from nasaudit.infra.params import make_params
 
     return make_params(probe_spec(name).params_cls, params, source=source or f"probe {name}")
 
@@ -84,7 +84,7 @@ def run_probe(
 
     at_init (gradvar only): whether `model` is untrained, so that the probe applies its `init`
     scheme (Kaiming by default); None detects it from the batch norm counters."""
-    from nasaudit.device import resolve_device
+    from nasaudit.infra.device import resolve_device
 
     spec = probe_spec(name)
     extra = {"at_init": at_init} if spec.at_init else {}

@@ -33,7 +33,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def sample_indices(n_total: int, n: int, seed: int) -> Tensor:
     """n distinct indices in [0, n_total), seeded (CPU generator, so identical on any device)."""
-    from nasaudit.device import generator
+    from nasaudit.infra.device import generator
 
     return torch.randperm(n_total, generator=generator(seed))[: min(n, n_total)]
 
@@ -72,7 +72,7 @@ def new_figure(figsize: tuple[float, float] = (5.0, 4.0), ncols: int = 1) -> tup
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     """Write `fig` as PNG to `path` atomically; returns the path."""
-    from nasaudit.io import atomic_write_bytes
+    from nasaudit.infra.io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -81,7 +81,7 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
 
 def save_npz(path: str | Path, **arrays: Any) -> Path:
     """Write numpy arrays to an .npz file atomically (np.load(..., allow_pickle=False) reads it)."""
-    from nasaudit.io import atomic_write_bytes
+    from nasaudit.infra.io import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.data import to_float
-from nasaudit.params import make_params, param
+from nasaudit.infra.params import make_params, param
+from nasaudit.infra.records import Record
 from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, new_figure, sample_indices, save_figure, save_npz
-from nasaudit.records import Record
 
 # The batched grid must agree with the plain forward at the centre up to float rounding;
 # anything larger means the batching changed the computation (e.g. a BN layer in train mode).
@@ -372,7 +372,7 @@ def run_contour_param(
     progress: bool = True,
 ) -> ContourRecord:
     """Eq. 12 contour on a seeded training batch; writes contour_param.npz/.png into out_dir."""
-    from nasaudit.device import generator
+    from nasaudit.infra.device import generator
 
     params = make_params(ContourParamParams, params, source="probe contour_param")
 
@@ -427,7 +427,7 @@ def run_contour_input(
     progress: bool = True,
 ) -> ContourRecord:
     """Eq. 13 contours around seeded test inputs; writes contour_input.npz/.png into out_dir."""
-    from nasaudit.device import generator
+    from nasaudit.infra.device import generator
 
     params = make_params(ContourInputParams, params, source="probe contour_input")
 

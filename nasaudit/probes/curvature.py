@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.data import to_float
-from nasaudit.params import make_params, param
+from nasaudit.infra.params import make_params, param
+from nasaudit.infra.records import Record
 from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, new_figure, sample_indices, save_figure, save_npz
-from nasaudit.records import Record
 
 
 def power_iteration(
@@ -250,7 +250,7 @@ def run_curvature(
     progress: bool = True,
 ) -> CurvatureRecord:
     """Top Hessian eigenvalues on a seeded training batch; writes curvature.npz/.png to out_dir."""
-    from nasaudit.device import generator
+    from nasaudit.infra.device import generator
 
     params = make_params(CurvatureParams, params, source="probe curvature")
 

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.data import to_float
-from nasaudit.params import make_params, param
+from nasaudit.infra.params import make_params, param
+from nasaudit.infra.records import Record
 from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, is_untrained, new_figure, sample_indices, save_figure
-from nasaudit.records import Record
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -388,7 +388,7 @@ def run_gradvar(
     split, taken from outside the measured samples when the split is large enough: eval mode with
     fresh running statistics would measure a network whose every batch norm is the identity.
     """
-    from nasaudit.device import seeded
+    from nasaudit.infra.device import seeded
 
     params = make_params(GradVarParams, params, source="probe gradvar")
     images = data.train_images if params.split == "train" else data.test_images
@@ -543,7 +543,7 @@ def kaiming_init(model: nn.Module) -> nn.Module:
 
     Conv and Linear weights: kaiming_normal_(fan_in, ReLU gain), biases 0; normalisation layers
     (BatchNorm/GroupNorm/LayerNorm with affine): weight 1, bias 0. Draws from torch's global RNG:
-    call inside `nasaudit.device.seeded(seed)` for a reproducible model.
+    call inside `nasaudit.infra.device.seeded(seed)` for a reproducible model.
     """
     norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
     with torch.no_grad():

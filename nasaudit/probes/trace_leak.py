@@ -96,10 +96,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasaudit.params import make_params, param
+from nasaudit.infra.params import make_params, param
+from nasaudit.infra.records import Record
 from nasaudit.probes import ProbeSpec
 from nasaudit.probes.trace import INPUT, PARAMETER, TraceEvent, record_passes, record_trace
-from nasaudit.records import Record
 
 __all__ = [
     "LEVELS",
@@ -308,7 +308,7 @@ class References:
     attack; no global state). passes: R, the reference cells timed per timed op;
     floor: the floor on a call's log-duration sd; shift: sd of an op instance's shared
     log-time shift (`TimingModel`); channels_last: profile in the victim's weight format
-    (`nasaudit.device.prepare_model`)."""
+    (`nasaudit.infra.device.prepare_model`)."""
 
     def __init__(self, *, device: torch.device, passes: int, seed: int, floor: float = 0.1,
                  shift: float = 0.5, channels_last: bool = False):
@@ -324,7 +324,7 @@ class References:
 
     def trace(self, build: Any, key: tuple, input_shape: tuple[int, ...]) -> list[TraceEvent]:
         """Events of `build()` (an nn.Module factory) run on a random input of input_shape."""
-        from nasaudit.device import generator, seeded
+        from nasaudit.infra.device import generator, seeded
 
         full_key = (key, tuple(input_shape))
         if full_key not in self._cache:
@@ -376,8 +376,8 @@ class References:
         depends on what ran before it), and each network is timed at its own moment, so the
         spread of the samples includes the host's drift and the context, not only the jitter of
         back-to-back passes."""
-        from nasaudit.device import generator, seeded
         from nasaudit.genotype import Genotype
+        from nasaudit.infra.device import generator, seeded
         from nasaudit.models.darts_network import build_genotype_network
 
         if not timed:
@@ -1153,7 +1153,7 @@ _VICTIM_MAIN = "import sys; from nasaudit.probes.trace_leak import _victim_main;
 
 
 def _channels_last(model: nn.Module) -> bool:
-    """Whether the model's 4-d weights are channels_last (`nasaudit.device.prepare_model`);
+    """Whether the model's 4-d weights are channels_last (`nasaudit.infra.device.prepare_model`);
     a weight both layouts describe (a 1x1 or single-channel kernel) does not decide."""
     weights = [p for p in model.parameters() if p.dim() == 4]
     return (all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
@@ -1191,7 +1191,7 @@ def time_victim(models: Sequence[nn.Module], inputs: Sequence[torch.Tensor], *, 
     model {"kinds": [n] call kinds, "durations": [queries][n] ns per call, "threads": int}.
     Raises RuntimeError if the process fails.
     """
-    from nasaudit.io import atomic_torch_save, atomic_write_json, read_json
+    from nasaudit.infra.io import atomic_torch_save, atomic_write_json, read_json
 
     with tempfile.TemporaryDirectory(prefix="nasaudit-victim-") as tmp:
         jobs = []
@@ -1217,7 +1217,7 @@ def time_victim(models: Sequence[nn.Module], inputs: Sequence[torch.Tensor], *, 
 def _victim_main(tmp: str) -> None:
     """The victim process (`time_victim`): rebuild, warm up, time, write timings.json."""
     from nasaudit.genotype import Genotype
-    from nasaudit.io import atomic_write_json, read_json, safe_torch_load
+    from nasaudit.infra.io import atomic_write_json, read_json, safe_torch_load
     from nasaudit.models.darts_network import build_genotype_network
 
     spec = read_json(Path(tmp) / "jobs.json")
@@ -1321,8 +1321,8 @@ def run_trace_leak(model: nn.Module, data: Any, params: TraceLeakParams | dict |
     baseline) gives a record with applicable=False. Writes trace_leak.json to out_dir."""
     from tqdm.auto import tqdm
 
-    from nasaudit.device import generator
     from nasaudit.genotype import genotype_to_json
+    from nasaudit.infra.device import generator
     from nasaudit.probes.gradvar import eval_mode
     from nasaudit.search_space import load_search_space
 
@@ -1378,7 +1378,7 @@ def run_trace_leak(model: nn.Module, data: Any, params: TraceLeakParams | dict |
     record = TraceLeakRecord(True, None, levels, len(events), len(macro), prior_bits(macro, ops),
                              genotype_to_json(genotype), seed, plain, timing=timing)
     if out_dir is not None:
-        from nasaudit.io import atomic_write_json
+        from nasaudit.infra.io import atomic_write_json
 
         path = atomic_write_json(Path(out_dir) / "trace_leak.json", record.to_dict())
         record.files["record"] = str(path)

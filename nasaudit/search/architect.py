@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from nasaudit.device import autocast, full_precision
+from nasaudit.infra.device import autocast, full_precision
 from nasaudit.search.objectives import ArchObjective, ObjectiveContext, objective_total
 from nasaudit.search.supernet import Supernet
 

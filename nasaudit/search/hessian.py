@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 RULE = "darts-es"
 DEFAULT_WINDOW = 5      # k, epochs per windowed mean (Zela et al.)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 AlphaHook = Callable[[torch.Tensor, str, tuple[str, ...]], torch.Tensor]
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 Forward = Callable[[Tensor], Tensor]  # images float [B, 3, H, W] in [0, 1] -> logits [B, K]
 

@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 
-from nasaudit.checkpoint import check_scheduler_state, load_states
-from nasaudit.errors import InputError
-from nasaudit.records import Record
+from nasaudit.infra.checkpoint import check_scheduler_state, load_states
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.limits import MAX_SEED
+from nasaudit.infra.records import Record
 from nasaudit.search.architect import MODES, Architect
 from nasaudit.search.hessian import DartsEarlyStop, alpha_hessian_eigenvalue, parse_early_stop
 from nasaudit.search.hooks import AlphaHook, parse_hook
@@ -110,7 +111,7 @@ class SearchConfig:
     @classmethod
     def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
         """Read a TOML file (flat keys, or a [search] table), then apply `overrides`."""
-        from nasaudit.io import read_toml
+        from nasaudit.infra.io import read_toml
 
         path = Path(path)
         data = read_toml(path)
@@ -158,7 +159,7 @@ class SearchConfig:
             (self.C >= 2, "C", f"must be >= 2, got {self.C}"),
             (self.layers >= 1, "layers", f"must be >= 1, got {self.layers}"),
             (1 <= self.nodes <= MAX_NODES, "nodes", f"must be in 1..{MAX_NODES}, got {self.nodes}"),
-            (0 <= self.seed <= 2**63 - 1, "seed", f"must be in 0..2^63-1, got {self.seed}"),
+            (0 <= self.seed <= MAX_SEED, "seed", f"must be in 0..2^63-1, got {self.seed}"),
             (self.partial_channels >= 1, "partial_channels", f"must be >= 1, got {self.partial_channels}"),
             (self.C % (2 * max(self.partial_channels, 1)) == 0,
              "partial_channels", f"C={self.C} must be a multiple of 2 * partial_channels"),
@@ -267,7 +268,7 @@ class SearchResult(Record):
 def build_supernet(config: SearchConfig, num_classes: int, *, mean=(0.0, 0.0, 0.0),
                    std=(1.0, 1.0, 1.0), hooks: Sequence[AlphaHook] = ()) -> Supernet:
     """The supernet of `config`, seeded, with the config's named hooks and then `hooks`."""
-    from nasaudit.device import seeded
+    from nasaudit.infra.device import seeded
     from nasaudit.search_space import load_search_space
 
     space = load_search_space(config.space)
@@ -340,8 +341,8 @@ def run_search(
     state: eigenvalues, windowed means, i and i - k). Checkpoints keep the rule's state with the
     per-epoch genotypes; a resume checks it against the history.
     """
-    from nasaudit.device import prepare_model, resolve_device
-    from nasaudit.io import atomic_write_json, safe_torch_load
+    from nasaudit.infra.device import prepare_model, resolve_device
+    from nasaudit.infra.io import atomic_write_json, safe_torch_load
 
     config.validate()
     device = resolve_device(device)
@@ -541,7 +542,7 @@ def _keep_epoch(out: Path, tracker: DartsEarlyStop, record: dict[str, Any] | Non
     rule's state (`record`); returns (Genotype, path). The epoch's file must hold the genotype
     the search recorded for that epoch (InputError otherwise)."""
     from nasaudit.genotype import genotype_to_json, resolve_genotype
-    from nasaudit.io import atomic_write_json, read_json
+    from nasaudit.infra.io import atomic_write_json, read_json
 
     source = out / "genotypes" / f"epoch_{tracker.returned_epoch:03d}.json"
     kept = read_json(source)
@@ -660,7 +661,7 @@ def _check_resume(state: Any, config: SearchConfig, path: Path) -> None:
 
 def _save_checkpoint(path, config, model, w_opt, a_opt, sched, architect, loop, cuda,
                      early_stop: dict[str, Any] | None = None) -> None:
-    from nasaudit.io import atomic_torch_save
+    from nasaudit.infra.io import atomic_torch_save
 
     atomic_torch_save({
         "format": CHECKPOINT_FORMAT, "kind": "nasaudit-search", "config": config.to_dict(),
@@ -679,7 +680,7 @@ def _write_outputs(out: Path, config: SearchConfig, model: Supernet, genotype, h
     """genotype.json (+ a per-epoch copy) and history.json; returns the JSON path. `record`:
     extra keys saying how the genotype was found (objectives with their weights, guards)."""
     from nasaudit.genotype import write_genotype
-    from nasaudit.io import atomic_write_json
+    from nasaudit.infra.io import atomic_write_json
 
     epoch = history[-1]["epoch"]
     with torch.no_grad():

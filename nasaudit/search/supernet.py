@@ -139,7 +139,7 @@ class Supernet(nn.Module):
 
     Architecture parameters (`arch_parameters()`): `alpha_normal`, `alpha_reduce` [E, O] and,
     with partial channels, `beta_normal`, `beta_reduce` [E]; everything else is a weight
-    (`weight_parameters()`). Create it inside `nasaudit.device.seeded(seed)` for a reproducible
+    (`weight_parameters()`). Create it inside `nasaudit.infra.device.seeded(seed)` for a reproducible
     initialisation (alpha ~ 1e-3 N(0, 1), as DARTS).
 
     `fast=True` (the default) shares each edge's ReLU between its ops (`MixedOp`) and runs in

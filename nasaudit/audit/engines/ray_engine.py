@@ -31,7 +31,7 @@ from typing import Any
 
 from nasaudit.audit.plan import Plan
 from nasaudit.audit.units import UnitContext, UnitJob, UnitOutcome, execute_unit
-from nasaudit.errors import InputError, first_line
+from nasaudit.infra.errors import InputError, first_line
 
 INSTALL_HINT = 'the Ray engine needs Ray: pip install "nasaudit[ray]"'
 # Environment the tasks inherit from the driver (thread counts: two torch processes on two
@@ -118,7 +118,7 @@ def check_shared_storage(out_dir: Path, run_id: str) -> list[str]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from nasaudit.io import atomic_write_text
+    from nasaudit.infra.io import atomic_write_text
 
     token_path = out_dir / "work" / ".attempts" / run_id / "shared-storage-token"
     token = uuid.uuid4().hex

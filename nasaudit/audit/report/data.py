@@ -160,7 +160,7 @@ def locate_file(path: str | None, out_dir: Path) -> Path | None:
 def locate_picture(path: str | None, out_dir: Path) -> Path | None:
     """`locate_file` for a PNG that is safe to decode: a real PNG whose header declares at most
     MAX_PICTURE_SIDE pixels a side, in a file of at most MAX_PICTURE_BYTES."""
-    from nasaudit.io import png_size
+    from nasaudit.infra.io import png_size
 
     found = locate_file(path, out_dir)
     size = png_size(found, MAX_PICTURE_BYTES) if found is not None else None

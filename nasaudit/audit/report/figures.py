@@ -10,7 +10,7 @@ import numpy as np
 from nasaudit.audit.report.data import AuditData
 from nasaudit.audit.report.document import FILES_DIR, Figure
 from nasaudit.audit.report.metrics import MANUAL, NAS, Metric
-from nasaudit.io import atomic_write_bytes
+from nasaudit.infra.io import atomic_write_bytes
 
 GROUP_COLORS = {NAS: "tab:red", MANUAL: "tab:blue", "mitigation": "tab:green"}
 
@@ -63,7 +63,7 @@ def literal_text(fig) -> None:
     from matplotlib.text import Text
     from matplotlib.ticker import FixedFormatter, FuncFormatter
 
-    from nasaudit.errors import printable
+    from nasaudit.infra.errors import printable
 
     for ax in fig.axes:  # tick labels are made from the formatter's strings at draw time
         for axis in (ax.xaxis, ax.yaxis):

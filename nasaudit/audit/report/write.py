@@ -21,8 +21,8 @@ from nasaudit.audit.report.document import (
     table_csv_path,
 )
 from nasaudit.audit.report.sections import SECTIONS
-from nasaudit.errors import InputError
-from nasaudit.io import atomic_write_json, atomic_write_text, open_lock_file
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.io import atomic_write_json, atomic_write_text, open_lock_file
 
 NOT_MEASURED = "Not measured in this audit"
 
@@ -87,7 +87,7 @@ MANIFEST = ".nasaudit-files.json"
 
 def _written_by_us(files: Path) -> set[str] | None:
     """Relative paths listed in report_files/'s manifest (None when there is none)."""
-    from nasaudit.io import read_json
+    from nasaudit.infra.io import read_json
 
     if not (files / MANIFEST).is_file():
         return None

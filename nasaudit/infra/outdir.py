@@ -7,7 +7,7 @@ probe --out, attack --work-dir) first calls `claim_output_dir(path, kind)`:
   ("audit", "search", "models", ...), the nasaudit version and the time;
 * an empty directory is marked and used;
 * a directory already marked for the same kind is reused (a rerun, a resume), and the torn
-  temp files a kill left behind in it (`nasaudit.io.TMP_PATTERN`) are removed;
+  temp files a kill left behind in it (`nasaudit.infra.io.TMP_PATTERN`) are removed;
 * anything else is refused with an InputError: a non-empty directory nasaudit did not mark, a
   directory marked for another kind of run, a file, `/`, the home directory, the checkout root
   of nasaudit itself, or a directory holding one of those.
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from nasaudit import __version__
-from nasaudit.errors import InputError
-from nasaudit.io import TMP_PATTERN, atomic_write_json, loads_json
+from nasaudit.infra.errors import InputError
+from nasaudit.infra.io import TMP_PATTERN, atomic_write_json, loads_json
 
 MARKER = ".nasaudit-run.json"
 # Kinds of run that share one directory: a demo is an audit, and `report` rewrites the report
@@ -49,7 +49,7 @@ _LEGACY_LAYOUTS: dict[str, tuple[frozenset[str], str]] = {
 TMP_MIN_AGE_SECONDS = 60.0
 _TMP_RE = re.compile(TMP_PATTERN)
 _TRANSIENT_RE = re.compile(rf"{TMP_PATTERN}|\.report-(build|old)-[A-Za-z0-9_]{{8}}")
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # nasaudit/, above infra/
 
 
 def protected_dirs() -> list[Path]:
@@ -153,7 +153,7 @@ def claim_output_dir(path: str | Path, kind: str, *, source: str | None = None) 
 def remove_torn_temp_files(directory: str | Path, *, min_age: float = TMP_MIN_AGE_SECONDS) -> list[Path]:
     """Delete the atomic writer's temp files under `directory` older than `min_age` seconds.
 
-    Only regular files whose names match `nasaudit.io.TMP_PATTERN` are removed, only inside a
+    Only regular files whose names match `nasaudit.infra.io.TMP_PATTERN` are removed, only inside a
     directory carrying our marker; symbolic links are neither followed nor removed. Returns the
     removed paths.
     """

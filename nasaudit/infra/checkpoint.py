@@ -10,7 +10,7 @@ A trained model is two files side by side (the study's convention for the locati
   canonical genotype, model kwargs, dataset, config, seed, epoch, accuracies, versions) from
   which `load_checkpoint_model` rebuilds the network without the original genotype file.
 
-Both are written atomically (`nasaudit.io`), so a kill never leaves a torn file.
+Both are written atomically (`nasaudit.infra.io`), so a kill never leaves a torn file.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from nasaudit import __version__
-from nasaudit.device import prepare_model, resolve_device, seeded
-from nasaudit.errors import InputError, first_line
-from nasaudit.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
-from nasaudit.limits import MAX_CLASSES, MAX_MODEL_SIZES, MAX_OTHER_INT
+from nasaudit.infra.device import prepare_model, resolve_device, seeded
+from nasaudit.infra.errors import InputError, first_line
+from nasaudit.infra.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
+from nasaudit.infra.limits import MAX_CLASSES, MAX_MODEL_SIZES, MAX_OTHER_INT
 from nasaudit.models.base import ImageClassifier
 
 CHECKPOINT_FORMAT = 1
@@ -132,7 +132,7 @@ def check_scheduler_state(fresh: dict[str, Any], saved: Any, source: str | Path)
 def load_states(pairs: list[tuple[Any, Any]], source: str | Path) -> None:
     """`obj.load_state_dict(state)` for each (module/optimizer/scheduler, saved state) of a
     checkpoint being resumed; a state that does not fit is one InputError naming the file."""
-    from nasaudit.errors import first_line
+    from nasaudit.infra.errors import first_line
 
     try:
         for obj, state in pairs:

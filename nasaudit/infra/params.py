@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple, TypeVar
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 P = TypeVar("P")
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nasaudit.errors import InputError, first_line
+from nasaudit.infra.errors import InputError, first_line
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
@@ -51,7 +51,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
 
 
 # atomic_write's temp files: ".NAME.XXXXXXXX.tmp" beside the target (mkstemp's 8 random
-# characters). A kill between mkstemp and the rename leaves one behind; `nasaudit.outdir`
+# characters). A kill between mkstemp and the rename leaves one behind; `nasaudit.infra.outdir`
 # removes them when a run directory is claimed again.
 TMP_SUFFIX = ".tmp"
 TMP_PATTERN = r"\..+\.[A-Za-z0-9_]{8}\.tmp"
@@ -211,7 +211,7 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
-    from nasaudit.limits import MAX_CONFIG_BYTES
+    from nasaudit.infra.limits import MAX_CONFIG_BYTES
 
     raw = read_limited(path, MAX_CONFIG_BYTES, what)
     try:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:

@@ -7,7 +7,7 @@ is a one-line refusal, not a 240 GB allocation or a process storm.
 
 from __future__ import annotations
 
-from nasaudit.errors import InputError
+from nasaudit.infra.errors import InputError
 
 # A model's weights: 500M parameters (2 GB in fp32, about 8 GB with Adam's state) is far above
 # every network in the study (the largest manual baseline has about 23M).
