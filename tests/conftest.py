@@ -129,23 +129,3 @@ def torch_threads():
     """`with torch_threads(2): ...` runs a heavy block on two intra-op torch threads (the suite
     runs in one process, so the second core is otherwise idle), then restores the setting."""
     return _threads
-
-
-@pytest.fixture(scope="session")
-def trained_resnet(cifar_subset, tmp_path_factory, torch_threads) -> TrainedModel:
-    """resnet18 at width 8 (175k parameters), 4 epochs of the paper's recipe on the CIFAR-10
-    subset (test accuracy about 0.40; about 20 s on two threads): the deep CIFAR network the
-    backdoor and model-reuse tests need, where a tiny_cnn hides effects of depth (a corner
-    trigger implants on tiny_cnn, not on a ResNet)."""
-    from nasaudit.training import TrainConfig, train_on_dataset
-
-    config = TrainConfig(epochs=4, batch_size=64, lr=0.05, seed=0)
-    model_dir = tmp_path_factory.mktemp("trained_resnet") / "models"
-    with torch_threads(2):
-        result = train_on_dataset("resnet18", cifar_subset, config, device="cpu", model_dir=model_dir,
-                                  progress=False, model_kwargs={"width": 8})
-    return TrainedModel(
-        model=result.model.eval(), model_name="resnet18", model_kwargs={"width": 8},
-        train_config=config, data=cifar_subset, result=result, checkpoint=result.checkpoint,
-        test_acc=result.test_acc,
-    )

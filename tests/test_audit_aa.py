@@ -19,7 +19,7 @@ CONFIG = {
     "name": "aa",
     "seeds": SEEDS,
     "dataset": {"name": "digits"},
-    "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "drop_path_prob": 0.0, "flip": False},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "drop_path_prob": 0.0, "flip": False},
     "model_defaults": {"manual": {"width": 8}},
     "models": [{"name": "resnet18"}],
     "probes": {"gradvar": {"enabled": False}},

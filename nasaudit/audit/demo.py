@@ -50,8 +50,8 @@ DEMO_CONFIG: dict[str, Any] = {
         "autoattack": {"n_inputs": 16, "version": "apgd", "apgd_iters": 10, "n_targets": 3},
         "poison": {"fractions": [0.0, 0.3], "epochs": 1},
         "backdoor": {"method": "trojannn", "epochs": 1, "trigger_size": 5, "poison_fraction": 0.2,
-                     "defences": ["neural_cleanse", "fine_pruning"], "nc_steps": 20, "nc_batch_size": 16,
-                     "nc_inputs": 64, "nc_schedule": "fixed", "nc_init_cost": 0.01, "defence_inputs": 200,
+                     "defences": ["neural_cleanse", "fine_pruning"], "nc_steps": 10, "nc_batch_size": 16,
+                     "nc_inputs": 32, "nc_schedule": "fixed", "nc_init_cost": 0.01, "defence_inputs": 200,
                      "finetune_epochs": 1},
         # each_model: every model is also a replica architecture (the cross-architecture table).
         "knockoff": {"budgets": [50, 100], "epochs": 1, "each_model": "replica"},
