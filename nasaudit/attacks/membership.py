@@ -328,7 +328,7 @@ def membership_metrics(member_scores, nonmember_scores, fpr: float) -> dict[str,
     }
 
 
-def _member_pool(victim: Victim, data: ImageDataset) -> torch.Tensor:
+def member_pool(victim: Victim, data: ImageDataset) -> torch.Tensor:
     """Indices of the training images the victim was actually fitted on (its val split removed)."""
     n = data.train_images.shape[0]
     cfg = victim.train_config
@@ -358,7 +358,7 @@ def run_membership(
     with timed() as elapsed:
         model = inference_model(victim.model)
         if params.members_from == "train":
-            pool = _member_pool(victim, data)
+            pool = member_pool(victim, data)
             members = pool[candidate_indices(len(pool), params.n_members, seed)]
             m_img, m_lab = data.train_images[members], data.train_labels[members]
             nonmembers = candidate_indices(data.test_images.shape[0], params.n_nonmembers, seed + 1)

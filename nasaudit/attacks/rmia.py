@@ -93,7 +93,7 @@ from nasaudit.attacks.common import (
     timed,
     victim_train_config,
 )
-from nasaudit.attacks.membership import _member_pool
+from nasaudit.attacks.membership import member_pool
 from nasaudit.attacks.sampling import candidate_indices
 from nasaudit.infra.device import generator as make_generator
 from nasaudit.infra.device import stream_seed
@@ -435,7 +435,7 @@ def gather(data: ImageDataset, index: torch.Tensor) -> tuple[torch.Tensor, torch
 def make_roles(victim: Victim, data: ImageDataset, params: Params, seed: int) -> Roles:
     """Members, non-members, population and reference pool for `seed` (see the module docstring)."""
     n_train, n_test = data.train_images.shape[0], data.test_images.shape[0]
-    fitted = _member_pool(victim, data)
+    fitted = member_pool(victim, data)
     if params.members_from == "train":
         members = fitted[candidate_indices(len(fitted), params.n_members, seed)]
         nonmembers = candidate_indices(n_test, params.n_nonmembers, seed + 1)
