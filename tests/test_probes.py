@@ -391,13 +391,31 @@ def test_registry_and_params_validation():
         run_probe("nope", None, None, None, device="cpu", seed=0)
 
 
-def test_cli_help_defaults_equal_params_defaults():
-    from nasaudit.cli.probe import _PROBE_OPTIONS
+def test_cli_probe_flags_come_from_the_params_without_torch():
+    """Every Params field of every probe is a flag of its sub-command (init through the common
+    --init), parsed by make_params like a config value; building the parser imports no torch."""
+    import subprocess
+    import sys
 
-    for _, name, _, options in _PROBE_OPTIONS:
-        defaults = dataclasses.asdict(PROBES[name].params_cls())
-        for _, dest, _, shown, _ in options:
-            assert defaults[dest] == shown, (name, dest)
+    from nasaudit.cli import build_parser
+    from nasaudit.cli.probe import _check_params
+    from nasaudit.probes.settings import PROBES as SETTINGS
+
+    parser = build_parser()
+    for name, (_, params_cls) in SETTINGS.items():
+        args = parser.parse_args(["probe", name.replace("_", "-")])
+        expected = {f.name for f in dataclasses.fields(params_cls)} - ({"init"} if name == "gradvar" else set())
+        assert set(args.probe_fields) == expected, name
+        assert _check_params(args) == params_cls()  # no flag given: the dataclass defaults
+    args = parser.parse_args(["probe", "trace-leak", "--levels", "ops,shapes", "--no-victim-process",
+                              "--noise", "0.1"])
+    got = _check_params(args)
+    assert (got.levels, got.victim_process, got.noise) == (("ops", "shapes"), False, 0.1)
+    args = parser.parse_args(["probe", "contour-input", "--clamp", "--batch-size", "32"])
+    assert (_check_params(args).clamp, _check_params(args).batch_size) == (True, 32)
+    code = "import sys; from nasaudit.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-500:]
 
 
 @pytest.fixture(scope="module")

@@ -24,103 +24,40 @@ from typing import Any
 from nasaudit.cli.options import add_data_options, add_device_option, add_progress_option
 from nasaudit.infra.errors import InputError
 
-# (sub-command, probe name, [(flag, dest, type, shown default, help)]). Options default to None
-# and fall back to the probe's Params dataclass (one source of truth); the defaults shown in
-# --help are kept equal to the dataclasses by a test, so --help needs no torch import.
-_PROBE_OPTIONS: tuple[tuple[str, str, str, list[tuple[str, str, Any, Any, str]]], ...] = (
-    (
-        "gradvar",
-        "gradvar",
-        "per-sample gradient variance (Eq. 14) and the artifact's variant",
-        [
-            ("--n-samples", "n_samples", int, 512, "seeded samples"),
-            ("--chunk-size", "chunk_size", int, 64, "samples per vmap call"),
-            (
-                "--clip-norm",
-                "clip_norm",
-                float,
-                None,
-                "clip each gradient to this norm before Eq. 14 (default: no clip)",
-            ),
-            ("--artifact-clip", "artifact_clip", float, 5.0, "clip before the artifact's variant"),
-            ("--split", "split", str, "train", "train | test"),
-            (
-                "--calibrate-bn",
-                "calibrate_bn",
-                int,
-                8,
-                "fresh model: batches of the split that set the batch-norm running statistics "
-                "before measuring (0: off, every batch norm stays the identity)",
-            ),
-            (
-                "--calibration-batch-size",
-                "calibration_batch_size",
-                int,
-                64,
-                "images per calibration batch",
-            ),
-        ],
-    ),
-    (
-        "contour-param",
-        "contour_param",
-        "loss contour over the first conv's weights (Eq. 12)",
-        [
-            ("--n-samples", "n_samples", int, 256, "seeded training images the loss is taken on"),
-            ("--points", "points", int, 41, "grid points per axis (odd)"),
-            ("--radius", "radius", float, 0.5, "grid half-width"),
-        ],
-    ),
-    (
-        "contour-input",
-        "contour_input",
-        "loss contours around test inputs (Eq. 13)",
-        [
-            ("--n-samples", "n_samples", int, 16, "seeded test inputs"),
-            ("--points", "points", int, 41, "grid points per axis (odd)"),
-            ("--radius", "radius", float, 0.2, "grid half-width in pixel units"),
-            (
-                "--batch-size",
-                "batch_size",
-                int,
-                None,
-                "perturbed images per forward pass (default: 256 on CPU, 4096 on GPU)",
-            ),
-        ],
-    ),
-    (
-        "curvature",
-        "curvature",
-        "top Hessian eigenvalue w.r.t. parameters and inputs",
-        [
-            ("--n-samples", "n_samples", int, 256, "seeded training batch"),
-            ("--n-inputs", "n_inputs", int, 64, "inputs (of the batch) for the input Hessian"),
-            ("--iters", "iters", int, 50, "maximum power iterations"),
-            ("--tol", "tol", float, 1e-4, "relative tolerance on the eigenvalue"),
-            ("--which", "which", str, "both", "param | input | both"),
-        ],
-    ),
-    (
-        "trace-leak",
-        "trace_leak",
-        "architecture stealing: how much of the genotype an execution trace leaks",
-        [
-            (
-                "--levels",
-                "levels",
-                str,
-                ("ops", "shapes", "ops_timing", "timing_noisy"),
-                "comma-separated observation levels, strong to weak",
-            ),
-            ("--noise", "noise", float, 0.05, "timing_noisy: probe miss (and duplicate) rate"),
-            ("--draws", "draws", int, 5, "timing_noisy: noise draws"),
-            ("--passes", "passes", int, 5, "reference cells the attacker times per timed op (its timing calibration)"),
-            ("--space", "space", str, "paper", "search space the attacker assumes"),
-        ],
-    ),
-)
+# Fields a probe's Params declares that the command line sets through a common flag instead.
+_COMMON_FIELDS = {"gradvar": {"init"}}
 
-_CHOICES = {"split": ("train", "test"), "which": ("param", "input", "both")}
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _add_probe_flags(parser: argparse.ArgumentParser, name: str, params_cls: type) -> list[str]:
+    """One flag per field of the probe's Params (`--n-samples` for n_samples), with its doc, its
+    default and its choices; values stay text until `make_params` types and checks them, so a
+    bad value is reported like a bad config value. Returns the fields given flags."""
+    import dataclasses
+
+    from nasaudit.infra.params import describe, field_kind
+
+    fields = []
+    for f in dataclasses.fields(params_cls):
+        if f.name in _COMMON_FIELDS.get(name, ()):
+            continue
+        kind = field_kind(f)
+        doc = f.metadata.get("doc", "")
+        if kind.base == "bool":
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{doc} (default {'on' if f.default else 'off'})")
+        else:
+            shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+            suffix = "" if f.default is None else f" (default {shown})"
+            choices = f.metadata.get("choices") if kind.base == "str" else None
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, choices=choices,
+                                metavar=None if choices else f.name.upper(),
+                                help=f"{doc} [{describe(f)}]{suffix}")
+        fields.append(f.name)
+    return fields
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -181,33 +118,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(Eq. 13), and the top Hessian eigenvalue.",
     )
     sub = probe.add_subparsers(dest="probe", metavar="PROBE", required=True)
-    for command, name, text, options in _PROBE_OPTIONS:
+    from nasaudit.probes.settings import PROBES
+
+    for name, (_, params_cls) in PROBES.items():
+        command = name.replace("_", "-")
+        text = (params_cls.__doc__ or name).strip().splitlines()[0]
         parser = sub.add_parser(command, help=text, description=text)
         _add_common(parser)
-        for flag, dest, kind, shown, help_text in options:
-            # A None default is explained by the help text itself ("auto", "no clip").
-            suffix = "" if shown is None else f" (default {shown})"
-            parser.add_argument(
-                flag,
-                dest=dest,
-                type=kind,
-                default=None,
-                choices=_CHOICES.get(dest),
-                help=help_text + suffix,
-            )
-        if name == "contour_input":
-            parser.add_argument(
-                "--clamp",
-                action="store_true",
-                default=None,
-                help="clip perturbed images into [0, 1] (Eq. 13 does not)",
-            )
-        parser.set_defaults(
-            func=run_probe_command,
-            command_name=command,
-            probe_name=name,
-            probe_fields=[o[1] for o in options] + (["clamp"] if name == "contour_input" else []),
-        )
+        fields = _add_probe_flags(parser, name, params_cls)
+        parser.set_defaults(func=run_probe_command, command_name=command, probe_name=name, probe_fields=fields)
 
 
 def _load_model(args: argparse.Namespace, data: Any, device: Any) -> tuple[Any, str, dict]:
@@ -318,11 +237,9 @@ def _check_params(args: argparse.Namespace) -> Any:
     from nasaudit.probes import probe_params
 
     values = {f: getattr(args, f) for f in args.probe_fields if getattr(args, f) is not None}
-    if args.probe_name == "gradvar":
+    if "init" in _COMMON_FIELDS.get(args.probe_name, ()):
         values["init"] = args.init
-    flags = {dest: flag for command, _, _, options in _PROBE_OPTIONS for flag, dest, *_ in options
-             if command == args.command_name}
-    flags["clamp"] = "--clamp"
+    flags = {field: _flag(field) for field in args.probe_fields}
     try:
         return probe_params(args.probe_name, values, source=f"probe {args.probe_name}")
     except ParamError as exc:

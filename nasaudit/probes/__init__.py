@@ -1,7 +1,7 @@
 """Probes: measurements of the properties the study blames for NAS models' vulnerability.
 
-`MODULES` below is the list of probes (the command line's choices, the audit config's known
-names), readable without importing torch. Each probe's module declares
+`nasaudit.probes.settings` is the list of probes with their settings classes, readable without
+importing torch (the command line's sub-commands and flags, the audit config's known names). Each probe's module declares
 `PROBES = {name: ProbeSpec(params_cls, run)}`; `PROBES` here is the merged dict, built on first
 use, and `run_probe` is the one entry point the CLI and the audit use:
 
@@ -25,18 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nasaudit.infra.errors import InputError
+from nasaudit.probes.settings import PROBES as SETTINGS
 
 if TYPE_CHECKING:
     from nasaudit.infra.records import Record
 
-# Probe name -> the module of nasaudit.probes that defines it, in report order.
-MODULES: dict[str, str] = {
-    "gradvar": "gradvar",
-    "contour_param": "contour",
-    "contour_input": "contour",
-    "curvature": "curvature",
-    "trace_leak": "trace_leak",
-}
+# Probe name -> the module of nasaudit.probes that runs it, in report order (from the list of
+# probes and their settings, `nasaudit.probes.settings.PROBES`).
+MODULES: dict[str, str] = {name: module for name, (module, _) in SETTINGS.items()}
 NAMES: tuple[str, ...] = tuple(MODULES)
 
 

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.data import to_float
-from nasaudit.infra.params import make_params, param
+from nasaudit.infra.params import make_params
 from nasaudit.infra.records import Record
 from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, new_figure, sample_indices, save_figure, save_npz
+from nasaudit.probes.settings import ContourInputParams, ContourParamParams
 
 # The batched grid must agree with the plain forward at the centre up to float rounding;
 # anything larger means the batching changed the computation (e.g. a BN layer in train mode).
@@ -283,32 +284,6 @@ def plot_contour(
 
 # --------------------------------------------------------------------------------------------
 # Probes
-
-
-@dataclasses.dataclass
-class ContourParamParams:
-    """Settings of the parameter-space contour probe (Eq. 12)."""
-
-    radius: float = param(0.5, gt=0, doc="grid over [-radius, radius]^2")
-    points: int = param(41, min=3, odd=True, doc="grid points per axis (odd: (0, 0) is on it)")
-    n_samples: int = param(256, min=1, doc="fixed seeded training batch the loss is taken on")
-    max_images_per_call: int | None = param(
-        None, min=1, doc="images per vmap call (grid points per call = this // n_samples); "
-        "none: by device",
-    )
-
-
-@dataclasses.dataclass
-class ContourInputParams:
-    """Settings of the input-space contour probe (Eq. 13)."""
-
-    radius: float = param(0.2, gt=0, doc="grid half-width, pixel units")
-    points: int = param(41, min=3, odd=True, doc="grid points per axis (odd: (0, 0) is on it)")
-    n_samples: int = param(16, min=1, doc="seeded test inputs, each with its own directions")
-    batch_size: int | None = param(
-        None, min=1, doc="perturbed images per forward pass; none: by device"
-    )
-    clamp: bool = param(False, doc="clip perturbed images to [0, 1]")
 
 
 @dataclasses.dataclass

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.data import to_float
-from nasaudit.infra.params import make_params, param
+from nasaudit.infra.params import make_params
 from nasaudit.infra.records import Record
 from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, new_figure, sample_indices, save_figure, save_npz
+from nasaudit.probes.settings import CurvatureParams
 
 
 def power_iteration(
@@ -199,20 +200,6 @@ def input_top_eigenvalues(
 
 # --------------------------------------------------------------------------------------------
 # Probe
-
-
-@dataclasses.dataclass
-class CurvatureParams:
-    """Settings of the curvature probe."""
-
-    n_samples: int = param(256, min=1, doc="seeded training batch for the parameter Hessian")
-    n_inputs: int = param(
-        64, min=1, le_field="n_samples",
-        doc="the first n_inputs of the batch get an input-space eigenvalue",
-    )
-    iters: int = param(50, min=1, doc="maximum power iterations (HVPs)")
-    tol: float = param(1e-4, min=0, doc="relative change of the eigenvalue to stop at")
-    which: str = param("both", choices=("param", "input", "both"), doc="which Hessians")
 
 
 @dataclasses.dataclass

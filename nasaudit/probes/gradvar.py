@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.data import to_float
-from nasaudit.infra.params import make_params, param
+from nasaudit.infra.params import make_params
 from nasaudit.infra.records import Record
 from nasaudit.probes import ProbeSpec
 from nasaudit.probes.common import eval_mode, is_untrained, new_figure, sample_indices, save_figure
+from nasaudit.probes.settings import GradVarParams
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -290,38 +291,6 @@ def _clip_scale(norm: Tensor, max_norm: float) -> Tensor:
 # The probe: Params, Record and run function used by run_probe / the CLI / the audit.
 
 
-# "kaiming": `kaiming_init` for every architecture; "builtin": the constructor's own init (the
-# DARTS network keeps PyTorch's defaults, the manual baselines Kaiming fan-out, which alone can
-# flip the NAS-vs-manual direction at initialisation).
-INIT_SCHEMES = ("kaiming", "builtin")
-
-
-@dataclasses.dataclass
-class GradVarParams:
-    """Settings of the gradient-variance probe (defaults = the study's artifact)."""
-
-    n_samples: int = param(512, min=2, doc="samples drawn with the seed (a variance needs 2)")
-    chunk_size: int = param(64, min=1, doc="samples per vmap call")
-    clip_norm: float | None = param(
-        None, gt=0, doc="optional clip before Eq. 14 (the paper does not clip)"
-    )
-    artifact_clip: float = param(5.0, gt=0, doc="clip before the artifact's sum of stds")
-    split: str = param("train", choices=("train", "test"), doc="which images are sampled")
-    init: str = param(
-        "kaiming", choices=INIT_SCHEMES,
-        doc="init of an untrained model: kaiming (the same rule for every model, so variances "
-        "at initialisation compare) or builtin (each constructor's own); a trained model is "
-        "never re-initialised",
-    )
-    calibrate_bn: int = param(
-        8, min=0, max=4096,
-        doc="untrained model with batch norm: batches of the split whose statistics replace the "
-        "fresh running mean 0 / var 1 before measuring (weights unchanged); 0: off, every "
-        "batch norm stays the identity, a network training never produces",
-    )
-    calibration_batch_size: int = param(
-        64, min=2, max=4096, doc="images per batch-norm calibration batch"
-    )
 
 
 @dataclasses.dataclass

@@ -96,9 +96,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasaudit.infra.params import make_params, param
+from nasaudit.infra.params import make_params
 from nasaudit.infra.records import Record
 from nasaudit.probes import ProbeSpec
+from nasaudit.probes.settings import LEVELS, TraceLeakParams
 from nasaudit.probes.trace import INPUT, PARAMETER, TraceEvent, record_passes, record_trace
 
 __all__ = [
@@ -124,7 +125,6 @@ __all__ = [
     "time_victim",
 ]
 
-LEVELS = ("ops", "shapes", "ops_timing", "timing_noisy")
 _DATAFLOW_LEVELS = ("ops",)
 _SHAPE_LEVELS = ("ops", "shapes")
 _TIMING_LEVELS = ("ops_timing", "timing_noisy")
@@ -1244,25 +1244,6 @@ def _victim_main(tmp: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- probe
-
-
-@dataclasses.dataclass
-class TraceLeakParams:
-    """Settings of the trace-leak probe."""
-
-    levels: tuple[str, ...] = param(LEVELS, choices=LEVELS, unique=True,
-                                    doc="observation levels, strong to weak")
-    noise: float = param(0.05, min=0, max=0.45, doc="timing_noisy: miss (and duplicate) rate per call")
-    jitter: float = param(0.1, min=0, doc="timing_noisy: sd of the log-normal jitter on each duration")
-    draws: int = param(5, min=1, doc="timing_noisy: noise draws, each on its own query (exact becomes a rate)")
-    passes: int = param(5, min=1, doc="the attacker's reference cells per timed op, one timed pass each")
-    batch_size: int = param(1, min=1, doc="images in the traced query")
-    space: str = param("paper", doc="search space (op set) the attacker assumes")
-    timing_floor: float = param(0.1, gt=0, doc="floor on the sd of a call's log duration")
-    survival: float = param(0.95, gt=0, lt=1,
-                            doc="per level, the chance the truth survives the likelihood-ratio eliminations")
-    victim_process: bool = param(True, doc="time the victim in a separate process (false: in this one)")
-    threads: int | None = param(None, min=1, doc="the victim's CPU threads (default: the attacker's)")
 
 
 @dataclasses.dataclass
