@@ -12,6 +12,7 @@ absorbed by them); the evaluation network uses `affine=True`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # Re-exported: the op facts live with the op names, which the torch-free analyzer also reads.
-from nasaudit.search_space import PARAMETER_FREE_OPS
+from nasaudit.search_space import OP_SHAPES, PARAMETER_FREE_OPS, OpShape
 
 __all__ = [
     "OPS",
@@ -286,25 +287,33 @@ def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
     )
 
 
+def _build_op(shape: OpShape, C: int, stride: int, affine: bool) -> nn.Module:
+    """The module of an op of `shape` on C channels; padding keeps H' = ceil(H / stride)."""
+    family, k, d = shape
+    pad = d * (k - 1) // 2
+    if family == "zero":
+        return Zero(stride)
+    if family == "max_pool":
+        return nn.MaxPool2d(k, stride=stride, padding=pad)
+    if family == "avg_pool":
+        # count_include_pad=False: border outputs average only real pixels (as DARTS).
+        return nn.AvgPool2d(k, stride=stride, padding=pad, count_include_pad=False)
+    if family == "skip":
+        return Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
+    if family == "sep_conv":
+        return SepConv(C, C, k, stride, pad, affine=affine)
+    if family == "dil_conv":
+        return DilConv(C, C, k, stride, pad, d, affine=affine)
+    if family == "conv_7x1_1x7":
+        return _conv_7x1_1x7(C, stride, affine)
+    raise ValueError(f"no module for op family {family!r}")
+
+
 OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
-    "none": lambda C, stride, affine: Zero(stride),
-    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    # count_include_pad=False: border outputs average only real pixels (as DARTS).
-    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
-        3, stride=stride, padding=1, count_include_pad=False
-    ),
-    "skip_connect": lambda C, stride, affine: (
-        Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
-    ),
-    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
-    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
-    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
-    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
-    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
-    "conv_7x1_1x7": _conv_7x1_1x7,
+    name: functools.partial(_build_op, shape) for name, shape in OP_SHAPES.items()
 }
-"""Op name -> `factory(C, stride, affine) -> nn.Module`, mapping [B, C, H, W] to
-[B, C, ceil(H / stride), ceil(W / stride)]."""
+"""Op name (every name of `nasaudit.search_space.OP_SHAPES`) -> `factory(C, stride, affine) ->
+nn.Module`, mapping [B, C, H, W] to [B, C, ceil(H / stride), ceil(W / stride)]."""
 
 def starts_with_relu(op: nn.Module) -> bool:
     """Whether `op` computes f(relu(x)): ReLUConvBN, DilConv, SepConv, FactorizedReduce and

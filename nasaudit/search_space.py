@@ -16,20 +16,40 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from nasaudit.infra.errors import InputError
 from nasaudit.infra.io import read_limited
 from nasaudit.infra.resources import data_dir
 
-# Ops without weights. Kept here, with the op names, so that the analyzer does not need torch.
-PARAMETER_FREE_OPS: frozenset[str] = frozenset(
-    {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
-)
+class OpShape(NamedTuple):
+    """What an op is, without torch: `family` picks the module `nasaudit.ops` builds ("zero",
+    "max_pool", "avg_pool", "skip", "sep_conv", "dil_conv", "conv_7x1_1x7"); `kernel` is its
+    kernel size in pixels and `dilation` its dilation (1 for families that have none)."""
 
-# Every op nasaudit.ops.OPS builds, without importing torch (a test keeps the two equal).
-KNOWN_OPS: tuple[str, ...] = (
-    "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
-    "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5", "conv_7x1_1x7",
+    family: str
+    kernel: int = 1
+    dilation: int = 1
+
+
+# Every op nasaudit knows, by name: the one list of op names. `nasaudit.ops.OPS` builds its
+# modules from it, and the analyzer reads it without importing torch.
+OP_SHAPES: dict[str, OpShape] = {
+    "none": OpShape("zero"),
+    "max_pool_3x3": OpShape("max_pool", 3),
+    "avg_pool_3x3": OpShape("avg_pool", 3),
+    "skip_connect": OpShape("skip"),
+    "sep_conv_3x3": OpShape("sep_conv", 3),
+    "sep_conv_5x5": OpShape("sep_conv", 5),
+    "sep_conv_7x7": OpShape("sep_conv", 7),
+    "dil_conv_3x3": OpShape("dil_conv", 3, 2),
+    "dil_conv_5x5": OpShape("dil_conv", 5, 2),
+    "conv_7x1_1x7": OpShape("conv_7x1_1x7", 7),
+}
+KNOWN_OPS: tuple[str, ...] = tuple(OP_SHAPES)
+# Ops without weights (pools, skips and the zero op), which the analyzer counts.
+PARAMETER_FREE_OPS: frozenset[str] = frozenset(
+    name for name, shape in OP_SHAPES.items() if shape.family in ("zero", "max_pool", "avg_pool", "skip")
 )
 _MAX_SPACE_BYTES = 1 << 20
 # The most intermediate nodes a genotype cell may have unless the space file says otherwise:
