@@ -22,6 +22,7 @@ from nasaudit.infra.errors import InputError
 from nasaudit.infra.io import read_limited
 from nasaudit.infra.resources import data_dir
 
+
 class OpShape(NamedTuple):
     """What an op is, without torch: `family` picks the module `nasaudit.ops` builds ("zero",
     "max_pool", "avg_pool", "skip", "sep_conv", "dil_conv", "conv_7x1_1x7"); `kernel` is its

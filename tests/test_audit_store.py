@@ -168,16 +168,18 @@ def test_database_of_another_tool_is_refused_untouched(tmp_path: Path) -> None:
         assert str(path) in str(info.value) and "\n" not in str(info.value)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # not a byte written
         assert not path.with_name(path.name + "-wal").exists() and not path.with_name(path.name + "-shm").exists()
-    # Ours is recognised again (application_id set at creation), and an older one without it.
+    # Ours is recognised again (application_id set at creation); our schema without it is not.
     with Store(tmp_path / "ours") as store:
         _record(store, "k")
+    with Store(tmp_path / "ours") as store:
+        assert store.done_keys() == {"k"}
     conn = sqlite3.connect(tmp_path / "ours" / "results.sqlite")
     assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x6E617361
     conn.execute("PRAGMA application_id = 0")
     conn.commit()
     conn.close()
-    with Store(tmp_path / "ours") as store:
-        assert store.done_keys() == {"k"}
+    with pytest.raises(InputError, match="another application"):
+        Store(tmp_path / "ours")
 
 
 def test_must_exist(tmp_path: Path) -> None:

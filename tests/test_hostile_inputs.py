@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from nasaudit.infra.errors import InputError
-from nasaudit.infra.outdir import MARKER
+from nasaudit.infra.outdir import MARKER, claim_output_dir
 from tests.cli_helpers import cli, one_line
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -604,6 +604,7 @@ def _synthetic_audit(out: Path, labels: list[tuple[str, str]]) -> Path:
     from nasaudit.audit.store import Store
 
     rng = np.random.default_rng(0)
+    claim_output_dir(out, "audit")  # as `nasaudit audit` does
     with Store(out) as store:
         store.set_meta("config", {"name": "hostile", "source": "test", "raw": {
             "models": [{"name": m} for m, _ in labels], "attacks": {"pgd": {}, "membership": {}},

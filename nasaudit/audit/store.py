@@ -39,11 +39,11 @@ DB_NAME = "results.sqlite"
 # PRAGMA application_id of every results.sqlite nasaudit creates ("nasa" in ASCII): another
 # tool's database says something else (or nothing).
 APPLICATION_ID = 0x6E617361
-# Columns a results database must have (older ones may lack the later, optional ones).
+# Columns a results database must have.
 _REQUIRED_COLUMNS = frozenset({"unit_key", "model", "model_group", "stage", "name", "params", "seed",
                                "status", "kind", "result", "started", "finished", "seconds",
-                               "nasaudit_version", "torch_version", "device"})
-_OPTIONAL_COLUMNS = {"genotype_hash": "TEXT", "model_key": "TEXT", "error": "TEXT", "host": "TEXT"}
+                               "nasaudit_version", "torch_version", "device", "genotype_hash",
+                               "model_key", "error", "host"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,7 +96,7 @@ class UnitRow:
     genotype_hash: str | None
     model_key: str | None
     error: str | None
-    host: str | None = None  # the machine that ran the unit (None in older databases)
+    host: str | None = None  # the machine that ran the unit (None when not recorded)
 
 
 class Store:
@@ -137,10 +137,6 @@ class Store:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-                columns = {r[1] for r in conn.execute("PRAGMA table_info(units)")}
-                for column, sql_type in _OPTIONAL_COLUMNS.items():
-                    if column not in columns:  # a database from an older nasaudit
-                        conn.execute(f"ALTER TABLE units ADD COLUMN {column} {sql_type}")
                 if fresh:
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         except InputError:
@@ -351,7 +347,7 @@ def _check_ours(path: Path, *, immutable: bool = False, conn: sqlite3.Connection
         if number > SCHEMA_VERSION:
             raise InputError(path, f"written by a newer nasaudit (results schema {number}; this version reads "
                                    f"{SCHEMA_VERSION}): upgrade nasaudit to read it")
-    if app_id not in (0, APPLICATION_ID):
+    if app_id != APPLICATION_ID and (app_id != 0 or tables):
         raise InputError(path, f"an SQLite database of another application (application_id {app_id:#x}); "
                                "move it away or choose another --out")
     if not tables:
@@ -382,7 +378,6 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 def _decode(row: sqlite3.Row) -> UnitRow:
     """A row as a UnitRow; damaged JSON gives status "corrupt" (result None, error explaining)."""
     data = dict(row)
-    data.setdefault("host", None)
     data = {k: v for k, v in data.items() if k in _UNIT_ROW_FIELDS}
     problems = []
     for column, allow_none in (("params", False), ("result", True)):

@@ -21,15 +21,15 @@ from nasaudit.infra.errors import InputError, describe_os_error, printable
 # (module under nasaudit.cli, what it adds); the order is the order of `nasaudit --help`.
 COMMAND_MODULES = (
     "demo",
-    "genotypes_cmd",
+    "genotypes",
     "analyze",
     "train",
-    "import_cmd",
-    "search_cmd",
+    "import_",
+    "search",
     "attack",
     "probe",
     "mitigate",
-    "audit_cmd",
+    "audit",
 )
 
 

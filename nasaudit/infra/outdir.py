@@ -31,24 +31,10 @@ MARKER = ".nasaudit-run.json"
 # Kinds of run that share one directory: a demo is an audit, and `report` rewrites the report
 # of an audit (or demo) directory.
 _SAME_KIND = {"demo": "audit", "report": "audit"}
-# Directories written before the marker existed are recognised by their layout: every entry is
-# a name that kind of run writes, and the file that run cannot do without is present (the
-# audit's results database, the model dir's image/ tree). Anything else in them (a user's
-# thesis.tex) and they are refused like any other non-empty directory.
-_AUDIT_NAMES = frozenset({
-    "results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "results.sqlite-journal",
-    ".audit.lock", ".report.lock", "report.md", "report.html", "report_files", "checkpoints", "work", "probes",
-    "searches", "genotypes", "tensorboard",
-})
-_LEGACY_LAYOUTS: dict[str, tuple[frozenset[str], str]] = {
-    "audit": (_AUDIT_NAMES, "results.sqlite"),
-    "models": (frozenset({"image"}), "image"),
-}
 # A torn temp file younger than this may belong to a writer still running in this directory
 # (two commands started at once); it is left for the next start.
 TMP_MIN_AGE_SECONDS = 60.0
 _TMP_RE = re.compile(TMP_PATTERN)
-_TRANSIENT_RE = re.compile(rf"{TMP_PATTERN}|\.report-(build|old)-[A-Za-z0-9_]{{8}}")
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # nasaudit/, above infra/
 
 
@@ -110,25 +96,11 @@ def check_output_dir(path: str | Path, kind: str, *, source: str | None = None) 
         raise InputError(who, f"cannot list {target} ({exc.strerror or exc})") from None
     if not entries:
         return target
-    if is_legacy_layout(target, kind, entries):
-        return target
     shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
     raise InputError(
         who, f"{target} is not empty ({shown}) and was not made by a nasaudit {_kind(kind)} run; "
         "nasaudit writes only into a new or empty directory, or one it made"
     )
-
-
-def is_legacy_layout(target: Path, kind: str, entries: list[str] | None = None) -> bool:
-    """True when unmarked `target` looks like a directory a `kind` run wrote before markers."""
-    layout = _LEGACY_LAYOUTS.get(_kind(kind))
-    if layout is None:
-        return False
-    names, required = layout
-    entries = [e.name for e in os.scandir(target)] if entries is None else entries
-    # Leftovers of a killed nasaudit writer (temp files, report staging) are ours too.
-    entries = [e for e in entries if not _TRANSIENT_RE.fullmatch(e)]
-    return required in entries and set(entries) <= names
 
 
 def claim_output_dir(path: str | Path, kind: str, *, source: str | None = None) -> Path:
