@@ -21,12 +21,8 @@ from hypothesis import strategies as st
 
 from nasaudit.audit import config as audit_config
 from nasaudit.audit.config import AuditConfig, load_config
+from nasaudit.audit.plan import validate_config
 from nasaudit.infra.errors import InputError
-
-try:  # the runner is being split into plan/engines/units
-    from nasaudit.audit.plan import validate_config
-except ImportError:  # pragma: no cover
-    from nasaudit.audit.runner import validate_config
 
 VALID = {
     "name": "fuzz",

@@ -569,7 +569,7 @@ def execute_unit(job: UnitJob, ctx: UnitContext | None = None) -> UnitOutcome:
 # --------------------------------------------------------------------------------------------
 # Driver side: preparing jobs, committing outcomes
 # --------------------------------------------------------------------------------------------
-def prepare_model(plan: Plan, unit: Unit, store) -> ModelPlan | None:
+def resolve_model_plan(plan: Plan, unit: Unit, store) -> ModelPlan | None:
     """The unit's ModelPlan, with a searched genotype written from the store and its hash set.
 
     Runs in the driver once the unit's search is done (the scheduler guarantees it): the file is

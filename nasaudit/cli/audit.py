@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "on a terminal) and no line per finished unit (printed instead when "
                         "stdout or stderr is not a terminal); failed units are still named on "
                         "stderr")
-    p.set_defaults(func=run_audit_command)
+    p.set_defaults(func=run_audit)
 
     r = subparsers.add_parser(
         "report",
@@ -56,10 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="make report.html self-contained (figures embedded, CSVs as data links) to send on its own")
     r.add_argument("--out", metavar="DIR", default=None,
                    help="write the report into DIR instead of OUTDIR (for results on read-only storage)")
-    r.set_defaults(func=run_report_command)
+    r.set_defaults(func=run_report)
 
 
-def run_audit_command(args: argparse.Namespace) -> int:
+def run_audit(args: argparse.Namespace) -> int:
     """Entry point of `nasaudit audit`."""
     from nasaudit.audit.config import load_config
     from nasaudit.audit.runner import choose_engine, run_audit
@@ -102,23 +102,15 @@ def claim_audit_dir(config, *, source: str) -> None:
     """Claim config.out_dir for the audit (`nasaudit.infra.outdir`) once the config is known to be
     good, so that a bad config writes nothing and a directory that is not the audit's own is
     refused before anything is written into it."""
-    try:  # the runner is being split; the plan module owns validation once it exists
-        from nasaudit.audit.plan import validate_config
-    except ImportError:
-        from nasaudit.audit.runner import validate_config
-    from nasaudit.audit.store import Store
-    from nasaudit.infra.outdir import check_output_dir, claim_output_dir, read_marker
+    from nasaudit.audit.plan import validate_config
+    from nasaudit.infra.outdir import check_output_dir, claim_output_dir
 
     target = check_output_dir(config.out_dir, "audit", source=source)
     validate_config(config)
-    if target.is_dir() and read_marker(target) is None and any(target.iterdir()):
-        # An audit directory from before the ownership marker: its database must be an
-        # audit's (Store refuses a foreign or corrupt one, writing nothing) before it is marked.
-        Store(target, must_exist=True).close()
     claim_output_dir(target, "audit", source=source)
 
 
-def run_report_command(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace) -> int:
     """Entry point of `nasaudit report`."""
     from pathlib import Path
 

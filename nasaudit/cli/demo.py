@@ -30,10 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="worker processes running the units, the cores split among them "
                         "(default: 2 on a CPU with 2 or more cores, else 1; 1 runs them in this "
                         "process)")
-    p.set_defaults(func=run_demo_command)
+    p.set_defaults(func=run)
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Entry point of `nasaudit demo`."""
     from nasaudit.audit.demo import run_demo, summarize
     from nasaudit.infra.errors import InputError

@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None,
                    help="file name of the checkpoint (default: the genotype or model name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint of that name")
-    p.set_defaults(func=run_import)
+    p.set_defaults(func=run)
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -80,7 +80,7 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
         raise InputError(flag, f"expected three comma-separated numbers (R,G,B), got {text!r}") from None
 
 
-def run_import(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Read the file, check it fits, write the nasaudit checkpoint and sidecar, say what was done."""
     import os
     from pathlib import Path

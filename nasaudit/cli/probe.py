@@ -126,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = sub.add_parser(command, help=text, description=text)
         _add_common(parser)
         fields = _add_probe_flags(parser, name, params_cls)
-        parser.set_defaults(func=run_probe_command, command_name=command, probe_name=name, probe_fields=fields)
+        parser.set_defaults(func=run, command_name=command, probe_name=name, probe_fields=fields)
 
 
 def _load_model(args: argparse.Namespace, data: Any, device: Any) -> tuple[Any, str, dict]:
@@ -248,7 +248,7 @@ def _check_params(args: argparse.Namespace) -> Any:
         raise
 
 
-def run_probe_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run one probe, print its summary (or JSON), write PROBE.json and plots to --out."""
     from pathlib import Path
 

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from nasaudit.audit.plan import Plan, Scheduler
 from nasaudit.audit.progress import AuditProgress, log, progress_mode, unit_labels
-from nasaudit.audit.units import UnitJob, UnitOutcome, prepare_model, record_outcome
+from nasaudit.audit.units import UnitJob, UnitOutcome, record_outcome, resolve_model_plan
 
 ENGINE_NAMES = ("local", "processes", "ray")
 
@@ -69,7 +69,7 @@ def drive(plan: Plan, store, executor: Executor, *, device: str, resume: bool, r
     try:
         while True:
             for unit in scheduler.take_ready():
-                model = prepare_model(plan, unit, store)
+                model = resolve_model_plan(plan, unit, store)
                 executor.submit(UnitJob(plan.config, unit, model, device, resume, run_id))
             if not scheduler.running:
                 break
