@@ -200,9 +200,9 @@ def test_params_are_checked(victim, digits_data):
 
 
 def test_record_round_trips_and_report_section(oracle_record, tmp_path):
+    from nasaudit.audit.report import METRIC_BY_KEY
     from nasaudit.audit.report.builder import Builder
     from nasaudit.audit.report.data import AuditData
-    from nasaudit.audit.report.metrics import METRIC_BY_KEY
     from nasaudit.audit.report.sections.autoattack import autoattack
     from nasaudit.audit.store import UnitRow
 

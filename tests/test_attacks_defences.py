@@ -181,10 +181,10 @@ def _row(model: str, group: str, seed: int, result: dict):
 def test_report_section_counts_detections_per_model(tmp_path):
     """The report's defence section: k of n seeds detected (backdoored and clean model, target
     flagged), and per-model means of the anomaly index and the post-defence ASR and accuracy."""
+    from nasaudit.audit.report import METRIC_BY_KEY
     from nasaudit.audit.report.builder import Builder
     from nasaudit.audit.report.data import AuditData
     from nasaudit.audit.report.document import Table
-    from nasaudit.audit.report.metrics import METRIC_BY_KEY
     from nasaudit.audit.report.sections.defences import defences
 
     headline = [METRIC_BY_KEY["backdoor_anomaly_index"], METRIC_BY_KEY["backdoor_asr_after_pruning"]]

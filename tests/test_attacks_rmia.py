@@ -260,9 +260,10 @@ def test_rerun_reuses_and_killed_run_resumes_reference_checkpoints(overfit, tmp_
 
 
 def test_report_section(tmp_path):
+    from nasaudit.audit.report import METRIC_BY_KEY
     from nasaudit.audit.report.builder import Builder
     from nasaudit.audit.report.data import AuditData
-    from nasaudit.audit.report.metrics import METRIC_BY_KEY, tpr_at
+    from nasaudit.audit.report.metrics import tpr_at
     from nasaudit.audit.report.sections.rmia import AUC, rmia
     from nasaudit.audit.store import UnitRow
 

@@ -12,6 +12,7 @@ import pytest
 
 from nasaudit.audit.report import permutation_test, spearman, verdict, write_report
 from nasaudit.audit.store import Store
+from nasaudit.infra.outdir import claim_output_dir
 
 NAS = ["darts_v2", "pdarts", "enas"]
 MANUAL = ["resnet18", "vgg13_bn", "densenet121"]
@@ -112,6 +113,7 @@ def _records(label: str, group: str, seed: int, i: int, rng: np.random.Generator
 @pytest.fixture()
 def audit_dir(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
+    claim_output_dir(tmp_path, "audit")  # as `nasaudit audit` does
     with Store(tmp_path) as store:
         store.set_meta("config", CONFIG)
         models = [(m, "nas") for m in NAS] + [(m, "manual") for m in MANUAL] + [("darts_i", "mitigation")]

@@ -46,11 +46,15 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 def test_demo_config_covers_every_attack_and_probe() -> None:
     from nasaudit import attacks, probes
     from nasaudit.audit.config import config_from_dict
+    from nasaudit.audit.plan import validate_config
 
     config = config_from_dict({**demo_config(), "out_dir": "x"})
+    validate_config(config)  # every attack's demo settings are valid Params
     assert {t.name for t in config.attacks} == set(attacks.NAMES)
+    # An attack without demo settings would run the study's full budgets inside the demo.
+    assert all(spec.demo for spec in attacks.all_specs().values())
     assert {t.name for t in config.probes} == set(probes.NAMES)
     assert [m.spec for m in config.models] == ["search:digits", "darts_v2", "resnet18"]
     assert demo_config(quick=True)["train"]["epochs"] < DEMO_CONFIG["train"]["epochs"]
-    kept, notes = restrict_to_installed(DEMO_CONFIG)
-    assert kept == DEMO_CONFIG and notes == []
+    kept, notes = restrict_to_installed(demo_config())
+    assert kept == demo_config() and notes == []

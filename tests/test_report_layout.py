@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from nasaudit.audit.config import load_config
+from nasaudit.audit.report import METRICS
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import AuditData
 from nasaudit.audit.report.write import build_sections
@@ -38,7 +39,7 @@ def test_figures_have_no_clipped_or_overlapping_text(tmp_path: Path, config: str
             for j, (stage, name, params, result) in enumerate(_records(label, group, 0, i, rng)):
                 store.record_unit(unit_key=f"{label}-{j}", model=label, model_group=group, stage=stage, name=name,
                                   params=params, seed=0, result=result, started=time.time(), device="cpu")
-    builder = Builder(AuditData.load(tmp_path), tmp_path)
+    builder = Builder(AuditData.load(tmp_path), tmp_path, METRICS)
     builder.figs.check_layout = True
     build_sections(builder)
     saved = sorted(p.stem for p in (tmp_path / "report_files" / "figures").glob("*.png"))

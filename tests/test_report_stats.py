@@ -12,8 +12,8 @@ import pytest
 from scipy.stats import false_discovery_control, spearmanr
 from scipy.stats import permutation_test as scipy_permutation_test
 
+from nasaudit.audit.report import METRIC_BY_KEY, METRICS
 from nasaudit.audit.report.comparison import adjusted, compare
-from nasaudit.audit.report.metrics import METRIC_BY_KEY
 from nasaudit.audit.report.stats import (
     benjamini_hochberg,
     holm,
@@ -212,7 +212,7 @@ def test_an_accuracy_gap_over_the_tolerance_confounds_the_verdict(tmp_path, nas_
     from nasaudit.audit.report.data import AuditData
 
     data = AuditData.load(_store_with_accuracies(tmp_path, nas_acc, 0.87, {"accept_accuracy_gap": accept}))
-    by_key = {c.metric.key: c for c in nas_vs_manual(data)}
+    by_key = {c.metric.key: c for c in nas_vs_manual(data, METRICS)}
     assert by_key["pgd_asr_ml"].verdict.startswith(expected)
     assert by_key["pgd_asr_ml"].accuracy_gap.gap == pytest.approx(nas_acc - 0.87, abs=0.02)
     assert by_key["clean_acc"].verdict.startswith("no direction")

@@ -13,7 +13,7 @@ from pathlib import Path
 import html5lib
 import pytest
 
-from nasaudit.audit.report import write_report
+from nasaudit.audit.report import METRICS, write_report
 from nasaudit.audit.report.comparison import nas_vs_manual, variant_vs_base
 from nasaudit.audit.report.data import AuditData
 from tests.test_audit_report import audit_dir  # noqa: F401  (the synthetic audit fixture)
@@ -37,7 +37,7 @@ def test_forest_plot_heads_the_headline_and_matches_its_table(audit_dir: Path) -
     table_at = headline.index("| metric | NAS mean |")
     assert fig_at < table_at, "the forest plot comes before the table"
     assert (audit_dir / "report_files/figures/headline_forest.png").read_bytes().startswith(PNG_MAGIC)
-    comparisons = nas_vs_manual(AuditData.load(audit_dir))
+    comparisons = nas_vs_manual(AuditData.load(audit_dir), METRICS)
     with open(audit_dir / "report_files/tables/headline.csv", newline="") as handle:
         table = {r["metric"]: r for r in csv.DictReader(handle)}
     assert [c.metric.title for c in comparisons] == list(table)
@@ -58,7 +58,7 @@ def test_mitigation_forest_plot_compares_each_variant_with_its_base(audit_dir: P
     section = md.split("## Mitigation comparison (Table 4)", 1)[1].split("\n## ", 1)[0]
     assert "mitigation_forest_" in section
     data = AuditData.load(audit_dir)
-    rows = variant_vs_base(data, "darts_i", "darts_v2")
+    rows = variant_vs_base(data, "darts_i", "darts_v2", METRICS)
     pgd = next(c for c in rows if c.metric.key == "pgd_asr_ml")
     mean = lambda label: sum(data.values(pgd.metric)[label].values()) / 2  # noqa: E731  (two seeds)
     assert pgd.point == pytest.approx(mean("darts_i") - mean("darts_v2"))

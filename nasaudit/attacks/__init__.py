@@ -8,19 +8,21 @@ Python use, in a few lines::
                         device=torch.device("cpu"), seed=0)
     print(record.asr)
 
-`MODULES` below is the list of attacks: the command line's choices, the audit config's known
-names and the report's order all come from it, without importing torch. Each attack's module
-declares `ATTACKS = {name: AttackSpec(...)}`: its Params (the study's Table 5 defaults), its
-entry point and which of its record's fields are rates over which counts. `ATTACKS` here is
-the merged dict, built on first use.
+Each attack is one module of this package, named after the attack, which declares
+`ATTACK = AttackSpec(...)`: its Params (the study's Table 5 defaults), its entry point, which of
+its record's fields are rates over which counts, and its settings for the demo. The modules are
+the list: `NAMES` (the command line's choices, the audit config's known names) is read from the
+package's files without importing torch; `ATTACKS` is the dict of specs, built on first use.
 
-Adding an attack: write `nasaudit/attacks/<module>.py` with its Params, record, run function and
-`ATTACKS`, add it to `MODULES`, and give it a report section (`audit/report/sections/`).
+Adding an attack: write `nasaudit/attacks/<name>.py` with its Params, record, run function and
+`ATTACK`, and give it a report section (`audit/report/sections/`). `SUPPORT_MODULES` are the
+modules of this package that hold shared code rather than an attack.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,20 +35,13 @@ if TYPE_CHECKING:
     from nasaudit.attacks.common import AttackRecord, Victim
     from nasaudit.data import ImageDataset
 
-# Attack name -> the module of nasaudit.attacks that defines it, in report order.
-MODULES: dict[str, str] = {
-    "pgd": "pgd",
-    "pgd_sweep": "pgd",
-    "nes": "nes",
-    "autoattack": "autoattack",
-    "poison": "poisoning",
-    "backdoor": "backdoor",
-    "knockoff": "knockoff",
-    "membership": "membership",
-    "rmia": "rmia",
-    "model_reuse": "model_reuse",
-}
-NAMES: tuple[str, ...] = tuple(MODULES)
+# Modules of this package that are not attacks: the record and victim types, the input
+# selection, and the backdoor defences.
+SUPPORT_MODULES = frozenset({"common", "sampling", "defences"})
+# Every attack's name (its module's), sorted; found without importing any of them.
+NAMES: tuple[str, ...] = tuple(sorted(
+    module.name for module in pkgutil.iter_modules(__path__) if module.name not in SUPPORT_MODULES
+))
 
 # Counts every attack may use, which the records do not store (the caller has the data set):
 TEST = "test"  # every test input of the data set
@@ -68,6 +63,13 @@ class AttackSpec(NamedTuple):
     retrains: the attack trains networks (the plan schedules it as a long unit).
     members: the attack needs the victim's training inputs as members (an imported model must
         say which split it was trained on).
+    demo: its settings in `nasaudit demo` (small budgets; keys of `params_cls` and of the audit
+        config's per-attack keys, e.g. `each_model`).
+    model_param: a parameter whose value may be the label of another model of the audit (its
+        architecture, e.g. Knockoff's replica): the plan replaces the label by that model's spec
+        and fills `<model_param>_kwargs` with its build settings.
+    import_note: what `--dry-run` says the attack does with a pretrained model, formatted with
+        {spec}, {fmt}, {lr}, {batch_size} and {weight_decay} ("" when nothing needs saying).
     """
 
     params_cls: type
@@ -78,14 +80,17 @@ class AttackSpec(NamedTuple):
     axis: tuple[str, str] | None = None
     retrains: bool = False
     members: bool = False
+    demo: Mapping[str, Any] = {}
+    model_param: str | None = None
+    import_note: str = ""
 
 
 def attack_spec(name: str) -> AttackSpec:
     """The spec of attack `name` ("-" may replace "_"); InputError for an unknown name."""
     key = name.replace("-", "_")
-    if key not in MODULES:
+    if key not in NAMES:
         raise InputError("attack", f"unknown attack {name!r}; known: {', '.join(NAMES)}")
-    return importlib.import_module(f"nasaudit.attacks.{MODULES[key]}").ATTACKS[key]
+    return importlib.import_module(f"nasaudit.attacks.{key}").ATTACK
 
 
 def all_specs() -> dict[str, AttackSpec]:
@@ -132,4 +137,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'nasaudit.attacks' has no attribute {name!r}")
 
 
-__all__ = ["ATTACKS", "MODULES", "NAMES", "AttackRecord", "AttackSpec", "Victim", "attack_spec", "run_attack"]
+__all__ = ["ATTACKS", "NAMES", "SUPPORT_MODULES", "AttackRecord", "AttackSpec", "Victim", "attack_spec", "run_attack"]

@@ -563,9 +563,9 @@ def run_autoattack(
     )
 
 
-ATTACKS = {
-    "autoattack": AttackSpec(
-        Params, run_autoattack,
-        rates={"clean_accuracy": "indices", "robust_accuracy": "indices", "pgd_robust_accuracy": "indices"},
-        counts={"indices": ("attacked inputs", "--param n_inputs")}, victim_accuracy="clean_accuracy"),
-}
+ATTACK = AttackSpec(
+    Params, run_autoattack,
+    rates={"clean_accuracy": "indices", "robust_accuracy": "indices", "pgd_robust_accuracy": "indices"},
+    counts={"indices": ("attacked inputs", "--param n_inputs")}, victim_accuracy="clean_accuracy",
+    demo={"n_inputs": 16, "version": "apgd", "apgd_iters": 10, "n_targets": 3},
+)

@@ -331,8 +331,10 @@ def run_knockoff(
     )
 
 
-ATTACKS = {
-    "knockoff": AttackSpec(Params, run_knockoff,
-                           rates={"replica_accuracy": TEST, "agreement": TEST, "victim_accuracy": TEST},
-                           victim_accuracy="victim_accuracy", axis=("budgets", "budget"), retrains=True),
-}
+ATTACK = AttackSpec(
+    Params, run_knockoff,
+    rates={"replica_accuracy": TEST, "agreement": TEST, "victim_accuracy": TEST},
+    victim_accuracy="victim_accuracy", axis=("budgets", "budget"), retrains=True, model_param="replica",
+    # each_model: every model is also a replica architecture (the cross-architecture table).
+    demo={"budgets": [50, 100], "epochs": 1, "each_model": "replica"},
+)

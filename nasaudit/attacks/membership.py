@@ -390,12 +390,13 @@ def run_membership(
     )
 
 
-ATTACKS = {
-    "membership": AttackSpec(
-        Params, run_membership,
-        rates={"member_accuracy": "member_indices", "nonmember_accuracy": "nonmember_indices",
-               "tpr_at_fpr": "member_indices"},
-        counts={"member_indices": ("members", "--param n_members"),
-                "nonmember_indices": ("non-members", "--param n_nonmembers")},
-        victim_accuracy="nonmember_accuracy", members=True),
-}
+ATTACK = AttackSpec(
+    Params, run_membership,
+    rates={"member_accuracy": "member_indices", "nonmember_accuracy": "nonmember_indices",
+           "tpr_at_fpr": "member_indices"},
+    counts={"member_indices": ("members", "--param n_members"),
+            "nonmember_indices": ("non-members", "--param n_nonmembers")},
+    victim_accuracy="nonmember_accuracy", members=True,
+    demo={"n_members": 16, "n_nonmembers": 16, "max_iter": 3, "max_eval": 80, "init_eval": 10,
+          "init_size": 10},
+)

@@ -889,14 +889,18 @@ def run_model_reuse(
 
 # Per-primitive means (joint=False) are rates over the inputs each was measured on. The record
 # holds only its hosts' accuracies: the caller measures the victim's own.
-ATTACKS = {
-    "model_reuse": AttackSpec(
-        Params, run_model_reuse,
-        rates={"asr": "targets", "clean_asr": "targets", "asr_after_finetune": "targets",
-               "clean_asr_after_finetune": "targets", "targets_in_region": "targets",
-               **dict.fromkeys(("clean_accuracy", "poisoned_accuracy", "clean_accuracy_after_finetune",
-                                "poisoned_accuracy_after_finetune", "changed_predictions",
-                                "changed_predictions_floor"), "n_evaluation")},
-        counts={"targets": ("targets", "--param n_targets"),
-                "n_evaluation": ("host-task test inputs", "a data set with more test inputs")}),
-}
+ATTACK = AttackSpec(
+    Params, run_model_reuse,
+    rates={"asr": "targets", "clean_asr": "targets", "asr_after_finetune": "targets",
+           "clean_asr_after_finetune": "targets", "targets_in_region": "targets",
+           **dict.fromkeys(("clean_accuracy", "poisoned_accuracy", "clean_accuracy_after_finetune",
+                            "poisoned_accuracy_after_finetune", "changed_predictions",
+                            "changed_predictions_floor"), "n_evaluation")},
+    counts={"targets": ("targets", "--param n_targets"),
+            "n_evaluation": ("host-task test inputs", "a data set with more test inputs")},
+    # In the demo the primitive is each model's architecture retrained for 1 epoch on digits 0-4
+    # (the host learns 5-9); 10 steps of 10x the default size, so that the crafting moves.
+    demo={"n_targets": 1, "aux_size": 32, "n_reference": 16, "primitive_epochs": 1, "iterations": 10,
+          "step_fraction": 0.03, "param_fraction": 0.05, "budget": 0.1, "host_fraction": 0.3,
+          "host_epochs": 5, "finetune_epochs": 1},
+)

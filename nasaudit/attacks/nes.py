@@ -269,7 +269,8 @@ def run_nes(
     )
 
 
-ATTACKS = {
-    "nes": AttackSpec(Params, run_nes, rates={"asr": "indices", "clean_accuracy": "candidates"},
-                      counts=INPUT_COUNTS, victim_accuracy="clean_accuracy"),
-}
+ATTACK = AttackSpec(
+    Params, run_nes, rates={"asr": "indices", "clean_accuracy": "candidates"},
+    counts=INPUT_COUNTS, victim_accuracy="clean_accuracy",
+    demo={"n_inputs": 6, "n_query": 60, "restarts": 1},
+)

@@ -2,7 +2,7 @@
 
 The PGD step itself (`pgd_untargeted`, projection, random start) lives in
 `nasaudit.adversarial`, below the trainer that uses it for adversarial training; this module
-adds the attack entry points (targeted PGD with restarts and the untargeted eps sweep).
+adds the study's targeted PGD with restarts; `nasaudit.attacks.pgd_sweep` reuses its batching.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ class PGDRecord(AttackRecord):
     restart: dict[str, list[int]]
 
 
-def _pgd_batches(
+def pgd_batches(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -296,7 +296,7 @@ def run_pgd(
         bar = tqdm(total=n_batches * len(params.cases), desc="pgd", disable=not progress)
         for case in params.cases:
             targets = target_classes(logits, case)
-            ok, it, rs = _pgd_batches(
+            ok, it, rs = pgd_batches(
                 model, x_all, targets, device=device, batch_size=params.batch_size, bar=bar,
                 targeted=True, eps=params.eps, step=params.step, iters=iters[case],
                 restarts=params.restarts, random_start=params.random_start, seed=seed, stream=case,
@@ -316,86 +316,8 @@ def run_pgd(
     )
 
 
-@dataclass
-class SweepParams:
-    """Untargeted PGD over a sweep of eps (the study's Figure 3); step = eps * step_fraction.
-
-    n_inputs: seeded test candidates drawn before keeping the correctly classified ones;
-    eps: radii in pixel units; iters: max steps; restarts: random restarts per eps.
-    """
-
-    n_inputs: int = param(
-        1000, min=1, doc="seeded test candidates, counted before keeping the correctly "
-        "classified ones (only those are attacked)",
-    )
-    eps: tuple[float, ...] = param(
-        (0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255), gt=0, max=1,
-        doc="L-inf radii, pixel units",
-    )
-    step_fraction: float = param(1 / 3, gt=0, max=1, doc="step = eps * step_fraction")
-    iters: int = param(7, min=1, doc="max iterations per restart")
-    restarts: int = param(1, min=1, doc="random restarts per input and eps")
-    random_start: bool = param(True, doc="uniform random start in the eps ball")
-    batch_size: int = param(256, min=1, doc="inputs per batch on the device")
-
-
-@dataclass
-class PGDSweepRecord(AttackRecord):
-    """Untargeted PGD sweep: asr[i] at eps[i]; success[i] per input, aligned with `indices`."""
-
-    kind = "attack.pgd_sweep"
-    candidates: list[int]
-    indices: list[int]
-    clean_accuracy: float
-    eps: list[float]
-    asr: list[float]
-    success: list[list[bool]]
-
-
-def run_pgd_sweep(
-    victim: Victim,
-    data: ImageDataset,
-    params: SweepParams | dict | None = None,
-    *,
-    device: torch.device,
-    seed: int = 0,
-    progress: bool = True,
-    work_dir: str | None = None,
-) -> PGDSweepRecord:
-    """Untargeted PGD ASR as a function of eps on seeded, correctly classified test inputs."""
-    params = make_params(SweepParams, params, source="params")
-    with timed() as elapsed:
-        model = inference_model(victim.model)
-        candidates, kept, _ = select_correct(
-            model, data.test_images, data.test_labels, params.n_inputs, seed, device=device,
-            batch_size=params.batch_size,
-        )
-        x_all = data.test_images[kept]
-        y_all = data.test_labels[kept].to(device)
-        asr, success = [], []
-        n_batches = len(batch_slices(len(kept), params.batch_size))
-        bar = tqdm(total=n_batches * len(params.eps), desc="pgd sweep", disable=not progress)
-        for eps in params.eps:
-            # The same random starts for every eps: the sweep differs only in the radius.
-            ok, _, _ = _pgd_batches(
-                model, x_all, y_all, device=device, batch_size=params.batch_size, bar=bar,
-                targeted=False, eps=eps, step=eps * params.step_fraction, iters=params.iters,
-                restarts=params.restarts, random_start=params.random_start, seed=seed, stream="sweep",
-            )
-            success.append(ok.tolist())
-            asr.append(float(ok.float().mean()) if ok.numel() else 0.0)
-        bar.close()
-    return PGDSweepRecord(
-        **record_fields("pgd_sweep", victim, data, seed, params, elapsed()),
-        **selection_fields(candidates, kept), eps=list(params.eps), asr=asr, success=success,
-    )
-
-
 INPUT_COUNTS = {"indices": ("attacked inputs", "--param n_inputs"),
                 "candidates": ("candidates", "--param n_inputs")}
-ATTACKS = {
-    "pgd": AttackSpec(Params, run_pgd, rates={"asr": "indices", "clean_accuracy": "candidates"},
-                      counts=INPUT_COUNTS, victim_accuracy="clean_accuracy"),
-    "pgd_sweep": AttackSpec(SweepParams, run_pgd_sweep, rates={"asr": "indices", "clean_accuracy": "candidates"},
-                            counts=INPUT_COUNTS, victim_accuracy="clean_accuracy", axis=("eps", "eps")),
-}
+ATTACK = AttackSpec(Params, run_pgd, rates={"asr": "indices", "clean_accuracy": "candidates"},
+                    counts=INPUT_COUNTS, victim_accuracy="clean_accuracy",
+                    demo={"n_inputs": 40, "restarts": 2})

@@ -615,11 +615,14 @@ def run_rmia(
 
 # TPRs at a threshold estimated from the non-members are not plain k/n proportions: the record
 # carries their bootstrap intervals instead.
-ATTACKS = {
-    "rmia": AttackSpec(
-        Params, run_rmia,
-        rates={"member_accuracy": "n_members", "nonmember_accuracy": "n_nonmembers"},
-        counts={"n_members": ("members", "--param n_members"),
-                "n_nonmembers": ("non-members", "--param n_nonmembers")},
-        victim_accuracy="nonmember_accuracy", retrains=True, members=True),
-}
+ATTACK = AttackSpec(
+    Params, run_rmia,
+    rates={"member_accuracy": "n_members", "nonmember_accuracy": "n_nonmembers"},
+    counts={"n_members": ("members", "--param n_members"),
+            "n_nonmembers": ("non-members", "--param n_nonmembers")},
+    victim_accuracy="nonmember_accuracy", retrains=True, members=True,
+    demo={"n_members": 32, "n_nonmembers": 32, "n_population": 64, "n_reference": 2, "reference_epochs": 1,
+          "tune_points": 64, "n_bootstrap": 100},
+    import_note=("rmia trains its reference models of {spec} from scratch with the victim recipe "
+                 "([attacks.rmia] n_reference, reference_epochs)"),
+)

@@ -43,28 +43,6 @@ DEMO_CONFIG: dict[str, Any] = {
         # About a second per genotype model; manual baselines record "not applicable".
         "trace_leak": {"draws": 2, "passes": 3},
     },
-    "attacks": {
-        "pgd": {"n_inputs": 40, "restarts": 2},
-        "pgd_sweep": {"n_inputs": 40, "eps": [1 / 255, 2 / 255, 4 / 255, 8 / 255], "restarts": 1},
-        "nes": {"n_inputs": 6, "n_query": 60, "restarts": 1},
-        "autoattack": {"n_inputs": 16, "version": "apgd", "apgd_iters": 10, "n_targets": 3},
-        "poison": {"fractions": [0.0, 0.3], "epochs": 1},
-        "backdoor": {"method": "trojannn", "epochs": 1, "trigger_size": 5, "poison_fraction": 0.2,
-                     "defences": ["neural_cleanse", "fine_pruning"], "nc_steps": 10, "nc_batch_size": 16,
-                     "nc_inputs": 32, "nc_schedule": "fixed", "nc_init_cost": 0.01, "defence_inputs": 200,
-                     "finetune_epochs": 1},
-        # each_model: every model is also a replica architecture (the cross-architecture table).
-        "knockoff": {"budgets": [50, 100], "epochs": 1, "each_model": "replica"},
-        "membership": {"n_members": 16, "n_nonmembers": 16, "max_iter": 3, "max_eval": 80,
-                       "init_eval": 10, "init_size": 10},
-        "rmia": {"n_members": 32, "n_nonmembers": 32, "n_population": 64, "n_reference": 2,
-                 "reference_epochs": 1, "tune_points": 64, "n_bootstrap": 100},
-        # The primitive: each model's architecture retrained for 1 epoch on digits 0-4 (the
-        # host learns 5-9); 10 steps of 10x the default size, so the demo's crafting moves.
-        "model_reuse": {"n_targets": 1, "aux_size": 32, "n_reference": 16, "primitive_epochs": 1,
-                        "iterations": 10, "step_fraction": 0.03, "param_fraction": 0.05, "budget": 0.1,
-                        "host_fraction": 0.3, "host_epochs": 5, "finetune_epochs": 1},
-    },
 }
 
 # The `quick` variant (tests): the same pipeline with even smaller budgets.
@@ -76,8 +54,13 @@ QUICK_OVERRIDES: dict[str, Any] = {
 
 
 def demo_config(quick: bool = False) -> dict[str, Any]:
-    """The demo's audit config as a dict (`quick`: smaller budgets for the test suite)."""
+    """The demo's audit config as a dict (`quick`: smaller budgets for the test suite): the
+    models, searches and probes above, and every attack with the settings its module gives
+    for the demo (`AttackSpec.demo`)."""
+    from nasaudit.attacks import all_specs
+
     config = copy.deepcopy(DEMO_CONFIG)
+    config["attacks"] = {name: copy.deepcopy(dict(spec.demo)) for name, spec in all_specs().items()}
     if quick:
         config["train"].update(QUICK_OVERRIDES["train"])
         for search in config["searches"]:

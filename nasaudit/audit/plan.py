@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasaudit.attacks import NAMES as ATTACK_NAMES
+from nasaudit.attacks import attack_spec
 from nasaudit.audit.config import AuditConfig, ModelSpec, TaskSpec, resource_request, stable_hash
 from nasaudit.infra.errors import InputError, first_line
 from nasaudit.infra.limits import MAX_PLANNED_UNITS, check_at_most
@@ -236,9 +238,7 @@ def _tasks_for(config: AuditConfig, model: ModelSpec) -> list[TaskSpec]:
 
 
 def _needs_members_name(name: str) -> bool:
-    from nasaudit.attacks import MODULES, attack_spec
-
-    return name in MODULES and attack_spec(name).members
+    return name in ATTACK_NAMES and attack_spec(name).members
 
 
 def _needs_members(task: TaskSpec) -> bool:
@@ -247,8 +247,6 @@ def _needs_members(task: TaskSpec) -> bool:
 
 
 def _attack_kind(name: str) -> str:
-    from nasaudit.attacks import attack_spec
-
     return "retrain" if attack_spec(name).retrains else "light"
 
 
@@ -314,11 +312,10 @@ def build_plan(config: AuditConfig) -> Plan:
                 if t.kind != "attack":
                     continue
                 needs = (train.key,)
-                replica = labels.get(t.params.get("replica")) if t.name == "knockoff" else None
-                if isinstance(t.params.get("replica"), str) and replica is not None \
-                        and replica.search_name and replica.label != model.label:
-                    # A searched replica architecture exists once its search is done.
-                    needs += (searches[replica.search_name],)
+                other = _named_model(t, labels)
+                if other is not None and other.search_name and other.label != model.label:
+                    # A searched architecture named by the task exists once its search is done.
+                    needs += (searches[other.search_name],)
                 units.append(unit("attack", t.name, t.params, needs, _attack_kind(t.name), t))
     return Plan(config, tuple(units), models, tuple(notes))
 
@@ -329,40 +326,44 @@ def _import_notes(config: AuditConfig, model: ModelSpec, tasks: list[TaskSpec]) 
     recipe = train_settings(config, model, 0)
     notes = [f"{model.label}: pretrained, imported from {model.checkpoint} ({fmt} layout); no train unit"]
     names = {t.name for t in tasks}
-    if "poison" in names:
-        notes.append(f"{model.label}: poison retrains {model.spec} from scratch with the victim recipe "
-                     f"({fmt} training code: lr {recipe.get('lr')}, batch {recipe.get('batch_size')}, "
-                     f"weight decay {recipe.get('weight_decay')}; epochs from [attacks.poison])")
-    if "backdoor" in names:
-        notes.append(f"{model.label}: backdoor fine-tunes the imported weights (a copy; the file is "
-                     "never written)")
-    for name in sorted(n for n in names if _needs_members_name(n)):
-        notes.append(f"{model.label}: {name} members are the audit's {config.dataset.name} training "
-                     f"images (trained_on = {model.trained_on!r})")
-    if "rmia" in names:
-        notes.append(f"{model.label}: rmia trains its reference models of {model.spec} from scratch with "
-                     f"the victim recipe ([attacks.rmia] n_reference, reference_epochs)")
+    facts = {"spec": model.spec, "fmt": fmt, **{k: recipe.get(k) for k in ("lr", "batch_size", "weight_decay")}}
+    for name in sorted(n for n in names if n in ATTACK_NAMES):
+        spec = attack_spec(name)
+        if spec.members:
+            notes.append(f"{model.label}: {name} members are the audit's {config.dataset.name} training "
+                         f"images (trained_on = {model.trained_on!r})")
+        if spec.import_note:
+            notes.append(f"{model.label}: {spec.import_note.format(**facts)}")
     return notes
 
 
 def concrete_params(config: AuditConfig, task: TaskSpec, victim: str | None = None) -> dict[str, Any]:
-    """Task params ready for the module: a model label given as the Knockoff replica
-    (from ``each_model = "replica"``) becomes that model's buildable spec and kwargs; the
-    victim's own label becomes "" (the victim's architecture, the attack's default)."""
+    """Task params ready for the module: a model label given in an attack's `model_param` (the
+    Knockoff replica, e.g. from ``each_model = "replica"``) becomes that model's buildable spec
+    and kwargs; the victim's own label becomes "" (the victim's architecture, the default)."""
     params = dict(task.params)
-    replica = params.get("replica")
-    labels = {m.label: m for m in config.models}
-    if task.name == "knockoff" and isinstance(replica, str) and replica in labels:
-        model = labels[replica]
-        if replica == victim:
-            params["replica"] = ""
+    model = _named_model(task, {m.label: m for m in config.models})
+    if model is not None:
+        key = attack_spec(task.name).model_param
+        if model.label == victim:
+            params[key] = ""
         else:
             spec = model.spec
             if model.search_name is not None:  # written by the driver once the search is done
                 spec = str(searched_genotype_path(config, model.search_name))
-            params["replica"] = spec
-            params.setdefault("replica_kwargs", dict(model.kwargs))
+            params[key] = spec
+            params.setdefault(f"{key}_kwargs", dict(model.kwargs))
     return params
+
+
+def _named_model(task: TaskSpec, labels: dict[str, ModelSpec]) -> ModelSpec | None:
+    """The audit's model a task's parameter names by label (an attack's `model_param`, e.g.
+    Knockoff's replica architecture), or None."""
+    if task.kind != "attack" or task.name not in ATTACK_NAMES:
+        return None
+    key = attack_spec(task.name).model_param
+    value = task.params.get(key) if key else None
+    return labels.get(value) if isinstance(value, str) else None
 
 
 def search_config(config: AuditConfig, name: str, params: dict[str, Any], seed: int):
@@ -435,7 +436,6 @@ def _make_task_params(task: TaskSpec, params: dict[str, Any], source: str) -> An
         from nasaudit.probes import probe_params
 
         return probe_params(task.name, params, source=source)
-    from nasaudit.attacks import attack_spec
     from nasaudit.infra.params import make_params
 
     return make_params(attack_spec(task.name).params_cls, params, source=source)

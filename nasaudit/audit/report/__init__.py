@@ -20,7 +20,8 @@ markdown/HTML/CSV renderings), `figures` (matplotlib), `builder` (state shared b
 """
 
 from nasaudit.audit.report.data import AuditData
-from nasaudit.audit.report.metrics import METRIC_BY_KEY, METRICS, Metric
+from nasaudit.audit.report.metrics import Metric
+from nasaudit.audit.report.sections import METRIC_BY_KEY, METRICS
 from nasaudit.audit.report.stats import permutation_test, spearman, verdict
 from nasaudit.audit.report.write import build_sections, write_report
 

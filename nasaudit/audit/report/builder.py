@@ -16,8 +16,10 @@ from nasaudit.audit.report.metrics import MANUAL, NAS, Metric
 class Builder:
     """Builds the report's sections from an AuditData."""
 
-    def __init__(self, data: AuditData, out_dir: Path):
+    def __init__(self, data: AuditData, out_dir: Path, metrics: tuple[Metric, ...] = ()):
         self.data = data
+        self.metrics = metrics  # the headline's metrics, in order (`sections.METRICS`)
+        self.metric_by_key = {m.key: m for m in metrics}
         self.out_dir = out_dir
         self.figs = Figures(out_dir)
         self.tables: list[Table] = []

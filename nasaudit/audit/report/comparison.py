@@ -13,7 +13,7 @@ import numpy as np
 
 from nasaudit.audit.config import ACCURACY_TOLERANCE
 from nasaudit.audit.report.data import AuditData
-from nasaudit.audit.report.metrics import MANUAL, METRIC_BY_KEY, METRICS, NAS, Metric
+from nasaudit.audit.report.metrics import CLEAN_ACC, MANUAL, NAS, Metric
 from nasaudit.audit.report.stats import (
     holm,
     leaning_of,
@@ -133,7 +133,7 @@ def report_settings(config: dict[str, Any]) -> tuple[float, bool]:
 
 def accuracy_gap(data: AuditData, a: list[str], b: list[str]) -> AccuracyGap | None:
     """Mean clean accuracy of models `a` minus models `b` (None when a side has none)."""
-    means = data.model_means(METRIC_BY_KEY["clean_acc"])
+    means = data.model_means(CLEAN_ACC)
     xa, xb = [means[k] for k in a if k in means], [means[k] for k in b if k in means]
     if not xa or not xb:
         return None
@@ -141,7 +141,7 @@ def accuracy_gap(data: AuditData, a: list[str], b: list[str]) -> AccuracyGap | N
     return AccuracyGap(float(np.mean(xa) - np.mean(xb)), tolerance, accepted)
 
 
-def nas_vs_manual(data: AuditData, metrics: tuple[Metric, ...] = METRICS) -> list[Comparison]:
+def nas_vs_manual(data: AuditData, metrics: tuple[Metric, ...]) -> list[Comparison]:
     """NAS group minus manual group for every metric both groups have values for, in metric order."""
     out = []
     for m in metrics:
@@ -169,7 +169,7 @@ def mitigation_direction(metric: Metric) -> str | None:
 
 
 def variant_vs_base(data: AuditData, variant: str, base: str,
-                    metrics: tuple[Metric, ...] = METRICS) -> list[Comparison]:
+                    metrics: tuple[Metric, ...]) -> list[Comparison]:
     """A mitigated variant minus its base, per vulnerability metric. Each side is one
     architecture, so its seeds (independently trained models) are the units the permutation
     test relabels; Holm over the table, and the same accuracy-gap rule as the headline."""

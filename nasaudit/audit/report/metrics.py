@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,8 +94,15 @@ class Metric:
     direction: str | None = None
     vulnerability: bool = False
     note: str = ""
-    unit: str = ""  # shown in plot labels: "fraction", "nats", "log10", ...
+    unit: str = ""  # shown in plot labels: "fraction", "nats", "log10", ...; "" -> from the key
     count: Callable[[dict], int | None] | None = None  # a rate's denominator in one record
+    family: str = ""  # groups rows of the forest plot ("evasion", ...); "" -> the unit name
+
+    def __post_init__(self) -> None:
+        if not self.unit:
+            object.__setattr__(self, "unit", _unit_of(self.key))
+        if not self.family:
+            object.__setattr__(self, "family", self.name.replace("_", " "))
 
     def rate(self, record: dict) -> tuple[int, int] | None:
         """(successes, n) behind this metric's value in `record`, for a rate with a recorded n."""
@@ -107,25 +113,11 @@ class Metric:
         return int(round(value * n)), int(n)
 
     @property
-    def family(self) -> str:
-        """The attack or probe family the metric belongs to (groups rows of the forest plot)."""
-        return FAMILIES.get(self.name, self.name.replace("_", " "))
-
-    @property
     def label(self) -> str:
         """The title with its unit, for plot axes and rows."""
         return f"{self.title} [{self.unit}]" if self.unit else self.title
 
 
-# unit name -> family, in the order the forest plot shows families.
-FAMILIES = {
-    "clean_accuracy": "accuracy",
-    "pgd": "evasion", "nes": "evasion", "pgd_sweep": "evasion", "autoattack": "evasion",
-    "poison": "poisoning", "backdoor": "backdoor",
-    "knockoff": "stealing", "membership": "membership", "rmia": "membership",
-    "model_reuse": "model reuse", "trace_leak": "architecture leak",
-    "gradvar": "probes", "curvature": "probes", "contour_param": "probes", "contour_input": "probes",
-}
 UNITS = {"asr": "fraction", "cad": "fraction", "acc": "fraction", "ace": "nats", "kl": "nats", "auc": "AUC",
          "gradvar": "log10", "curvature": "eigenvalue", "contour": "loss"}
 
@@ -137,64 +129,9 @@ def _unit_of(key: str) -> str:
     return ""
 
 
-FLATTER = "NAS flatter (Fig. 11, Remark 2)"
-
-METRICS: tuple[Metric, ...] = (
-    Metric("clean_acc", "clean test accuracy", "clean", "clean_accuracy",
-           lambda r: num(r.get("test_acc")), None, False, "comparable (95-97% on CIFAR-10)",
-           count=lambda r: r.get("n_test") if isinstance(r.get("n_test"), int) else None),
-    Metric("pgd_asr_ml", "PGD ASR, most-likely target", "attack", "pgd",
-           lambda r: first_num(r, ("asr", "most_likely")), "higher", True, count=length("success", "most_likely")),
-    Metric("pgd_asr_ll", "PGD ASR, least-likely target", "attack", "pgd",
-           lambda r: first_num(r, ("asr", "least_likely")), "higher", True, count=length("success", "least_likely")),
-    Metric("nes_asr_ml", "NES ASR, most-likely target", "attack", "nes",
-           lambda r: first_num(r, ("asr", "most_likely")), "higher", True, count=length("success", "most_likely")),
-    Metric("nes_asr_ll", "NES ASR, least-likely target", "attack", "nes",
-           lambda r: first_num(r, ("asr", "least_likely")), "higher", True, count=length("success", "least_likely")),
-    Metric("pgd_sweep_asr", "untargeted PGD ASR, mean over the eps sweep", "attack", "pgd_sweep",
-           sweep_mean, "higher", True),
-    # Today's standard beside the study's PGD (RobustBench); the study's direction, NAS less robust.
-    Metric("autoattack_robust_acc", "AutoAttack robust accuracy", "attack", "autoattack",
-           lambda r: num(r.get("robust_accuracy")), "lower", True,
-           "correct and unbroken by the ensemble", count=length("robust")),
-    Metric("poison_cad", "poisoning CAD at the largest p", "attack", "poison",
-           lambda r: last_num(r, "cad"), "higher", True),
-    Metric("backdoor_asr", "backdoor ASR net of the clean model's (first configured method)", "attack",
-           "backdoor", net_of_clean, "higher", True),
-    Metric("backdoor_cad", "backdoor CAD (first configured method)", "attack", "backdoor",
-           lambda r: num(r.get("cad")), "lower", True),
-    # Beyond the study (no direction): are NAS backdoors harder to detect or to remove?
-    Metric("backdoor_anomaly_index", "Neural Cleanse anomaly index of the backdoored model", "attack",
-           "backdoor", lambda r: num(r.get("anomaly_index")), None, False, "above 2: detected", unit="MADs"),
-    Metric("backdoor_asr_after_pruning", "backdoor ASR after fine-pruning's pruning", "attack", "backdoor",
-           lambda r: num(r.get("asr_after_pruning")), None, True, unit="fraction"),
-    Metric("knockoff_ace", "Knockoff ACE at the largest budget (own architecture)", "attack", "knockoff",
-           lambda r: last_num(r, "ace"), "lower", True),
-    Metric("knockoff_kl", "Knockoff KL (ACE - victim entropy) at the largest budget", "attack", "knockoff",
-           lambda r: last_num(r, "kl"), "lower", True),
-    Metric("membership_auc", "membership inference AUC", "attack", "membership",
-           lambda r: num(r.get("auc")), "higher", True),
-    # The study's membership direction at the low-FPR operating point (LiRA/RMIA standard). No
-    # count: a TPR at a threshold estimated from the non-members is not a binomial k/n.
-    Metric("rmia_tpr_1fpr", "RMIA TPR at 1% FPR", "attack", "rmia", lambda r: tpr_at(r, 0.01),
-           "higher", True, "offline RMIA, few reference models", unit="fraction"),
-    # The study cites the model-reuse attack (its ref. 30) but measures no direction for it.
-    Metric("model_reuse_asr", "model-reuse ASR (host on the poisoned primitive)", "attack", "model_reuse",
-           lambda r: num(r.get("asr")), None, True, count=length("targets")),
-    Metric("gradvar_init", "log10 gradient variance at initialisation", "probe_init", "gradvar",
-           lambda r: num(r.get("log10_variance")), "lower", False, "NAS > 100x lower at init"),
-    Metric("gradvar_trained", "log10 gradient variance after training", "probe", "gradvar",
-           lambda r: num(r.get("log10_variance")), None, False),
-    # The study's explanation (Fig. 11, Remark 2): NAS models are flatter in parameter and input space.
-    Metric("curvature_param", "top Hessian eigenvalue, parameters", "probe", "curvature",
-           lambda r: num(r.get("param_top_eigenvalue")), "lower", False, FLATTER),
-    Metric("curvature_input", "top Hessian eigenvalue, input (mean)", "probe", "curvature",
-           lambda r: num(r.get("input_top_eigenvalue_mean")), "lower", False, FLATTER),
-    Metric("contour_param", "parameter-space contour: mean loss increase", "probe", "contour_param",
-           lambda r: num(r.get("mean_increase")), "lower", False, FLATTER),
-    Metric("contour_input", "input-space contour: mean loss increase", "probe", "contour_input",
-           lambda r: num(r.get("mean_increase")), "lower", False, FLATTER),
-)
-METRICS = tuple(m if m.unit else dataclasses.replace(m, unit=_unit_of(m.key)) for m in METRICS)
-METRIC_BY_KEY = {m.key: m for m in METRICS}
+# The one metric every audit has; each report section declares its own (`sections/`).
+CLEAN_ACC = Metric("clean_acc", "clean test accuracy", "clean", "clean_accuracy",
+                   lambda r: num(r.get("test_acc")), None, False, "comparable (95-97% on CIFAR-10)",
+                   count=lambda r: r.get("n_test") if isinstance(r.get("n_test"), int) else None,
+                   family="accuracy")
 CELL_METRICS = ("depth", "width", "skip_connects")

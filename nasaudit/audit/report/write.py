@@ -20,7 +20,7 @@ from nasaudit.audit.report.document import (
     render_markdown,
     table_csv_path,
 )
-from nasaudit.audit.report.sections import SECTIONS
+from nasaudit.audit.report.sections import METRICS, SECTIONS
 from nasaudit.infra.errors import InputError
 from nasaudit.infra.io import atomic_write_json, atomic_write_text, open_lock_file
 
@@ -170,7 +170,7 @@ def _swap_in(staging: Path, out_dir: Path) -> Path:
 def _build(data: AuditData, out_dir: Path, staging: Path, single_file: bool) -> None:
     """Write report.md, report.html and report_files/ into `staging` (probe pictures are
     still found under `out_dir`, where the audit wrote them)."""
-    builder = Builder(data, staging)
+    builder = Builder(data, staging, METRICS)
     builder.out_dir = out_dir  # figures go to staging; the audit's own files are read in place
     (staging / FILES_DIR).mkdir(exist_ok=True)
     sections = build_sections(builder)

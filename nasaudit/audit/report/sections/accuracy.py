@@ -7,13 +7,15 @@ import numpy as np
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import mean_of
 from nasaudit.audit.report.document import Section, Table
-from nasaudit.audit.report.metrics import CELL_METRICS, METRIC_BY_KEY, NAS
+from nasaudit.audit.report.metrics import CELL_METRICS, CLEAN_ACC, NAS
+
+METRICS = (CLEAN_ACC,)
 
 
 def clean_accuracy(report: Builder) -> Section:
     """Clean test accuracy per model (mean and sd over seeds), as the study's Table 1."""
     s = Section("Clean accuracy (Table 1)")
-    m = METRIC_BY_KEY["clean_acc"]
+    m = CLEAN_ACC
     values = report.data.values(m)
     if not values:
         return s.missing("no model has finished training and evaluation yet.")

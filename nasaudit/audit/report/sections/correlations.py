@@ -6,7 +6,7 @@ import numpy as np
 
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.document import Section, Table
-from nasaudit.audit.report.metrics import CELL_METRICS, METRICS, at_path, num
+from nasaudit.audit.report.metrics import CELL_METRICS, at_path, num
 from nasaudit.audit.report.stats import ALPHA, benjamini_hochberg, spearman, spearman_smallest_p
 
 
@@ -22,12 +22,12 @@ def correlations(report: Builder) -> Section:
                 vals[label] = v
         if vals:
             explain[f"normal-cell {key}"] = vals
-    for m in METRICS:
+    for m in report.metrics:
         if not m.vulnerability and m.stage.startswith("probe"):
             vals = report.data.model_means(m)
             if vals:
                 explain[m.title] = vals
-    vuln = {m.title: report.data.model_means(m) for m in METRICS if m.vulnerability}
+    vuln = {m.title: report.data.model_means(m) for m in report.metrics if m.vulnerability}
     vuln = {k: v for k, v in vuln.items() if v}
     if not explain or not vuln:
         return s.missing("needs at least one vulnerability metric and one cell metric or probe per model.")

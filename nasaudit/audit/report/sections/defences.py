@@ -6,7 +6,7 @@ from typing import Any
 
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.document import Section, Table
-from nasaudit.audit.report.metrics import METRIC_BY_KEY, Metric, num
+from nasaudit.audit.report.metrics import Metric, num
 
 
 def _field(key: str, title: str, *, vulnerability: bool = False, unit: str = "") -> Metric:
@@ -14,8 +14,13 @@ def _field(key: str, title: str, *, vulnerability: bool = False, unit: str = "")
                   vulnerability, unit=unit)
 
 
-# The headline rows (beyond the study, no direction) are in metrics.METRICS.
-ANOMALY, ASR_AFTER_PRUNING = METRIC_BY_KEY["backdoor_anomaly_index"], METRIC_BY_KEY["backdoor_asr_after_pruning"]
+# Beyond the study (no direction): are NAS backdoors harder to detect or to remove?
+ANOMALY = Metric("backdoor_anomaly_index", "Neural Cleanse anomaly index of the backdoored model", "attack",
+                 "backdoor", lambda r: num(r.get("anomaly_index")), None, False, "above 2: detected",
+                 unit="MADs")
+ASR_AFTER_PRUNING = Metric("backdoor_asr_after_pruning", "backdoor ASR after fine-pruning's pruning", "attack",
+                           "backdoor", lambda r: num(r.get("asr_after_pruning")), None, True, unit="fraction")
+METRICS = (ANOMALY, ASR_AFTER_PRUNING)
 
 _TABLE_METRICS: tuple[Metric, ...] = (
     ANOMALY,

@@ -9,13 +9,31 @@ import numpy as np
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.document import Section, Table
 from nasaudit.audit.report.figures import group_color, group_points
-from nasaudit.audit.report.metrics import METRIC_BY_KEY
+from nasaudit.audit.report.metrics import Metric, first_num, length, sweep_mean
+
+# The headline rows, in the forest plot's order.
+PGD_ASR_ML = Metric("pgd_asr_ml", "PGD ASR, most-likely target", "attack", "pgd",
+                    lambda r: first_num(r, ("asr", "most_likely")), "higher", True,
+                    count=length("success", "most_likely"), family="evasion")
+PGD_ASR_LL = Metric("pgd_asr_ll", "PGD ASR, least-likely target", "attack", "pgd",
+                    lambda r: first_num(r, ("asr", "least_likely")), "higher", True,
+                    count=length("success", "least_likely"), family="evasion")
+NES_ASR_ML = Metric("nes_asr_ml", "NES ASR, most-likely target", "attack", "nes",
+                    lambda r: first_num(r, ("asr", "most_likely")), "higher", True,
+                    count=length("success", "most_likely"), family="evasion")
+NES_ASR_LL = Metric("nes_asr_ll", "NES ASR, least-likely target", "attack", "nes",
+                    lambda r: first_num(r, ("asr", "least_likely")), "higher", True,
+                    count=length("success", "least_likely"), family="evasion")
+PGD_SWEEP_ASR = Metric("pgd_sweep_asr", "untargeted PGD ASR, mean over the eps sweep", "attack", "pgd_sweep",
+                       sweep_mean, "higher", True, family="evasion")
+METRICS = (PGD_ASR_ML, PGD_ASR_LL, NES_ASR_ML, NES_ASR_LL, PGD_SWEEP_ASR)
+_MOST_LIKELY = {"pgd": PGD_ASR_ML, "nes": NES_ASR_ML}
 
 
 def evasion(report: Builder) -> Section:
     """Targeted PGD and NES ASR per model and group (most- and least-likely targets)."""
     s = Section("Evasion: PGD and NES (Figures 2 and 5)")
-    metrics = [METRIC_BY_KEY[k] for k in ("pgd_asr_ml", "pgd_asr_ll", "nes_asr_ml", "nes_asr_ll")]
+    metrics = [PGD_ASR_ML, PGD_ASR_LL, NES_ASR_ML, NES_ASR_LL]
     if not any(report.data.values(m) for m in metrics):
         return s.missing(report.why_missing("attack", "pgd") + " " + report.why_missing("attack", "nes"))
     report.per_model_table(s, "evasion_asr", "Targeted attack success rate per model", metrics)
@@ -25,7 +43,7 @@ def evasion(report: Builder) -> Section:
     if fig:
         s.blocks.append(fig)
     for name in ("pgd", "nes"):
-        if not report.data.values(METRIC_BY_KEY[f"{name}_asr_ml"]):
+        if not report.data.values(_MOST_LIKELY[name]):
             s.text(f"{name.upper()}: " + report.why_missing("attack", name))
     return s
 

@@ -7,7 +7,7 @@ from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.comparison import Comparison, nas_vs_manual
 from nasaudit.audit.report.document import Section, Table
 from nasaudit.audit.report.figures import forest_plot
-from nasaudit.audit.report.metrics import MANUAL, METRIC_BY_KEY, METRICS, NAS
+from nasaudit.audit.report.metrics import CLEAN_ACC, MANUAL, NAS
 from nasaudit.audit.report.stats import ALPHA, EXACT_LIMIT, models_needed, smallest_p
 
 # The study's models reach 96-97% on CIFAR-10; a group far below that answers a different question.
@@ -26,7 +26,7 @@ METHOD = (
 
 
 def _group_summary(report: Builder, group: str) -> str:
-    acc = report.data.model_means(METRIC_BY_KEY["clean_acc"])
+    acc = report.data.model_means(CLEAN_ACC)
     parts = []
     for label in report.data.labels(group):
         params = (report.data.info.get(label) or {}).get("parameters")
@@ -41,7 +41,7 @@ def summary_lines(report: Builder, comparisons: list[Comparison]) -> list[str]:
     nas, manual = report.data.labels(NAS), report.data.labels(MANUAL)
     lines = [f"Compared {len(nas)} NAS model(s): {_group_summary(report, NAS)}; against {len(manual)} manual "
              f"model(s): {_group_summary(report, MANUAL)}."]
-    acc = report.data.model_means(METRIC_BY_KEY["clean_acc"])
+    acc = report.data.model_means(CLEAN_ACC)
     weak = [k for k in nas + manual if k in acc and acc[k] < WEAK_ACCURACY]
     if weak:
         lines.append(f"{len(weak)} of the models ({', '.join(weak)}) are far weaker than the study's (clean accuracy "
@@ -86,7 +86,7 @@ def summary(report: Builder) -> Section:
     """The report's opening, in words: what was compared, what this audit can conclude at its
     size, and the verdicts that hold."""
     s = Section("Summary")
-    comparisons = nas_vs_manual(report.data)
+    comparisons = nas_vs_manual(report.data, report.metrics)
     if not comparisons:
         return s.missing(_why_no_comparison(report))
     for line in summary_lines(report, comparisons):
@@ -101,7 +101,7 @@ def _one_against_one(report: Builder, s: Section, a: str, b: str) -> None:
     """What one model against one can say: each metric of the two models side by side, rates
     with their exact intervals over inputs (pooled over seeds)."""
     rows = []
-    for m in METRICS:
+    for m in report.metrics:
         values = report.data.model_means(m)
         if a in values and b in values:
             rows.append([m.title, values[a], report.pooled_rate(m, a), values[b], report.pooled_rate(m, b)])
@@ -116,7 +116,7 @@ def _one_against_one(report: Builder, s: Section, a: str, b: str) -> None:
 def headline(report: Builder) -> Section:
     """NAS minus manual for every metric: group means, permutation p, interval and the verdict."""
     s = Section("Headline: NAS minus manual")
-    comparisons = nas_vs_manual(report.data)
+    comparisons = nas_vs_manual(report.data, report.metrics)
     if not comparisons:
         return s.missing(_why_no_comparison(report))
     rows = [[c.metric.title, c.a_mean, c.b_mean, c.point, c.low, c.high, c.direction or "-", c.verdict,

@@ -5,13 +5,17 @@ from __future__ import annotations
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.document import Section
 from nasaudit.audit.report.figures import group_points
-from nasaudit.audit.report.metrics import METRIC_BY_KEY, Metric, num
+from nasaudit.audit.report.metrics import Metric, num
+
+AUC = Metric("membership_auc", "membership inference AUC", "attack", "membership",
+             lambda r: num(r.get("auc")), "higher", True)
+METRICS = (AUC,)
 
 
 def membership(report: Builder) -> Section:
     """Label-only membership inference AUC and low-FPR advantage per model."""
     s = Section("Membership inference AUC (Figure 10)")
-    m = METRIC_BY_KEY["membership_auc"]
+    m = AUC
     if not report.data.values(m):
         return s.missing(report.why_missing("attack", "membership"))
     adv = Metric("membership_adv", "advantage at low FPR", "attack", "membership",

@@ -6,7 +6,6 @@ from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.comparison import variant_vs_base
 from nasaudit.audit.report.document import Section, Table
 from nasaudit.audit.report.figures import forest_plot
-from nasaudit.audit.report.metrics import METRICS
 
 
 def mitigation(report: Builder) -> Section:
@@ -15,7 +14,7 @@ def mitigation(report: Builder) -> Section:
     pairs = [(label, info.get("mitigation_of")) for label, info in report.data.info.items() if info.get("mitigation_of")]
     if not pairs:
         return s.missing("the config marks no model as a mitigation (`mitigation_of = \"...\"`).")
-    metrics = [m for m in METRICS if m.vulnerability and report.data.values(m)]
+    metrics = [m for m in report.metrics if m.vulnerability and report.data.values(m)]
     if not metrics:
         return s.missing("no attack has finished for the mitigated models yet.")
     rows = []

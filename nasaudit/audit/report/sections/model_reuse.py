@@ -7,8 +7,12 @@ from typing import Any
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.document import Section, Table
 from nasaudit.audit.report.figures import group_points
-from nasaudit.audit.report.metrics import METRIC_BY_KEY, Metric, length, num
+from nasaudit.audit.report.metrics import Metric, length, num
 
+# The study cites the model-reuse attack (its ref. 30) but measures no direction for it.
+ASR = Metric("model_reuse_asr", "model-reuse ASR (host on the poisoned primitive)", "attack", "model_reuse",
+             lambda r: num(r.get("asr")), None, True, count=length("targets"))
+METRICS = (ASR,)
 _TARGETS = length("targets")
 
 
@@ -57,7 +61,7 @@ def _within_floor(report: Builder) -> list[list[Any]]:
 
 def model_reuse(report: Builder) -> Section:
     s = Section("Model reuse: poisoned primitive, host misclassifies the targets (Ji et al.)")
-    asr = METRIC_BY_KEY["model_reuse_asr"]
+    asr = ASR
     if not report.data.values(asr):
         return s.missing(report.why_missing("attack", "model_reuse"))
     setting = _setting(report)

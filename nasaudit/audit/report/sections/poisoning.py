@@ -11,7 +11,15 @@ from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import AuditData
 from nasaudit.audit.report.document import Section, Table
 from nasaudit.audit.report.figures import group_color, group_points
-from nasaudit.audit.report.metrics import METRIC_BY_KEY, num
+from nasaudit.audit.report.metrics import Metric, last_num, net_of_clean, num
+
+POISON_CAD = Metric("poison_cad", "poisoning CAD at the largest p", "attack", "poison",
+                    lambda r: last_num(r, "cad"), "higher", True, family="poisoning")
+BACKDOOR_ASR = Metric("backdoor_asr", "backdoor ASR net of the clean model's (first configured method)",
+                      "attack", "backdoor", net_of_clean, "higher", True)
+BACKDOOR_CAD = Metric("backdoor_cad", "backdoor CAD (first configured method)", "attack", "backdoor",
+                      lambda r: num(r.get("cad")), "lower", True)
+METRICS = (POISON_CAD, BACKDOOR_ASR, BACKDOOR_CAD)
 
 
 def poisoning(report: Builder) -> Section:
@@ -44,7 +52,7 @@ def poisoning(report: Builder) -> Section:
 def backdoor(report: Builder) -> Section:
     """Backdoor ASR and CAD per model, and every run per method."""
     s = Section("Backdoor: ASR and CAD (Figure 7)")
-    metrics = [METRIC_BY_KEY["backdoor_asr"], METRIC_BY_KEY["backdoor_cad"]]
+    metrics = [BACKDOOR_ASR, BACKDOOR_CAD]
     if not any(report.data.values(m) for m in metrics):
         return s.missing(report.why_missing("attack", "backdoor"))
     report.per_model_table(s, "backdoor", "Backdoor attack success and clean accuracy drop", metrics)

@@ -8,13 +8,31 @@ from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import locate_picture
 from nasaudit.audit.report.document import Figure, Section, Table
 from nasaudit.audit.report.figures import group_color
-from nasaudit.audit.report.metrics import METRIC_BY_KEY, at_path
+from nasaudit.audit.report.metrics import Metric, at_path, num
+
+FLATTER = "NAS flatter (Fig. 11, Remark 2)"
+GRADVAR_INIT = Metric("gradvar_init", "log10 gradient variance at initialisation", "probe_init", "gradvar",
+                      lambda r: num(r.get("log10_variance")), "lower", False, "NAS > 100x lower at init",
+                      family="probes")
+GRADVAR_TRAINED = Metric("gradvar_trained", "log10 gradient variance after training", "probe", "gradvar",
+                         lambda r: num(r.get("log10_variance")), None, False, family="probes")
+# The study's explanation (Fig. 11, Remark 2): NAS models are flatter in parameter and input space.
+CURVATURE_PARAM = Metric("curvature_param", "top Hessian eigenvalue, parameters", "probe", "curvature",
+                         lambda r: num(r.get("param_top_eigenvalue")), "lower", False, FLATTER, family="probes")
+CURVATURE_INPUT = Metric("curvature_input", "top Hessian eigenvalue, input (mean)", "probe", "curvature",
+                         lambda r: num(r.get("input_top_eigenvalue_mean")), "lower", False, FLATTER,
+                         family="probes")
+CONTOUR_PARAM = Metric("contour_param", "parameter-space contour: mean loss increase", "probe", "contour_param",
+                       lambda r: num(r.get("mean_increase")), "lower", False, FLATTER, family="probes")
+CONTOUR_INPUT = Metric("contour_input", "input-space contour: mean loss increase", "probe", "contour_input",
+                       lambda r: num(r.get("mean_increase")), "lower", False, FLATTER, family="probes")
+METRICS = (GRADVAR_INIT, GRADVAR_TRAINED, CURVATURE_PARAM, CURVATURE_INPUT, CONTOUR_PARAM, CONTOUR_INPUT)
 
 
 def gradvar(report: Builder) -> Section:
     """log10 per-sample gradient variance (Eq. 14) at initialisation and after training."""
     s = Section("Gradient variance at initialisation and after training (Figure 12)")
-    init, trained = METRIC_BY_KEY["gradvar_init"], METRIC_BY_KEY["gradvar_trained"]
+    init, trained = GRADVAR_INIT, GRADVAR_TRAINED
     vi, vt = report.data.model_means(init), report.data.model_means(trained)
     if not vi and not vt:
         return s.missing(report.why_missing("probe", "gradvar"))
@@ -66,7 +84,7 @@ def _gradvar_conditions(report: Builder, s: Section) -> None:
 def contours(report: Builder) -> Section:
     """Flatness of the parameter- and input-space loss contours, top Hessian eigenvalues, thumbnails."""
     s = Section("Loss contours and curvature")
-    metrics = [METRIC_BY_KEY[k] for k in ("contour_param", "contour_input", "curvature_param", "curvature_input")]
+    metrics = [CONTOUR_PARAM, CONTOUR_INPUT, CURVATURE_PARAM, CURVATURE_INPUT]
     have = [m for m in metrics if report.data.values(m)]
     if not have:
         return s.missing(report.why_missing("probe", "contour_param") + " "

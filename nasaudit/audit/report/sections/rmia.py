@@ -8,10 +8,14 @@ from typing import Any
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import mean_of
 from nasaudit.audit.report.document import Section, Table
-from nasaudit.audit.report.metrics import METRIC_BY_KEY, Metric, num
+from nasaudit.audit.report.metrics import Metric, num, tpr_at
 
-# The headline row (TPR at 1% FPR) is in metrics.METRICS; the AUC is this section's own.
-TPR_1FPR = METRIC_BY_KEY["rmia_tpr_1fpr"]
+# The study's membership direction at the low-FPR operating point (LiRA/RMIA standard). No
+# count: a TPR at a threshold estimated from the non-members is not a binomial k/n.
+TPR_1FPR = Metric("rmia_tpr_1fpr", "RMIA TPR at 1% FPR", "attack", "rmia", lambda r: tpr_at(r, 0.01),
+                  "higher", True, "offline RMIA, few reference models", unit="fraction", family="membership")
+METRICS = (TPR_1FPR,)
+# The AUC is this section's own, not a headline row.
 AUC = Metric("rmia_auc", "RMIA AUC", "attack", "rmia", lambda r: num(r.get("auc")), unit="AUC")
 
 

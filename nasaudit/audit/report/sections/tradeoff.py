@@ -21,7 +21,7 @@ from nasaudit.audit.pareto import balance_scores, best_balance, pareto_front
 from nasaudit.audit.report.builder import Builder
 from nasaudit.audit.report.data import canonical_params
 from nasaudit.audit.report.document import Section, Table, fmt
-from nasaudit.audit.report.metrics import METRIC_BY_KEY
+from nasaudit.audit.report.metrics import CLEAN_ACC
 
 COST_KEYS = ("search_seconds", "search_steps")
 SHORT = {"clean_acc": "clean accuracy", "pgd_asr_ml": "PGD ASR", "nes_asr_ml": "NES ASR",
@@ -50,7 +50,7 @@ def _points(b: Builder) -> tuple[list[dict[str, Any]], list[str]]:
     """(sweep points with their values, names of the sweeps) from the stored config."""
     raw = b.data.config.get("raw") or {}
     cost = _search_cost(b)
-    means = {k: b.data.model_means(METRIC_BY_KEY[k]) for k in TRADEOFF_METRICS}
+    means = {k: b.data.model_means(b.metric_by_key[k]) for k in TRADEOFF_METRICS}
     # The stored config has its keys sorted, so a re-expansion may order the knobs (and so
     # the labels) differently: find each point's search by its settings, and take its label.
     by_params = {canonical_params(row.params): row.model.removeprefix(SEARCH_PREFIX) for row in _search_rows(b)}
@@ -114,8 +114,8 @@ def tradeoff(b: Builder) -> Section:
 
 
 def _figure(b: Builder, done: list[dict[str, Any]], metrics: list[str]):
-    refs = {label: (b.data.model_means(METRIC_BY_KEY["clean_acc"]).get(label),
-                    {k: b.data.model_means(METRIC_BY_KEY[k]).get(label) for k in metrics})
+    refs = {label: (b.data.model_means(CLEAN_ACC).get(label),
+                    {k: b.data.model_means(b.metric_by_key[k]).get(label) for k in metrics})
             for label in b.data.order if label not in {p["label"] for p in done}}
     fig, axes = b.figs.new(4.2 * len(metrics) + 1.2, 4.0, 1, len(metrics))
     axes = np.atleast_1d(axes)

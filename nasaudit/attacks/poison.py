@@ -129,7 +129,10 @@ def run_poisoning(
     )
 
 
-ATTACKS = {
-    "poison": AttackSpec(Params, run_poisoning, rates={"test_accuracy": TEST, "victim_test_accuracy": TEST},
-                         victim_accuracy="victim_test_accuracy", axis=("fractions", "p"), retrains=True),
-}
+ATTACK = AttackSpec(
+    Params, run_poisoning, rates={"test_accuracy": TEST, "victim_test_accuracy": TEST},
+    victim_accuracy="victim_test_accuracy", axis=("fractions", "p"), retrains=True,
+    demo={"fractions": [0.0, 0.3], "epochs": 1},
+    import_note=("poison retrains {spec} from scratch with the victim recipe ({fmt} training code: lr {lr}, "
+                 "batch {batch_size}, weight decay {weight_decay}; epochs from [attacks.poison])"),
+)
