@@ -20,7 +20,7 @@ from nasaudit.attacks.backdoor import (
     patch_mask,
     select_neurons,
 )
-from nasaudit.attacks.poisoning import flip_labels
+from nasaudit.attacks.poison import flip_labels
 from nasaudit.data import to_float
 from nasaudit.infra.device import generator
 from nasaudit.training import TrainConfig

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nasaudit.cli import main
+from nasaudit.infra.outdir import MARKER, claim_output_dir
 
 BASE = """
 name = "bad"
@@ -44,17 +45,18 @@ def _config(tmp_path: Path, extra: str = "", base: str = BASE) -> Path:
 
 @pytest.mark.parametrize("content", [b"junk\n", b"SQLite format 3\x00" + b"\x07" * 200])
 def test_report_on_a_corrupt_database_names_it_and_leaves_it(tmp_path, capsys, content):
+    claim_output_dir(tmp_path, "audit")  # an audit's own directory, its database damaged
     db = tmp_path / "results.sqlite"
     db.write_bytes(content)
     assert main(["report", str(tmp_path)]) == 2
     _one_line_error(capsys, "results.sqlite", "not an audit results database")
     assert db.read_bytes() == content
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MARKER, "results.sqlite"])
 
 
 def test_audit_into_a_corrupt_database_names_it_and_leaves_it(tmp_path, capsys):
     cfg = _config(tmp_path)
-    (tmp_path / "out").mkdir()
+    claim_output_dir(tmp_path / "out", "audit")
     db = tmp_path / "out" / "results.sqlite"
     db.write_text("junk\n")
     assert main(["audit", str(cfg), "--no-progress", "--device", "cpu"]) == 2
@@ -64,7 +66,7 @@ def test_audit_into_a_corrupt_database_names_it_and_leaves_it(tmp_path, capsys):
 
 def test_audit_refuses_a_foreign_sqlite_database(tmp_path, capsys):
     cfg = _config(tmp_path)
-    (tmp_path / "out").mkdir()
+    claim_output_dir(tmp_path / "out", "audit")
     db = tmp_path / "out" / "results.sqlite"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE mine (x)")

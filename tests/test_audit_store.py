@@ -178,7 +178,7 @@ def test_database_of_another_tool_is_refused_untouched(tmp_path: Path) -> None:
     conn.execute("PRAGMA application_id = 0")
     conn.commit()
     conn.close()
-    with pytest.raises(InputError, match="another application"):
+    with pytest.raises(InputError, match="not an audit's results"):
         Store(tmp_path / "ours")
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nasaudit.cli import main
+from nasaudit.infra.outdir import claim_output_dir
 
 TRAIN = ["train", "--model", "tiny_cnn", "--dataset", "digits", "--epochs", "1", "--batch-size", "64",
          "--device", "cpu", "--no-progress"]
@@ -50,6 +51,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
 ])
 def test_train_resume_refuses_a_malformed_checkpoint(tmp_path, capsys, trained, field, value, needle):
     _, state = trained
+    claim_output_dir(tmp_path, "models")  # the model dir of an earlier `nasaudit train`
     ckpt = tmp_path / "image" / "digits" / "tiny_cnn.pth"
     ckpt.parent.mkdir(parents=True)
     torch.save({**state, field: value}, ckpt)

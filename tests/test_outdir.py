@@ -93,27 +93,21 @@ def test_a_file_is_not_a_directory(tmp_path: Path) -> None:
     assert (tmp_path / "f").read_text() == "a file"
 
 
-def test_legacy_layouts_are_recognised_only_when_pure(tmp_path: Path) -> None:
+def test_an_unmarked_directory_laid_out_like_ours_is_still_refused(tmp_path: Path) -> None:
+    """Only the marker makes a directory ours: names nasaudit would write prove nothing."""
     audit = tmp_path / "audit"
     (audit / "checkpoints").mkdir(parents=True)
     (audit / "results.sqlite").write_bytes(b"")
-    (audit / "report.md").write_text("old report")
-    assert check_output_dir(audit, "audit") == audit.resolve()
-    (audit / "thesis.tex").write_text("mine")
-    with pytest.raises(InputError, match="not empty"):
-        check_output_dir(audit, "audit")
+    (audit / "report.md").write_text("someone's report")
     models = tmp_path / "models"
     (models / "image" / "digits").mkdir(parents=True)
-    assert check_output_dir(models, "models") == models.resolve()
-    (models / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="not empty"):
-        check_output_dir(models, "models")
-    # A search directory has no legacy layout: config.json + genotype.json could be anyone's.
     search = tmp_path / "search"
     search.mkdir()
     (search / "config.json").write_text("{}")
-    with pytest.raises(InputError, match="not empty"):
-        check_output_dir(search, "search")
+    for path, kind in ((audit, "audit"), (models, "models"), (search, "search")):
+        with pytest.raises(InputError, match="not empty"):
+            check_output_dir(path, kind)
+        assert not (path / MARKER).exists()
 
 
 def test_torn_temp_files_are_removed_at_the_next_start_and_nothing_else(tmp_path: Path) -> None:

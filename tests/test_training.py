@@ -20,6 +20,7 @@ from nasaudit.cli import main
 from nasaudit.infra.checkpoint import model_stem, save_training_state, sidecar_path
 from nasaudit.infra.device import generator, seeded
 from nasaudit.infra.errors import InputError
+from nasaudit.infra.outdir import claim_output_dir
 from nasaudit.models import build_model
 from nasaudit.training import (
     TrainConfig,
@@ -480,6 +481,7 @@ def test_wrong_types_are_input_errors_naming_the_key(bad):
 
 def test_cli_train_refuses_to_overwrite_a_checkpoint(tmp_path, capsys):
     """Without --resume or --overwrite an existing checkpoint is never replaced."""
+    claim_output_dir(tmp_path, "models")  # the model dir of an earlier `nasaudit train`
     ckpt = tmp_path / "image" / "digits" / "tiny_cnn.pth"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"an earlier run")

@@ -347,12 +347,13 @@ def _check_ours(path: Path, *, immutable: bool = False, conn: sqlite3.Connection
         if number > SCHEMA_VERSION:
             raise InputError(path, f"written by a newer nasaudit (results schema {number}; this version reads "
                                    f"{SCHEMA_VERSION}): upgrade nasaudit to read it")
-    if app_id != APPLICATION_ID and (app_id != 0 or tables):
+    if app_id not in (0, APPLICATION_ID):
         raise InputError(path, f"an SQLite database of another application (application_id {app_id:#x}); "
                                "move it away or choose another --out")
     if not tables:
         return False
-    if not {"meta", "units"} <= tables or not _REQUIRED_COLUMNS <= columns or version is None:
+    if (app_id != APPLICATION_ID or not {"meta", "units"} <= tables or not _REQUIRED_COLUMNS <= columns
+            or version is None):
         raise InputError(path, "an SQLite database, but not an audit's results (no units/meta tables "
                                "of nasaudit's schema); move it away or choose another --out")
     return True
