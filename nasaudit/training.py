@@ -50,9 +50,8 @@ from nasaudit.infra.device import (
     to_device,
 )
 from nasaudit.infra.errors import InputError
-from nasaudit.infra.limits import MAX_SEED
-from nasaudit.infra.params import param
 from nasaudit.models.base import ImageClassifier, count_parameters
+from nasaudit.train_config import ADV_TRAIN_METHODS, TrainConfig
 
 __all__ = [
     "ADV_TRAIN_METHODS",
@@ -67,116 +66,6 @@ __all__ = [
     "train_model",
     "train_on_dataset",
 ]
-
-ADV_TRAIN_METHODS = ("pgd",)
-
-
-# The ranges where the training recipe means something (field -> bounds), for a TOML [train]
-# table and the CLI's flags alike; counts are capped where they size a loop.
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Training hyper-parameters; the defaults are the study's (paper) settings.
-
-    Paper: SGD with momentum 0.9, lr 0.025 with cosine annealing (to `lr_min` = 0, stepped once
-    per epoch as in DARTS), gradient-norm clipping 5, batch 96, weight decay 3e-4, auxiliary loss
-    weight 0.4, drop path 0.2 (increased linearly per epoch: drop_path_prob * epoch / epochs),
-    600 epochs, no cutout. The study's public artifact uses instead 200 epochs, weight decay
-    5e-4 and cutout 16: `TrainConfig.artifact()`.
-
-    Units: `lr`, `weight_decay` per step; `cutout`, `crop_padding` in pixels; `val_fraction` of
-    the training set held out for model selection (0 disables validation); `adv_eps` and
-    `adv_step` in pixel units of [0, 1] images (8/255 and 2/255, L-inf), `adv_iters` PGD steps.
-    `adv_train="pgd"` turns on Madry et al.'s PGD adversarial training (see `train_model`).
-    """
-
-    epochs: int = param(600, min=1, max=100_000, doc="training epochs")
-    batch_size: int = param(96, min=1, max=1 << 20, doc="images per SGD step")
-    lr: float = param(0.025, gt=0, max=100, doc="initial learning rate (cosine-annealed to lr_min)")
-    momentum: float = param(0.9, min=0, max=1, doc="SGD momentum")
-    weight_decay: float = param(3e-4, min=0, max=1, doc="L2 weight decay per step")
-    grad_clip: float = param(5.0, min=0, doc="gradient-norm clip (0: none)")
-    auxiliary_weight: float = param(0.4, min=0, max=100, doc="weight of the auxiliary head's loss")
-    drop_path_prob: float = param(0.2, min=0, lt=1, doc="final drop-path probability (linear ramp)")
-    cutout: int = param(0, min=0, max=1024, doc="cutout side in pixels (0: none)")
-    val_fraction: float = param(0.1, min=0, lt=1, doc="training images held out for model selection")
-    seed: int = param(0, min=0, max=MAX_SEED, doc="seed of initialisation, order and augmentation")
-    adv_train: str | None = param(None, choices=ADV_TRAIN_METHODS, doc="pgd: PGD adversarial training")
-    adv_eps: float = param(8 / 255, min=0, max=1, doc="adversarial training's L-inf radius, pixel units")
-    adv_step: float = param(2 / 255, gt=0, max=1, doc="adversarial training's PGD step, pixel units")
-    adv_iters: int = param(7, min=1, max=10_000, doc="adversarial training's PGD steps")
-    # Additions beyond the contract (all with the conventional values).
-    lr_min: float = param(0.0, min=0, doc="learning rate at the end of the cosine schedule")
-    crop_padding: int = param(4, min=0, max=1024, doc="random-crop padding in pixels")
-    flip: bool = param(True, doc="random horizontal flips")
-    adv_random_start: bool = param(True, doc="adversarial training starts PGD at a random point")
-
-    @classmethod
-    def artifact(cls, **overrides: Any) -> TrainConfig:
-        """The study's artifact scripts: 200 epochs, weight decay 5e-4, cutout 16."""
-        return cls(**{"epochs": 200, "weight_decay": 5e-4, "cutout": 16, **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        """All fields as a JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
-        """Rebuild from `to_dict()` output (e.g. a sidecar's "config"); unknown keys are ignored.
-
-        Raises InputError(source, ...) naming the first key whose value has the wrong type.
-        """
-        if not isinstance(data, dict):
-            raise InputError(source, f"train config must be a table, not {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        config = cls(**{k: v for k, v in data.items() if k in names})
-        config.check_types(source)
-        return config
-
-    def check_types(self, source: str = "train config") -> None:
-        """Raise InputError(source, "KEY must be ...") for a value of the wrong type (e.g. a
-        string from a TOML file where a number belongs); ints are accepted for floats."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            default = f.default
-            if f.name == "adv_train":
-                ok, want = value is None or isinstance(value, str), "a string or absent"
-            elif isinstance(default, bool):
-                ok, want = isinstance(value, bool), "true or false"
-            elif isinstance(default, int):
-                ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                ok, want = ok and math.isfinite(value), "a finite number"
-            else:  # pragma: no cover - every field is covered above
-                continue
-            if not ok:
-                raise InputError(source, f"{f.name} must be {want}, got {value!r}")
-
-    def validate(self, source: str = "train config") -> None:
-        """Raise InputError(source, ...) for a wrongly typed or out-of-range setting (the
-        bounds are the fields' own, as `param` declares them)."""
-        self.check_types(source)
-        from nasaudit.infra.params import out_of_bounds
-
-        problems = [f"{name} {why}" for name, why in
-                    ((name, out_of_bounds(getattr(self, name), **bounds)) for name, bounds in train_bounds().items())
-                    if why]
-        if self.adv_train is not None and self.adv_train not in ADV_TRAIN_METHODS:
-            problems.append(
-                f"adv_train must be one of {ADV_TRAIN_METHODS} (got {self.adv_train!r})"
-            )
-        if problems:
-            raise InputError(source, "; ".join(problems))
-
-
-def train_bounds() -> dict[str, dict[str, float]]:
-    """The numeric bounds each TrainConfig field declares: field -> {min/max/gt/lt: bound}."""
-    keys = ("min", "max", "gt", "lt")
-    return {f.name: {k: f.metadata[k] for k in keys if k in f.metadata}
-            for f in dataclasses.fields(TrainConfig) if any(k in f.metadata for k in keys)}
-
 
 @dataclasses.dataclass
 class TrainResult:

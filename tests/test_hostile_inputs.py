@@ -407,9 +407,9 @@ def test_search_nodes_and_flags_are_bounded(tmp_path, capsys):
     for argv, needle in (
         (["search", "--dataset", "digits", "--nodes", "1000", "--out", tmp_path / "s"], "--nodes"),
         (["train", "--model", "tiny_cnn", "--momentum", "2", "--model-dir", tmp_path / "m"],
-         "--momentum: must be <= 1, got 2"),
+         "--momentum: momentum must be <= 1, got 2"),
         (["train", "--model", "tiny_cnn", "--adv-eps", "2", "--model-dir", tmp_path / "m"],
-         "--adv-eps: must be <= 1, got 2"),
+         "--adv-eps: adv_eps must be <= 1, got 2"),
         (["train", "--model", "tiny_cnn", "--epochs", "10000000", "--model-dir", tmp_path / "m"],
          "--epochs"),
     ):

@@ -51,11 +51,20 @@ def test_config_defaults_are_the_study_settings():
     assert TrainConfig.from_dict({**c.to_dict(), "unknown": 1}) == c
 
 
-def test_cli_help_defaults_match_train_config():
-    from nasaudit.cli.train import _STUDY_DEFAULTS
+def test_train_flags_parse_into_train_config_and_name_themselves(capsys):
+    """Every training flag is a TrainConfig field: "8/255" parses, a bad value names its flag."""
+    from nasaudit.cli import build_parser
+    from nasaudit.cli.options import params_from_flags
+    from nasaudit.cli.train import TRAIN_FLAGS
 
-    defaults = TrainConfig().to_dict()
-    assert _STUDY_DEFAULTS == {k: defaults[k] for k in _STUDY_DEFAULTS}
+    args = build_parser().parse_args(["train", "--model", "tiny_cnn", "--adv-eps", "4/255", "--epochs", "3"])
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    config = params_from_flags(TrainConfig, given, TRAIN_FLAGS, source="train options")
+    assert config == TrainConfig(adv_eps=4 / 255, epochs=3)
+    with pytest.raises(InputError, match="--drop-path: drop_path_prob must be < 1, got 1"):
+        params_from_flags(TrainConfig, {"drop_path_prob": "1"}, TRAIN_FLAGS, source="train options")
+    assert main(["train", "--model", "tiny_cnn", "--epochs", "two"]) == 2
+    assert "--epochs: epochs must be an integer, got 'two'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -430,7 +439,7 @@ def test_cli_train_eval_resume_on_digits(tmp_path, capsys):
     [
         (["train", "--model", "no_such_model", "--epochs", "1"], "--model"),
         (["train", "--model", "tiny_cnn", "--C", "8", "--epochs", "1"], "manual baseline"),
-        (["train", "--model", "tiny_cnn", "--epochs", "0"], "--epochs: must be >= 1, got 0"),
+        (["train", "--model", "tiny_cnn", "--epochs", "0"], "--epochs: epochs must be >= 1, got 0"),
         (["train", "--model", "darts", "--width", "8", "--epochs", "1"], "--width"),
         (
             ["train", "--model", "tiny_cnn", "--dataset", "cifar10", "--data-dir", "/nonexistent"],

@@ -8,7 +8,6 @@ helpers only make sure the flags are spelled and validated the same way everywhe
 from __future__ import annotations
 
 import argparse
-from fractions import Fraction
 
 # The names `nasaudit.data.load_dataset` accepts. Equal to `nasaudit.data.DATASETS` (a test keeps
 # them equal); not imported from there because nasaudit.data imports torch.
@@ -49,36 +48,22 @@ def add_progress_option(parser: argparse.ArgumentParser, help: str = "no progres
     parser.add_argument("--no-progress", action="store_true", help=help)
 
 
-def parse_fraction(text: str) -> float:
-    """Parse a number or a fraction: "8/255" or "0.0314" -> float (an argparse `type`).
-
-    Raises argparse.ArgumentTypeError for anything else (never evaluates the text).
-    """
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"expected a number or a fraction like 8/255, got {text!r}"
-        ) from None
 
 
-def check_bounds(flag: str, value, *, min=None, max=None, gt=None, lt=None):  # noqa: A002
-    """`value` when it lies within the bounds, else InputError(flag, "must be ..., got ...").
-
-    The command line's own check of a number, with the bounds the params/config files use, so
-    that `--momentum 2` fails like `momentum = 2` would (one line, exit code 2). None passes.
-    """
+def params_from_flags(cls: type, values: dict, flags: dict[str, str], *, source: str):
+    """`make_params(cls, values)` from command-line strings, where a bad value's error names
+    its flag (`flags`: field -> flag), e.g. "--epochs: epochs must be >= 1, got 0"."""
     from nasaudit.infra.errors import InputError
-    from nasaudit.infra.params import out_of_bounds
+    from nasaudit.infra.params import ParamError, make_params
 
-    if value is None:
-        return value
-    problem = out_of_bounds(value, min=min, max=max, gt=gt, lt=lt)
-    if problem:
-        raise InputError(flag, problem)
-    if isinstance(value, float) and value != value:  # NaN passes every comparison above
-        raise InputError(flag, "must be a number, got nan")
-    return value
+    try:
+        return make_params(cls, values, source=source)
+    except ParamError as exc:
+        if exc.field in flags:
+            raise InputError(flags[exc.field], exc.problem) from None
+        raise
+
+
 
 
 def check_seed(flag: str, value):

@@ -233,19 +233,15 @@ def _summary(record: Any) -> str:
 
 def _check_params(args: argparse.Namespace) -> Any:
     """The probe's validated Params from its flags; a bad value names the flag at fault."""
-    from nasaudit.infra.params import ParamError
-    from nasaudit.probes import probe_params
+    from nasaudit.cli.options import params_from_flags
+    from nasaudit.probes import probe_spec
 
     values = {f: getattr(args, f) for f in args.probe_fields if getattr(args, f) is not None}
     if "init" in _COMMON_FIELDS.get(args.probe_name, ()):
         values["init"] = args.init
     flags = {field: _flag(field) for field in args.probe_fields}
-    try:
-        return probe_params(args.probe_name, values, source=f"probe {args.probe_name}")
-    except ParamError as exc:
-        if exc.field in flags:
-            raise InputError(flags[exc.field], exc.problem) from None
-        raise
+    return params_from_flags(probe_spec(args.probe_name).params_cls, values, flags,
+                             source=f"probe {args.probe_name}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,32 +9,24 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from nasaudit.cli.options import (
     add_data_options,
     add_device_option,
     add_progress_option,
-    parse_fraction,
+    params_from_flags,
 )
 from nasaudit.infra.errors import InputError
+from nasaudit.infra.params import describe
+from nasaudit.train_config import TrainConfig
 
-# TrainConfig's defaults, shown in --help without importing torch (tests keep them equal).
-_STUDY_DEFAULTS = {
-    "epochs": 600,
-    "batch_size": 96,
-    "lr": 0.025,
-    "momentum": 0.9,
-    "weight_decay": 3e-4,
-    "grad_clip": 5.0,
-    "auxiliary_weight": 0.4,
-    "drop_path_prob": 0.2,
-    "cutout": 0,
-    "val_fraction": 0.1,
-    "seed": 0,
-    "adv_eps": 8 / 255,
-    "adv_step": 2 / 255,
-    "adv_iters": 7,
-}
+# The `nasaudit train` flag of each TrainConfig field it exposes; defaults, ranges and help
+# text are the fields' own (nasaudit.train_config, no torch needed).
+TRAIN_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
+               "weight_decay": "--weight-decay", "cutout": "--cutout", "drop_path_prob": "--drop-path",
+               "auxiliary_weight": "--aux-weight", "grad_clip": "--grad-clip", "val_fraction": "--val-fraction",
+               "seed": "--seed", "adv_eps": "--adv-eps", "adv_step": "--adv-step", "adv_iters": "--adv-iters"}
 
 
 def _add_data_args(
@@ -64,37 +56,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--model", required=True, help="model name, genotype name, or genotype file")
     _add_data_args(train)
-    # Training options default to None and fall back to TrainConfig's defaults (the study's),
-    # so there is one source of truth; the numbers in the help come from _STUDY_DEFAULTS, which
-    # a test keeps equal to TrainConfig.
-    options = (
-        ("--epochs", "epochs", int, "epochs"),
-        ("--batch-size", "batch_size", int, "batch size"),
-        ("--lr", "lr", float, "initial learning rate (cosine annealed)"),
-        ("--momentum", "momentum", float, "SGD momentum"),
-        ("--weight-decay", "weight_decay", float, "weight decay"),
-        ("--cutout", "cutout", int, "cutout size in pixels (0: off; the artifact uses 16)"),
-        ("--drop-path", "drop_path_prob", float, "final drop-path probability"),
-        ("--aux-weight", "auxiliary_weight", float, "auxiliary loss weight"),
-        ("--grad-clip", "grad_clip", float, "gradient-norm clip (0: off)"),
-        ("--val-fraction", "val_fraction", float, "validation share of the training set"),
-        ("--seed", "seed", int, "seed for init, split, loader and PGD"),
-        ("--adv-eps", "adv_eps", parse_fraction, "PGD L-inf radius, e.g. 8/255"),
-        ("--adv-step", "adv_step", parse_fraction, "PGD step, e.g. 2/255"),
-        ("--adv-iters", "adv_iters", int, "PGD iterations"),
-    )
-    for flag, field, kind, text in options:
-        shown = _STUDY_DEFAULTS[field]
-        shown = f"{round(shown * 255)}/255" if field in ("adv_eps", "adv_step") else shown
-        metavar = "X" if kind is float else "N" if kind is int else "EPS"
-        train.add_argument(
-            flag,
-            dest=field,
-            type=kind,
-            default=None,
-            metavar=metavar,
-            help=f"{text} (default {shown})",
-        )
+    # Each flag is a TrainConfig field: None (not given) keeps the field's default, the study's.
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for field, flag in TRAIN_FLAGS.items():
+        default = fields[field].default
+        shown = f"{round(default * 255)}/255" if field in ("adv_eps", "adv_step") else f"{default:g}"
+        metavar = "N" if isinstance(default, int) else "X"
+        # --seed is an integer checked like every command's --seed; the rest parse as the field.
+        train.add_argument(flag, dest=field, default=None, metavar=metavar, type=int if field == "seed" else None,
+                           help=f"{fields[field].metadata['doc']} [{describe(fields[field])}] (default {shown})")
     train.add_argument(
         "--C", type=int, default=None, help="initial channels of a genotype network (default 36)"
     )
@@ -205,33 +175,18 @@ def _load_data(args: argparse.Namespace, seed: int = 0):
     )
 
 
-# The training flags whose ranges nasaudit.training.TrainConfig's fields declare (field -> flag).
-_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
-          "weight_decay": "--weight-decay", "cutout": "--cutout", "drop_path_prob": "--drop-path",
-          "auxiliary_weight": "--aux-weight", "grad_clip": "--grad-clip", "val_fraction": "--val-fraction",
-          "adv_eps": "--adv-eps", "adv_step": "--adv-step", "adv_iters": "--adv-iters"}
-
-
-def _check_flag_bounds(args: argparse.Namespace) -> None:
-    """InputError naming the flag for a value outside its range (e.g. --momentum 2)."""
-    from nasaudit.cli.options import check_bounds, check_seed
-    from nasaudit.training import train_bounds
-
-    for field, flag in _FLAGS.items():
-        check_bounds(flag, getattr(args, field), **train_bounds()[field])
-    check_seed("--seed", args.seed)
-
-
 def run_train(args: argparse.Namespace) -> int:
     """Train, printing the parameter count, one line per epoch and the final accuracies."""
     from nasaudit.infra.device import resolve_device
     from nasaudit.models.base import count_parameters
-    from nasaudit.training import TrainConfig, checkpoint_path, sidecar_path, train_on_dataset
+    from nasaudit.training import checkpoint_path, sidecar_path, train_on_dataset
 
-    given = {k: getattr(args, k) for k in _STUDY_DEFAULTS if getattr(args, k) is not None}
-    _check_flag_bounds(args)  # first: the message names the flag
-    config = TrainConfig(adv_train=args.adv_train, **given)
-    config.validate("train options")
+    from nasaudit.cli.options import check_seed
+
+    check_seed("--seed", args.seed)
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    config = params_from_flags(TrainConfig, {**given, "adv_train": args.adv_train}, TRAIN_FLAGS,
+                               source="train options")
     if args.resume and args.overwrite:
         raise InputError("--overwrite", "--resume continues the checkpoint, --overwrite replaces it: pick one")
     device = resolve_device(args.device)

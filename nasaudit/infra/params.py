@@ -102,9 +102,13 @@ def field_kind(field: dataclasses.Field) -> FieldKind:
     return FieldKind(base, item, optional)
 
 
-def make_params(cls: type[P], values: Mapping[str, Any] | Any = None, *, source: Any) -> P:
+def make_params(cls: type[P], values: Mapping[str, Any] | Any = None, *, source: Any,
+                typed: bool = False) -> P:
     """A validated `cls` instance from its defaults overridden by `values` (a mapping, an
-    instance of `cls`, or None for the defaults). Raises ParamError(source, problem)."""
+    instance of `cls`, or None for the defaults). Raises ParamError(source, problem).
+
+    typed: the values come from TOML or JSON and must already have their field's type (an
+    integer may stand for a float); strings are parsed only when False (the command line)."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     if values is None:
         given: dict[str, Any] = {}
@@ -129,7 +133,7 @@ def make_params(cls: type[P], values: Mapping[str, Any] | Any = None, *, source:
     out: dict[str, Any] = {}
     for name, f in fields.items():
         value = given[name] if name in given else _default(f)
-        out[name] = check_value(name, value, f, source=source)
+        out[name] = check_value(name, value, f, source=source, typed=typed)
     for name, f in fields.items():
         other = f.metadata.get("le_field")
         if other and out[name] is not None and out.get(other) is not None and out[name] > out[other]:
@@ -140,13 +144,17 @@ def make_params(cls: type[P], values: Mapping[str, Any] | Any = None, *, source:
     return cls(**out)
 
 
-def check_value(name: str, value: Any, field: dataclasses.Field, *, source: Any) -> Any:
-    """`value` converted to the type of `field` and checked against its constraints."""
+def check_value(name: str, value: Any, field: dataclasses.Field, *, source: Any, typed: bool = False) -> Any:
+    """`value` converted to the type of `field` and checked against its constraints (`typed`:
+    no conversion from strings, see `make_params`)."""
     kind = field_kind(field)
     meta = field.metadata
 
     def fail(problem: str) -> ParamError:
         return ParamError(source, problem, name)
+
+    if typed and not _has_type(value, kind):
+        raise fail(f"{name} must be {_what(kind.base, kind.item)}, got {value!r}")
 
     if _is_none(value, kind):
         if kind.optional:
@@ -212,6 +220,20 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     raise TypeError(f"field {f.name} has no default")
+
+
+def _has_type(value: Any, kind: FieldKind) -> bool:
+    """Whether a TOML/JSON value has the field's type (None only for an optional field)."""
+    if value is None:
+        return kind.optional
+    if kind.base == "tuple":
+        return isinstance(value, (list, tuple)) and all(
+            _has_type(v, FieldKind(kind.item or "any", None, False)) for v in value)
+    if kind.base in ("int", "float"):
+        number = (int, float) if kind.base == "float" else int
+        return isinstance(value, number) and not isinstance(value, bool)
+    want = {"bool": bool, "str": str, "dict": Mapping}.get(kind.base)
+    return want is None or isinstance(value, want)
 
 
 def _is_none(value: Any, kind: FieldKind) -> bool:
