@@ -524,7 +524,7 @@ def test_audit_configs_are_strict(extra, text, needles, tmp_path, capsys):
 
 @pytest.mark.parametrize(("text", "needle"), [
     ("gamma = 0.5\n[search]\nn_step = 2\n", "'gamma' is outside the [search] table"),
-    ("n_step = 2\n[extra]\nn_step = 5\n", "unknown search setting(s) extra"),
+    ("n_step = 2\n[extra]\nn_step = 5\n", "unknown parameter(s) extra"),
     ("[search]\nn_stpe = 5\n", "did you mean 'n_step'?"),
     ("[search]\nseed = -3\n", "seed"),
 ])

@@ -102,9 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """SearchConfig from defaults < --config TOML < the flags given."""
+    from nasaudit.infra.params import ParamError
     from nasaudit.search.hooks import parse_hook
     from nasaudit.search.run import SearchConfig
 
+    from nasaudit.cli.options import check_seed
+
+    check_seed("--seed", args.seed)
     overrides = {k: getattr(args, k) for k in _FIELDS if getattr(args, k, None) is not None}
     if args.hook:
         for spec in args.hook:
@@ -120,6 +124,10 @@ def config_from_args(args: argparse.Namespace):
         if args.config:
             return SearchConfig.from_toml(args.config, overrides)
         return SearchConfig.from_dict(overrides, source="command line")
+    except ParamError as exc:
+        if exc.field in overrides and exc.field not in ("hooks", "objectives"):
+            raise InputError("--" + exc.field.replace("_", "-"), exc.problem) from None
+        raise
     except InputError as exc:
         # "KEY: problem" about a value given as a flag: name the flag, not the TOML file.
         key, sep, problem = exc.problem.partition(": ")

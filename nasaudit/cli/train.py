@@ -177,11 +177,10 @@ def _load_data(args: argparse.Namespace, seed: int = 0):
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, printing the parameter count, one line per epoch and the final accuracies."""
+    from nasaudit.cli.options import check_seed
     from nasaudit.infra.device import resolve_device
     from nasaudit.models.base import count_parameters
     from nasaudit.training import checkpoint_path, sidecar_path, train_on_dataset
-
-    from nasaudit.cli.options import check_seed
 
     check_seed("--seed", args.seed)
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}

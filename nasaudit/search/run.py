@@ -37,6 +37,7 @@ import torch
 from nasaudit.infra.checkpoint import check_scheduler_state, load_states
 from nasaudit.infra.errors import InputError
 from nasaudit.infra.limits import MAX_SEED
+from nasaudit.infra.params import make_params, param
 from nasaudit.infra.records import Record
 from nasaudit.search.architect import MODES, Architect
 from nasaudit.search.hessian import DartsEarlyStop, alpha_hessian_eigenvalue, parse_early_stop
@@ -55,56 +56,46 @@ RESUMABLE_CHANGES = frozenset({"data_dir", "log_every", "checkpoint_every", "max
 class SearchConfig:
     """Every setting of a search; defaults are DARTS's (and the study's) search settings."""
 
-    dataset: str = "cifar10"          # "cifar10" | "cifar100" | "imagenet32" | "digits"
-    data_dir: str | None = None
-    space: str = "darts"              # search_spaces/<name>.json or a file
-    C: int = 16                       # initial channels
-    layers: int = 8                   # cells
-    nodes: int = 4                    # intermediate nodes per cell
-    batch_size: int = 64
-    epochs: int = 50
-    n_step: int = 1                   # weight steps per architecture step (mitigation i)
-    mode: str = "first_order"         # "first_order" | "unrolled" | "finite_difference"
-    gamma: float = 1.0                # skip_connect penalty (mitigation ii); 1 = plain DARTS
-    hooks: list[str] = dataclasses.field(default_factory=list)  # extra "name:arg" alpha hooks
-    # Architecture objectives "NAME:WEIGHT[:KEY=VALUE,...]" added to L_val (search.objectives).
-    objectives: list[str] = dataclasses.field(default_factory=list)
-    skip_cap: int | None = None       # at most K skip connects per derived cell (DARTS+); None: off
-    # RobustDARTS's DARTS-ES, "darts-es[:K[:RATIO]]" (search.hessian; defaults 5, 0.75); None: off
-    early_stop: str | None = None
-    hessian_samples: int = 256        # fixed images of the architecture half for its eigenvalue (0: all)
-    partial_channels: int = 1         # PC-DARTS K (1 = off)
-    seed: int = 0
-    lr: float = 0.025                 # weights: SGD, cosine to lr_min over the epochs
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4             # alpha: Adam
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    train_portion: float = 0.5        # share of the training set for the weights
-    train_subset: int | None = None   # use only the first N training images (quick runs)
-    augment: bool = True              # random crop + flip on both halves (as DARTS)
-    log_every: int = 50               # iterations between TensorBoard logs (0: epoch ends only)
-    checkpoint_every: int = 100       # iterations between checkpoints (0: epoch ends only)
-    probe_samples: int = 32           # fixed probe batch of the gradient variance (0: off)
-    max_steps: int | None = None      # stop (resumably) after this many iterations in total
+    dataset: str = param("cifar10", doc="data set: cifar10, cifar100, imagenet32 or digits")
+    data_dir: str | None = param(None, doc="folder with the data set files")
+    space: str = param("darts", doc="search space: a shipped name or a .json file")
+    C: int = param(16, min=2, doc="initial channels")
+    layers: int = param(8, min=1, doc="cells")
+    nodes: int = param(4, min=1, max=MAX_NODES, doc="intermediate nodes per cell")
+    batch_size: int = param(64, min=1, doc="images per step on each half")
+    epochs: int = param(50, min=1, doc="search epochs")
+    n_step: int = param(1, min=1, doc="weight steps per architecture step (mitigation i)")
+    mode: str = param("first_order", choices=MODES, doc="how the architecture gradient is taken")
+    gamma: float = param(1.0, gt=0, max=1, doc="skip_connect penalty (mitigation ii); 1: plain DARTS")
+    hooks: tuple[str, ...] = param((), nonempty=False, doc='extra alpha hooks, "name:arg"')
+    objectives: tuple[str, ...] = param(
+        (), nonempty=False, doc='architecture objectives "NAME:WEIGHT[:KEY=VALUE,...]" added to L_val')
+    skip_cap: int | None = param(None, min=0, doc="at most K skip connects per derived cell (DARTS+)")
+    early_stop: str | None = param(None, doc='RobustDARTS\'s DARTS-ES, "darts-es[:K[:RATIO]]"')
+    hessian_samples: int = param(256, min=0, doc="fixed images for DARTS-ES's eigenvalue (0: all)")
+    partial_channels: int = param(1, min=1, doc="PC-DARTS K (1: off)")
+    seed: int = param(0, min=0, max=MAX_SEED, doc="seed of initialisation, split and order")
+    lr: float = param(0.025, gt=0, doc="weights: SGD learning rate, cosine to lr_min")
+    lr_min: float = param(0.001, min=0, doc="weights: final learning rate")
+    momentum: float = param(0.9, min=0, doc="weights: SGD momentum")
+    weight_decay: float = param(3e-4, min=0, doc="weights: L2 weight decay")
+    grad_clip: float = param(5.0, min=0, doc="weights: gradient-norm clip")
+    arch_lr: float = param(3e-4, gt=0, doc="alpha: Adam learning rate")
+    arch_betas: tuple[float, float] = param((0.5, 0.999), min=0, lt=1, doc="alpha: Adam betas")
+    arch_weight_decay: float = param(1e-3, min=0, doc="alpha: weight decay")
+    train_portion: float = param(0.5, gt=0, lt=1, doc="share of the training set for the weights")
+    train_subset: int | None = param(None, min=2, doc="use only the first N training images")
+    augment: bool = param(True, doc="random crop and flip on both halves (as DARTS)")
+    log_every: int = param(50, min=0, doc="iterations between TensorBoard logs (0: epoch ends)")
+    checkpoint_every: int = param(100, min=0, doc="iterations between checkpoints (0: epoch ends)")
+    probe_samples: int = param(32, min=0, doc="images of the gradient-variance monitor (0: off)")
+    max_steps: int | None = param(None, min=1, doc="stop (resumably) after this many iterations")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> SearchConfig:
-        """Build from plain values (TOML/JSON), rejecting unknown keys and wrong types."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            import difflib
-
-            close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise InputError(source, f"unknown search setting(s) {', '.join(map(str, unknown))}{hint}")
-        config = cls()
-        for key, value in data.items():
-            setattr(config, key, _coerce(key, value, getattr(cls(), key), source))
+        """Build from plain values (TOML/JSON), rejecting unknown keys, wrong types and values
+        out of range (InputError naming `source`)."""
+        config = make_params(cls, data, source=source, typed=True)
         config.validate(source)
         return config
 
@@ -149,49 +140,25 @@ class SearchConfig:
         return terms
 
     def validate(self, source: str = "config") -> None:
-        """Raise InputError for values out of range."""
+        """Raise InputError for a wrongly typed value, one out of its field's range, or settings
+        that contradict each other."""
+        make_params(type(self), self, source=source, typed=True)
         checks = [
-            (self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}"),
-            (self.n_step >= 1, "n_step", "must be >= 1"),
             (self.mode != "finite_difference" or self.n_step == 1, "mode",
              "finite_difference is the n_step = 1 approximation; use unrolled for n_step > 1"),
-            (0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1]"),
-            (self.C >= 2, "C", f"must be >= 2, got {self.C}"),
-            (self.layers >= 1, "layers", f"must be >= 1, got {self.layers}"),
-            (1 <= self.nodes <= MAX_NODES, "nodes", f"must be in 1..{MAX_NODES}, got {self.nodes}"),
-            (0 <= self.seed <= MAX_SEED, "seed", f"must be in 0..2^63-1, got {self.seed}"),
-            (self.partial_channels >= 1, "partial_channels", f"must be >= 1, got {self.partial_channels}"),
-            (self.C % (2 * max(self.partial_channels, 1)) == 0,
+            (self.C % (2 * self.partial_channels) == 0,
              "partial_channels", f"C={self.C} must be a multiple of 2 * partial_channels"),
-            (self.lr > 0, "lr", f"must be > 0, got {self.lr}"),
-            (self.arch_lr > 0, "arch_lr", f"must be > 0, got {self.arch_lr}"),
-            (self.lr_min >= 0, "lr_min", f"must be >= 0, got {self.lr_min}"),
-            (min(self.momentum, self.weight_decay, self.grad_clip, self.arch_weight_decay) >= 0,
-             "momentum/weight_decay/grad_clip/arch_weight_decay", "must be >= 0"),
-            (len(self.arch_betas) == 2 and all(0 <= b < 1 for b in self.arch_betas),
-             "arch_betas", "must be two numbers in [0, 1)"),
-            (self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}"),
-            (self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}"),
-            (0.0 < self.train_portion < 1.0, "train_portion", "must be in (0, 1)"),
-            (self.train_subset is None or self.train_subset >= 2, "train_subset", "must be >= 2"),
-            (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1"),
-            (min(self.log_every, self.checkpoint_every, self.probe_samples) >= 0,
-             "log_every/checkpoint_every/probe_samples", "must be >= 0"),
-            (self.hessian_samples >= 0, "hessian_samples", f"must be >= 0, got {self.hessian_samples}"),
+            (len(self.arch_betas) == 2, "arch_betas", "must be two numbers in [0, 1)"),
         ]
         for ok, key, problem in checks:
             if not ok:
                 raise InputError(source, f"{key}: {problem}")
         for spec in self.hooks:
-            if not isinstance(spec, str):
-                raise InputError(source, f"hooks: {spec!r} is not a hook name like \"skip_penalty:0.5\"")
             try:
                 parse_hook(spec)  # InputError for unknown names or bad arguments
             except InputError as exc:
                 raise InputError(source, f"hooks: {exc.problem}") from None
         self.objective_terms(source)  # InputError for unknown names, bad weights or options
-        if self.skip_cap is not None and self.skip_cap < 0:
-            raise InputError(source, f"skip_cap: must be >= 0, got {self.skip_cap}")
         try:
             parse_early_stop(self.early_stop)
         except InputError as exc:
@@ -203,47 +170,6 @@ class SearchConfig:
         if len(penalties) > 1:
             raise InputError(source, f"hooks: skip_penalty given {len(penalties)} times (applied "
                                      "each time): give it once")
-
-
-def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
-    """Check a TOML/JSON value against the field's default type (ints may stand for floats)."""
-    bad = InputError(source, f"{key}: unexpected value {value!r}")
-    if value is None:
-        if key in ("data_dir", "train_subset", "max_steps", "skip_cap", "early_stop"):
-            return None
-        raise bad
-    if isinstance(default, bool) or key == "augment":
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if isinstance(default, int) or key in ("train_subset", "max_steps", "skip_cap"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if key == "objectives":
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise InputError(source, f"objectives must be a list of strings like \"beta:0.5\", got {value!r}")
-        return list(value)
-    if key == "hooks":
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise InputError(source, f"hooks must be a list of strings like \"skip_penalty:0.5\", "
-                                     f"got {value!r}")
-        return list(value)
-    if isinstance(default, (list, tuple)):
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        if key == "arch_betas":
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise bad
-            return tuple(float(v) for v in value)
-        return [str(v) for v in value]
-    if not isinstance(value, str):
-        raise bad
-    return value
 
 
 @dataclasses.dataclass
