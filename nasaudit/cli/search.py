@@ -102,11 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """SearchConfig from defaults < --config TOML < the flags given."""
+    from nasaudit.cli.options import check_seed
     from nasaudit.infra.params import ParamError
     from nasaudit.search.hooks import parse_hook
     from nasaudit.search.run import SearchConfig
-
-    from nasaudit.cli.options import check_seed
 
     check_seed("--seed", args.seed)
     overrides = {k: getattr(args, k) for k in _FIELDS if getattr(args, k, None) is not None}
