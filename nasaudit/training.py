@@ -50,7 +50,7 @@ from nasaudit.infra.device import (
     to_device,
 )
 from nasaudit.infra.errors import InputError
-from nasaudit.models.base import ImageClassifier, count_parameters
+from nasaudit.models.base import ImageClassifier, count_parameters, eval_mode
 from nasaudit.train_config import ADV_TRAIN_METHODS, TrainConfig
 
 __all__ = [
@@ -129,17 +129,13 @@ def evaluate(
     if images_uint8.shape[0] == 0:
         raise InputError("evaluate", "no images to evaluate")
     device = resolve_device(device)
-    was_training = model.training
-    model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    try:
+    with eval_mode(model):
         for start, logits in _batched_logits(model, images_uint8, device, batch_size):
             y = to_device(labels[start : start + logits.shape[0]], device)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
-    finally:
-        model.train(was_training)
     n = images_uint8.shape[0]
     return float(loss_sum) / n, int(correct) / n
 
@@ -153,12 +149,8 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits float32 [N, K] on the CPU for images [N, C, H, W] (uint8, or float in [0, 1])."""
     device = resolve_device(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         chunks = [logits for _, logits in _batched_logits(model, images_uint8, device, batch_size)]
-    finally:
-        model.train(was_training)
     if not chunks:
         return torch.zeros(0, getattr(model, "num_classes", 0))
     return torch.cat(chunks).cpu()

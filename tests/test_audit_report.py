@@ -47,17 +47,18 @@ CONFIG = {
     "source": "test",
     "raw": {
         "models": [{"name": m} for m in NAS + MANUAL] + [{"name": "darts_i", "mitigation_of": "darts_v2"}],
-        "attacks": {a: {} for a in ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "membership", "model_reuse")}
+        "attacks": {a: {} for a in ("pgd", "pgd_sweep", "nes", "poison", "backdoor", "membership", "model_reuse",
+                                   "trace_leak")}
         | {"knockoff": {"each_model": "replica"}},
-        "probes": {p: {} for p in ("gradvar", "contour_param", "contour_input", "curvature", "trace_leak")},
+        "probes": {p: {} for p in ("gradvar", "contour_param", "contour_input", "curvature")},
     },
 }
 
 
 def _trace_leak_record(group: str, i: int) -> dict:
-    """A trace-leak probe record: genotype models leak more at weaker levels when i is small."""
+    """A trace-leak attack record: genotype models leak more at weaker levels when i is small."""
     if group == "manual":
-        return {"kind": "probe_trace_leak", "applicable": False, "reason": "no genotype"}
+        return {"kind": "attack.trace_leak", "applicable": False, "reason": "no genotype"}
     cell = [["sep_conv_3x3", 0], ["skip_connect", 1]] * 4
     genotype = {"normal": cell, "normal_concat": [2, 3, 4, 5], "reduce": cell, "reduce_concat": [2, 3, 4, 5]}
     levels = {}
@@ -65,7 +66,7 @@ def _trace_leak_record(group: str, i: int) -> dict:
         per_cell = {"normal": {"edge_op_accuracy": acc, "remaining_bits": 10 * (1 - acc)}}
         levels[level] = {"exact": acc == 1.0, "edge_op_accuracy": acc, "edge_input_accuracy": acc, "concat_accuracy": 1.0,
                          "remaining_bits": 20 * (1 - acc), "trace_length": 500, "draws": 1, "per_cell": per_cell}
-    return {"kind": "probe_trace_leak", "applicable": True, "genotype": genotype, "prior_bits": 88.0, "levels": levels}
+    return {"kind": "attack.trace_leak", "applicable": True, "genotype": genotype, "prior_bits": 88.0, "levels": levels}
 
 
 def _records(label: str, group: str, seed: int, i: int, rng: np.random.Generator) -> list[tuple]:
@@ -95,7 +96,7 @@ def _records(label: str, group: str, seed: int, i: int, rng: np.random.Generator
                                        "clean_accuracy_drop": 0.01, "changed_predictions": 0.05,
                                        "finetune_accuracy_drop": 0.02, "param_l0": 0.01, "param_l2": 0.05,
                                        "param_linf": 0.1, "targets_in_region": 0.8}),
-        ("probe", "trace_leak", {}, _trace_leak_record(group, i)),
+        ("attack", "trace_leak", {}, _trace_leak_record(group, i)),
         ("probe_init", "gradvar", {}, {"kind": "probe_gradvar", "log10_variance": (-2 if group == "nas" else 0) + noise()}),
         ("probe", "gradvar", {}, {"kind": "probe_gradvar", "log10_variance": 1 + noise()}),
         ("probe", "contour_param", {}, {"kind": "probe_contour", "mean_increase": 1 + i + noise()}),

@@ -382,7 +382,7 @@ def test_curvature_probe_record_and_plot(tmp_path):
 
 
 def test_registry_and_params_validation():
-    assert set(PROBES) == {"gradvar", "contour_param", "contour_input", "curvature", "trace_leak"}
+    assert set(PROBES) == {"gradvar", "contour_param", "contour_input", "curvature"}
     assert probe_params("gradvar", None).n_samples == 512
     assert probe_params("contour-param", {"points": 9}).points == 9
     with pytest.raises(InputError, match="unknown parameter"):
@@ -407,10 +407,9 @@ def test_cli_probe_flags_come_from_the_params_without_torch():
         expected = {f.name for f in dataclasses.fields(params_cls)} - ({"init"} if name == "gradvar" else set())
         assert set(args.probe_fields) == expected, name
         assert _check_params(args) == params_cls()  # no flag given: the dataclass defaults
-    args = parser.parse_args(["probe", "trace-leak", "--levels", "ops,shapes", "--no-victim-process",
-                              "--noise", "0.1"])
+    args = parser.parse_args(["probe", "curvature", "--which", "input", "--iters", "3"])
     got = _check_params(args)
-    assert (got.levels, got.victim_process, got.noise) == (("ops", "shapes"), False, 0.1)
+    assert (got.which, got.iters) == ("input", 3)
     args = parser.parse_args(["probe", "contour-input", "--clamp", "--batch-size", "32"])
     assert (_check_params(args).clamp, _check_params(args).batch_size) == (True, 32)
     code = "import sys; from nasaudit.cli import build_parser; build_parser(); print('torch' in sys.modules)"

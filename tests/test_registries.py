@@ -45,7 +45,7 @@ def test_each_attack_module_declares_the_spec_of_its_own_name():
 # training method (training, the train command) and AutoAttack's own PGD stage.
 _ALLOWED = {
     "knockoff": {"audit/report/data.py"},
-    "pgd": {"training.py", "cli/train.py", "attacks/autoattack.py", "attacks/backdoor.py",
+    "pgd": {"training.py", "train_config.py", "cli/train.py", "attacks/autoattack.py", "attacks/backdoor.py",
             "attacks/__init__.py", "audit/config.py", "audit/report/metrics.py"},
 }
 
@@ -69,10 +69,10 @@ def test_report_metrics_come_from_the_section_modules_in_order(monkeypatch):
     assert METRICS[0] is CLEAN_ACC and len({m.key for m in METRICS}) == len(METRICS)
     owners = {sys.modules[s.__module__] for s in SECTIONS}
     assert {m.key for m in METRICS} == {m.key for mod in owners for m in getattr(mod, "METRICS", ())}
-    # Every headline metric of an attack reads that attack's records.
+    # Every headline metric of an attack reads a known attack's records; the study's attacks have one.
     from nasaudit.attacks import NAMES
 
-    assert {m.name for m in METRICS if m.stage == "attack"} == set(NAMES)
+    assert set(NAMES) - {"trace_leak"} == {m.name for m in METRICS if m.stage == "attack"}
 
     def fake(module_name: str, keys: tuple[str, ...]):
         module = types.ModuleType(module_name)

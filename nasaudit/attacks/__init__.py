@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from nasaudit.data import ImageDataset
 
 # Modules of this package that are not attacks: the record and victim types, the input
-# selection, and the backdoor defences.
-SUPPORT_MODULES = frozenset({"common", "sampling", "defences"})
+# selection, the backdoor defences and the execution-trace recorder of trace_leak.
+SUPPORT_MODULES = frozenset({"common", "sampling", "defences", "trace"})
 # Every attack's name (its module's), sorted; found without importing any of them.
 NAMES: tuple[str, ...] = tuple(sorted(
     module.name for module in pkgutil.iter_modules(__path__) if module.name not in SUPPORT_MODULES

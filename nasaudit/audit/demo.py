@@ -40,8 +40,6 @@ DEMO_CONFIG: dict[str, Any] = {
         "contour_param": {"points": 5, "n_samples": 64},
         "contour_input": {"points": 5, "n_samples": 4},
         "curvature": {"n_samples": 32, "n_inputs": 4, "iters": 5},
-        # About a second per genotype model; manual baselines record "not applicable".
-        "trace_leak": {"draws": 2, "passes": 3},
     },
 }
 

@@ -1,4 +1,4 @@
-"""`nasaudit probe`: gradient variance, loss contours, curvature and trace leak of a model.
+"""`nasaudit probe`: gradient variance, loss contours and curvature of a model.
 
 Examples:
     nasaudit probe gradvar --model darts --dataset cifar10 --data-dir data          # at init
@@ -7,8 +7,6 @@ Examples:
     nasaudit probe contour-param --checkpoint models/image/digits/tiny_cnn.pth --out probes/
     nasaudit probe contour-input --checkpoint ... --n-samples 16 --out probes/
     nasaudit probe curvature --checkpoint ... --which both --out probes/
-    nasaudit probe trace-leak --model darts_v2 --C 8 --layers 5 --levels ops,ops_timing,timing_noisy \\
-        --noise 0.05 --json
 
 Without --checkpoint the model is built fresh (seeded, Kaiming-initialised by default), which is
 the study's "at initialisation" measurement; gradvar then calibrates the fresh batch norms on a few
@@ -204,17 +202,6 @@ def _summary(record: Any) -> str:
             f"increase {d['max_increase']:.4g} (grid {d['points']}x{d['points']}, radius "
             f"{d['radius']})"
         )
-    if d["kind"] == "probe_trace_leak":
-        if not d["applicable"]:
-            return f"trace leak: not applicable ({d['reason']})"
-        lines = [f"trace of one query: {d['trace_events']} calls, {d['n_cells']} cells; the "
-                 f"whole space is {d['prior_bits']:.1f} bits"]
-        for level, m in d["levels"].items():
-            lines.append(
-                f"{level:<13} exact {m['exact']!s:<5}  edge op {m['edge_op_accuracy']:.3f}  edge "
-                f"input {m['edge_input_accuracy']:.3f}  remaining {m['remaining_bits']:.1f} bits"
-            )
-        return "\n".join(lines)
     parts = []
     if d["param_top_eigenvalue"] is not None:
         parts.append(

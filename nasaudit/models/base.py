@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -111,3 +112,16 @@ def init_fan_out(module: nn.Module, norm_type: type[nn.Module] = nn.BatchNorm2d)
         elif isinstance(m, norm_type):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode (BN uses running stats, no dropout / drop path) and
+    restore each submodule's own training flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag

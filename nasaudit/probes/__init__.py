@@ -9,8 +9,8 @@ use, and `run_probe` is the one entry point the CLI and the audit use:
 * "contour_param": loss contour over the first convolution's weights (Eq. 12);
 * "contour_input": loss contours around test inputs in pixel space (Eq. 13);
 * "curvature": top Hessian eigenvalue w.r.t. parameters and inputs (power iteration).
-* "trace_leak": how much of a genotype an execution-trace attacker recovers, per observation
-  level (architecture stealing after Hong et al., ICLR 2020).
+
+Architecture stealing from an execution trace is an attack (`nasaudit.attacks.trace_leak`).
 
 Every run function has the signature
 `run_fn(model, data, params, *, device, seed, out_dir=None, progress=True) -> Record`

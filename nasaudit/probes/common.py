@@ -7,9 +7,7 @@ each other (no import cycle).
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode (BN uses running stats, no dropout / drop path) and
-    restore each submodule's own training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
+from nasaudit.models.base import eval_mode as eval_mode  # re-exported: every probe's scope
 
 
 def sample_indices(n_total: int, n: int, seed: int) -> Tensor:

@@ -17,10 +17,6 @@ from nasaudit.infra.params import param
 # flip the NAS-vs-manual direction at initialisation).
 INIT_SCHEMES = ("kaiming", "builtin")
 
-# The trace-leak probe's observation levels, strong to weak (see nasaudit.probes.trace_leak).
-LEVELS = ("ops", "shapes", "ops_timing", "timing_noisy")
-
-
 @dataclasses.dataclass
 class GradVarParams:
     """Per-sample gradient variance (Eq. 14) and the artifact's variant; defaults = the study's artifact."""
@@ -89,29 +85,9 @@ class CurvatureParams:
     which: str = param("both", choices=("param", "input", "both"), doc="which Hessians")
 
 
-@dataclasses.dataclass
-class TraceLeakParams:
-    """Architecture stealing: how much of the genotype an execution trace leaks."""
-
-    levels: tuple[str, ...] = param(LEVELS, choices=LEVELS, unique=True,
-                                    doc="observation levels, strong to weak")
-    noise: float = param(0.05, min=0, max=0.45, doc="timing_noisy: miss (and duplicate) rate per call")
-    jitter: float = param(0.1, min=0, doc="timing_noisy: sd of the log-normal jitter on each duration")
-    draws: int = param(5, min=1, doc="timing_noisy: noise draws, each on its own query (exact becomes a rate)")
-    passes: int = param(5, min=1, doc="the attacker's reference cells per timed op, one timed pass each")
-    batch_size: int = param(1, min=1, doc="images in the traced query")
-    space: str = param("paper", doc="search space (op set) the attacker assumes")
-    timing_floor: float = param(0.1, gt=0, doc="floor on the sd of a call's log duration")
-    survival: float = param(0.95, gt=0, lt=1,
-                            doc="per level, the chance the truth survives the likelihood-ratio eliminations")
-    victim_process: bool = param(True, doc="time the victim in a separate process (false: in this one)")
-    threads: int | None = param(None, min=1, doc="the victim's CPU threads (default: the attacker's)")
-
-
 PROBES: dict[str, tuple[str, type]] = {
     "gradvar": ("gradvar", GradVarParams),
     "contour_param": ("contour", ContourParamParams),
     "contour_input": ("contour", ContourInputParams),
     "curvature": ("curvature", CurvatureParams),
-    "trace_leak": ("trace_leak", TraceLeakParams),
 }

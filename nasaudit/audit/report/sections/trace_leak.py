@@ -1,4 +1,4 @@
-"""Architecture stealing from an execution trace (probe `trace_leak`, after Hong et al. 2020)."""
+"""Architecture stealing from an execution trace (attack `trace_leak`, after Hong et al. 2020)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def trace_leak(report: Builder) -> Section:
     truth survived elimination and the chance baselines; then the correlation of the normal
     cell's leakage with its depth, width and skip count."""
     s = Section("Architecture stealing from an execution trace (after Hong et al., ICLR 2020)")
-    rows = report.data.primary("probe", "trace_leak")
+    rows = report.data.primary("attack", "trace_leak")
     if not rows:
-        return s.missing(report.why_missing("probe", "trace_leak"))
+        return s.missing(report.why_missing("attack", "trace_leak"))
     applicable = [r for r in rows if r.result.get("applicable")]
     skipped = sorted({r.model for r in rows if not r.result.get("applicable")})
     s.text("The probe records the library calls of one inference query and reconstructs the genotype "

@@ -2,8 +2,8 @@
 
 After Hong et al., "How to 0wn NAS in Your Spare Time" (ICLR 2020), who read a network's
 library calls through a Flush+Reload cache side channel and rebuild the architecture from them.
-This probe does not mount a cache attack. It records the trace such a channel would read
-(`nasaudit.probes.trace`), degrades it to what an attacker observes at each level, and runs the
+This attack does not mount a cache attack. It records the trace such a channel would read
+(`nasaudit.attacks.trace`), degrades it to what an attacker observes at each level, and runs the
 reconstruction attack against it, so the leak is measured, per level:
 
 * ``ops``: call kinds, input/output shapes and the data flow (which call produced each input),
@@ -87,6 +87,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,21 +97,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasaudit.infra.params import make_params
-from nasaudit.infra.records import Record
-from nasaudit.probes import ProbeSpec
-from nasaudit.probes.settings import LEVELS, TraceLeakParams
-from nasaudit.probes.trace import INPUT, PARAMETER, TraceEvent, record_passes, record_trace
+from nasaudit.attacks import AttackSpec
+from nasaudit.attacks.common import AttackRecord, Victim, record_fields
+from nasaudit.attacks.trace import INPUT, PARAMETER, TraceEvent, record_passes, record_trace
+from nasaudit.infra.params import make_params, param
 
 __all__ = [
     "LEVELS",
+    "Params",
     "CallStats",
     "CellShape",
     "EdgeCandidates",
     "References",
     "ResidualDensity",
     "TimingModel",
-    "TraceLeakParams",
     "TraceLeakRecord",
     "add_probe_noise",
     "align",
@@ -124,6 +124,29 @@ __all__ = [
     "run_trace_leak",
     "time_victim",
 ]
+
+# The observation levels, strong to weak (see the module doc).
+LEVELS = ("ops", "shapes", "ops_timing", "timing_noisy")
+
+
+@dataclasses.dataclass
+class Params:
+    """Architecture stealing: how much of the genotype an execution trace leaks."""
+
+    levels: tuple[str, ...] = param(LEVELS, choices=LEVELS, unique=True,
+                                    doc="observation levels, strong to weak")
+    noise: float = param(0.05, min=0, max=0.45, doc="timing_noisy: miss (and duplicate) rate per call")
+    jitter: float = param(0.1, min=0, doc="timing_noisy: sd of the log-normal jitter on each duration")
+    draws: int = param(5, min=1, doc="timing_noisy: noise draws, each on its own query (exact becomes a rate)")
+    passes: int = param(5, min=1, doc="the attacker's reference cells per timed op, one timed pass each")
+    batch_size: int = param(1, min=1, doc="images in the traced query")
+    space: str = param("paper", doc="search space (op set) the attacker assumes")
+    timing_floor: float = param(0.1, gt=0, doc="floor on the sd of a call's log duration")
+    survival: float = param(0.95, gt=0, lt=1,
+                            doc="per level, the chance the truth survives the likelihood-ratio eliminations")
+    victim_process: bool = param(True, doc="time the victim in a separate process (false: in this one)")
+    threads: int | None = param(None, min=1, doc="the victim's CPU threads (default: the attacker's)")
+
 
 _DATAFLOW_LEVELS = ("ops",)
 _SHAPE_LEVELS = ("ops", "shapes")
@@ -1149,7 +1172,7 @@ def attack_trace(events: Sequence[TraceEvent], genotype: Any, macro: Sequence[Ce
 
 # ------------------------------------------------------------------------- victim process
 
-_VICTIM_MAIN = "import sys; from nasaudit.probes.trace_leak import _victim_main; _victim_main(sys.argv[1])"
+_VICTIM_MAIN = "import sys; from nasaudit.attacks.trace_leak import _victim_main; _victim_main(sys.argv[1])"
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -1247,22 +1270,26 @@ def _victim_main(tmp: str) -> None:
 
 
 @dataclasses.dataclass
-class TraceLeakRecord(Record):
-    """How much of a genotype leaks through its execution trace, per observation level."""
+class TraceLeakRecord(AttackRecord):
+    """How much of a genotype leaks through its execution trace, per observation level.
 
-    kind = "probe_trace_leak"
+    edge_op_accuracy: level -> fraction of the genotype's `n_edges` edges whose op the attack's
+    best candidate names (mean over the draws at timing_noisy); exact: level -> fraction of the
+    queries whose whole genotype was recovered (one query, or `draws` at timing_noisy);
+    levels: every metric per level (see the module doc). Empty for a model without a genotype.
+    """
+
+    kind = "attack.trace_leak"
     applicable: bool
     reason: str | None  # why not, for a model without a genotype
-    levels: dict  # level -> metrics (see the module doc)
+    n_edges: int
+    edge_op_accuracy: dict
+    exact: dict
+    levels: dict
     trace_events: int  # calls in the clean trace of one forward pass
     n_cells: int
     prior_bits: float | None
     genotype: dict | None
-    seed: int
-    params: dict
-    model: str | None = None
-    checkpoint: str | None = None
-    files: dict = dataclasses.field(default_factory=dict)
     timing: dict = dataclasses.field(default_factory=dict)  # how the victim and references were timed
 
 
@@ -1292,27 +1319,32 @@ def _with_durations(events: Sequence[TraceEvent], durations: Sequence[float]) ->
     return [dataclasses.replace(e, duration_ns=float(d)) for e, d in zip(events, durations, strict=True)]
 
 
-def run_trace_leak(model: nn.Module, data: Any, params: TraceLeakParams | dict | None, *,
-                   device: torch.device, seed: int, out_dir: str | Path | None = None,
-                   progress: bool = True) -> TraceLeakRecord:
+def run_trace_leak(victim: Victim, data: Any, params: Params | dict | None = None, *,
+                   device: torch.device, seed: int = 0, progress: bool = True,
+                   work_dir: str | None = None) -> TraceLeakRecord:
     """Record the execution trace of one inference query to `model` (a genotype network) and
     reconstruct its genotype at each configured level. The timing levels read the times of
     single queries to a victim running in its own process (`time_victim`; one query for
     ops_timing, one per draw for timing_noisy). A model without a genotype (a manual
-    baseline) gives a record with applicable=False. Writes trace_leak.json to out_dir."""
+    baseline) gives a record with applicable=False. The victim's weights play no part: an
+    untrained network leaks its genotype as a trained one does."""
     from tqdm.auto import tqdm
 
     from nasaudit.genotype import genotype_to_json
     from nasaudit.infra.device import generator
-    from nasaudit.probes.gradvar import eval_mode
+    from nasaudit.models.base import eval_mode
     from nasaudit.search_space import load_search_space
 
-    params = make_params(TraceLeakParams, params, source="probe trace_leak")
-    plain = dataclasses.asdict(params)
+    params = make_params(Params, params, source="params")
+    started = time.perf_counter()
+    model = victim.model
     genotype = genotype_of(model)
     if genotype is None:
-        return TraceLeakRecord(False, "the model has no genotype (a manual baseline): nothing to steal "
-                               "in the DARTS space", {}, 0, 0, None, None, seed, plain)
+        return TraceLeakRecord(
+            **record_fields("trace_leak", victim, data, seed, params, time.perf_counter() - started),
+            applicable=False, reason="the model has no genotype (a manual baseline): nothing to steal "
+            "in the DARTS space", n_edges=0, edge_op_accuracy={}, exact={}, levels={}, trace_events=0,
+            n_cells=0, prior_bits=None, genotype=None)
     ops = load_search_space(params.space).ops
     model = model.to(device)
     n_test = data.test_images.shape[0]
@@ -1325,10 +1357,10 @@ def run_trace_leak(model: nn.Module, data: Any, params: TraceLeakParams | dict |
         events = record_trace(model, x, passes=1)
         durations: list[list[float]] = []
         if timed and params.victim_process:
-            victim = time_victim([model], [x], queries=queries, threads=threads, device=device)[0]
-            if victim["kinds"] != [e.kind for e in events]:
+            served = time_victim([model], [x], queries=queries, threads=threads, device=device)[0]
+            if served["kinds"] != [e.kind for e in events]:
                 raise RuntimeError("the victim process made other calls than the model here")
-            durations = victim["durations"]
+            durations = served["durations"]
         elif timed:
             durations = record_passes(model, x, passes=queries, warmup=_VICTIM_WARMUP)[1]
     macro = macro_of(model, tuple(x.shape[-2:]))
@@ -1356,14 +1388,20 @@ def run_trace_leak(model: nn.Module, data: Any, params: TraceLeakParams | dict |
                   "threads": threads, "victim_queries": queries, "victim_warmup": _VICTIM_WARMUP,
                   "reference_passes": params.passes, "attacker_threads": torch.get_num_threads(),
                   "channels_last": _channels_last(model)}
-    record = TraceLeakRecord(True, None, levels, len(events), len(macro), prior_bits(macro, ops),
-                             genotype_to_json(genotype), seed, plain, timing=timing)
-    if out_dir is not None:
-        from nasaudit.infra.io import atomic_write_json
+    n_edges = sum(len(edges) for edges in (genotype.normal, genotype.reduce))
+    return TraceLeakRecord(
+        **record_fields("trace_leak", victim, data, seed, params, time.perf_counter() - started),
+        applicable=True, reason=None, n_edges=n_edges,
+        edge_op_accuracy={level: m["edge_op_accuracy"] for level, m in levels.items()},
+        exact={level: float(m["exact"]) for level, m in levels.items()}, levels=levels,
+        trace_events=len(events), n_cells=len(macro), prior_bits=prior_bits(macro, ops),
+        genotype=genotype_to_json(genotype), timing=timing)
 
-        path = atomic_write_json(Path(out_dir) / "trace_leak.json", record.to_dict())
-        record.files["record"] = str(path)
-    return record
 
-
-PROBES = {"trace_leak": ProbeSpec(TraceLeakParams, run_trace_leak)}
+ATTACK = AttackSpec(
+    # `exact` is a rate too, but over one query at most levels and `draws` at timing_noisy.
+    Params, run_trace_leak, rates={"edge_op_accuracy": "n_edges"},
+    counts={"n_edges": ("genotype edges", "a genotype with more edges (the genotype fixes them)")},
+    # About a second per genotype model; manual baselines record "not applicable".
+    demo={"draws": 2, "passes": 3},
+)

@@ -1,4 +1,4 @@
-"""Trace recorder and the architecture-stealing (trace leak) probe: tiny networks on CPU."""
+"""Trace recorder and the architecture-stealing (trace leak) attack: tiny networks on CPU."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from nasaudit.genotype import Genotype, shipped_genotypes
-from nasaudit.models.registry import build_model
-from nasaudit.probes.trace import record_trace
-from nasaudit.probes.trace_leak import (
+from nasaudit.attacks.trace import record_trace
+from nasaudit.attacks.trace_leak import (
     CallStats,
     References,
     ResidualDensity,
@@ -28,6 +26,8 @@ from nasaudit.probes.trace_leak import (
     score_candidates,
     time_victim,
 )
+from nasaudit.genotype import Genotype, shipped_genotypes
+from nasaudit.models.registry import build_model
 from nasaudit.search_space import load_search_space
 
 CPU = torch.device("cpu")
@@ -289,14 +289,15 @@ def test_temperature_tempers_an_overconfident_model_and_drops_a_useless_one():
     assert model.loglik(("a", 1, (1,)), [8000.0], 0.0) == 0.0  # timing ignored
 
 
-def test_run_probe_on_genotype_and_manual_models(digits_data, tmp_path):
-    from nasaudit.probes import run_probe
+def test_run_attack_on_genotype_and_manual_models(digits_data):
+    from nasaudit.attacks import Victim, run_attack
 
     model = build_model("darts_v2", digits_data.num_classes, C=4, layers=3, auxiliary=False)
-    rec = run_probe("trace-leak", model, digits_data, {"levels": "ops,ops_timing,timing_noisy",
-                                                        "draws": 2, "passes": 1},
-                    device="cpu", seed=0, out_dir=tmp_path, progress=False)
+    rec = run_attack("trace-leak", Victim(model, "darts_v2"), digits_data,
+                     {"levels": "ops,ops_timing,timing_noisy", "draws": 2, "passes": 1},
+                     device="cpu", seed=0, progress=False)
     d = json.loads(rec.to_json())
+    assert d["kind"] == "attack.trace_leak" and d["attack"] == "trace_leak" and d["model_name"] == "darts_v2"
     assert d["applicable"] and set(d["levels"]) == {"ops", "ops_timing", "timing_noisy"}
     assert d["levels"]["ops"]["exact"] is True
     assert 0.0 <= d["levels"]["timing_noisy"]["exact"] <= 1.0
@@ -306,40 +307,55 @@ def test_run_probe_on_genotype_and_manual_models(digits_data, tmp_path):
         assert {"true_survived", "chance_edge_op_accuracy", "chance_bits", "prior_edge_op_accuracy",
                 "beats_chance", "decisions", "survival_target"} <= set(m), level
         assert m["prior_edge_op_accuracy"] < m["chance_edge_op_accuracy"] < 1.0
+        # The record's rates are the levels' own numbers, over the genotype's 2 x 8 edges.
+        assert d["edge_op_accuracy"][level] == m["edge_op_accuracy"]
+        assert d["exact"][level] == float(m["exact"])
+    assert d["n_edges"] == 16 and d["edge_op_accuracy"]["ops"] == 1.0
     assert d["levels"]["ops"]["true_survived"] is True and d["levels"]["ops"]["beats_chance"] is True
     assert d["levels"]["timing_noisy"]["jitter"] == 0.1
     assert len(d["levels"]["timing_noisy"]["per_draw_survived"]) == 2
     # The victim ran in a process of its own, on single queries (one per level and draw).
     assert d["timing"]["victim"] == "subprocess" and d["timing"]["victim_queries"] == 3
     assert d["timing"]["threads"] >= 1
-    assert (tmp_path / "trace_leak.json").is_file()
     manual = build_model("resnet18", digits_data.num_classes, width=4)
-    rec = run_probe("trace_leak", manual, digits_data, None, device="cpu", seed=0, progress=False)
+    rec = run_attack("trace_leak", Victim(manual, "resnet18"), digits_data, None, device="cpu", seed=0,
+                     progress=False)
     assert rec.applicable is False and rec.levels == {} and "genotype" in rec.reason
 
 
-def test_cli_trace_leak_json(capsys):
+@pytest.fixture(scope="module")
+def darts_checkpoint(tmp_path_factory, digits_data):
+    """darts_v2 (C=4, 3 cells) trained one epoch on digits: a checkpoint and its sidecar."""
+    from nasaudit.training import TrainConfig, train_on_dataset
+
+    model_dir = tmp_path_factory.mktemp("trace_leak_models")
+    result = train_on_dataset("darts_v2", digits_data, TrainConfig(epochs=1, batch_size=256, val_fraction=0.0),
+                              device="cpu", model_dir=model_dir, progress=False,
+                              model_kwargs={"C": 4, "layers": 3, "auxiliary": False})
+    return result.checkpoint
+
+
+def test_cli_trace_leak_json(capsys, darts_checkpoint):
     from nasaudit.cli import main
 
-    code = main(["probe", "trace-leak", "--model", "darts_v2", "--C", "4", "--layers", "3",
-                 "--no-auxiliary", "--levels", "ops,shapes", "--passes", "1", "--json",
-                 "--no-progress", "--device", "cpu"])
-    assert code == 0
+    base = ["attack", "trace-leak", "--checkpoint", str(darts_checkpoint), "--no-progress", "--device", "cpu"]
+    assert main([*base, "--param", "levels=ops,shapes", "--param", "passes=1", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["kind"] == "probe_trace_leak" and d["levels"]["ops"]["exact"] is True
-    assert main(["probe", "trace-leak", "--model", "darts_v2", "--levels", "ops,bogus"]) == 2
-    # --noise and --draws reach the timing_noisy level; a rate outside [0, 1) is refused.
-    code = main(["probe", "trace-leak", "--model", "darts_v2", "--C", "4", "--layers", "3", "--no-auxiliary",
-                 "--levels", "timing_noisy", "--noise", "0.2", "--draws", "2", "--passes", "1", "--json",
-                 "--no-progress", "--device", "cpu"])
-    assert code == 0
+    assert d["kind"] == "attack.trace_leak" and d["levels"]["ops"]["exact"] is True
+    # Its rate carries its n: the op accuracy over the genotype's 16 edges.
+    rate = d["rates"]["edge_op_accuracy.ops"]
+    assert (rate["successes"], rate["n"], rate["high"]) == (16, 16, 1.0) and 0.7 < rate["low"] < 0.85
+    assert main([*base, "--param", "levels=ops,bogus"]) == 2
+    # noise and draws reach the timing_noisy level; a rate outside [0, 0.45] is refused.
+    assert main([*base, "--param", "levels=timing_noisy", "--param", "noise=0.2", "--param", "draws=2",
+                 "--param", "passes=1", "--json"]) == 0
     noisy = json.loads(capsys.readouterr().out)["levels"]["timing_noisy"]
     assert noisy["draws"] == 2 and noisy["noise"] == 0.2
-    assert main(["probe", "trace-leak", "--model", "darts_v2", "--levels", "timing_noisy", "--noise", "1.5"]) == 2
+    assert main([*base, "--param", "levels=timing_noisy", "--param", "noise=1.5"]) == 2
 
 
 def test_noisy_alignment_agrees_with_the_exact_parse_on_a_clean_trace():
-    from nasaudit.probes.trace_leak import _grammar, align, option_deltas
+    from nasaudit.attacks.trace_leak import _grammar, align, option_deltas
 
     refs = References(device=CPU, passes=1, seed=0)
     for name in ("nasnet", "drnas"):
@@ -363,24 +379,24 @@ def test_report_section_tabulates_levels_and_correlates_with_cells(digits_data, 
     import csv
     import time
 
+    from nasaudit.attacks import Victim, run_attack
     from nasaudit.audit.report import write_report
     from nasaudit.audit.store import Store
-    from nasaudit.probes import run_probe
 
     names = ("darts_v2", "robust_darts", "diy_deep", "pdarts")
     # The victim is timed in this process here (the victim process is tested above).
     params = {"levels": "ops,ops_timing,timing_noisy", "draws": 1, "passes": 1, "victim_process": False}
     config = {"name": "t", "source": "test", "raw": {
-        "models": [{"name": n} for n in (*names, "resnet18")], "probes": {"trace_leak": params}}}
+        "models": [{"name": n} for n in (*names, "resnet18")], "attacks": {"trace_leak": params}}}
     with Store(tmp_path) as store:
         store.set_meta("config", config)
         for name in (*names, "resnet18"):
             group = "manual" if name == "resnet18" else "nas"
             kwargs = {"width": 4} if group == "manual" else {"C": 4, "layers": 3, "auxiliary": False}
             model = build_model(name, digits_data.num_classes, **kwargs)
-            rec = run_probe("trace_leak", model, digits_data, params, device="cpu", seed=0,
-                            progress=False)
-            store.record_unit(unit_key=f"{name}-tl", model=name, model_group=group, stage="probe",
+            rec = run_attack("trace_leak", Victim(model, name), digits_data, params, device="cpu", seed=0,
+                             progress=False)
+            store.record_unit(unit_key=f"{name}-tl", model=name, model_group=group, stage="attack",
                               name="trace_leak", params=params, seed=0, result=rec.to_dict(),
                               started=time.time(), device="cpu")
     md = write_report(tmp_path).read_text()
