@@ -182,7 +182,7 @@ def test_nes_succeeds_without_victim_gradients(trained_model):
 
 def test_registry_and_param_validation(victim, trained_model):
     assert set(ATTACKS) == {"pgd", "pgd_sweep", "nes", "autoattack", "poison", "backdoor", "knockoff",
-                            "membership", "rmia", "model_reuse"}
+                            "membership", "rmia", "model_reuse", "trace_leak"}
     for spec in ATTACKS.values():
         spec.params_cls()  # defaults construct
     assert ATTACKS["pgd"].params_cls().eps == pytest.approx(8 / 255)

@@ -104,9 +104,9 @@ def test_audit_refuses_a_foreign_sqlite_database(tmp_path, capsys):
          ["model 'd'", "cells"]),
         # Searches: a bad hook names the config file.
         ('[[searches]]\nname = "s"\nhooks = [1]\n[[models]]\nname = "m"\nspec = "search:s"\n',
-         BASE, ["hooks", "skip_penalty:0.5"]),
+         BASE, ["hooks must be a list of strings, got [1]"]),
         ('[[searches]]\nname = "s"\nlr = -1\n[[models]]\nname = "m"\nspec = "search:s"\n',
-         BASE, ["lr: must be > 0"]),
+         BASE, ["lr must be > 0"]),
     ],
 )
 def test_bad_config_values_fail_up_front(tmp_path, capsys, extra, base, needles):

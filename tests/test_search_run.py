@@ -188,7 +188,7 @@ def test_cli_search_bad_flags_exit_2_before_any_work(tmp_path, capsys, flags, ne
     [
         ("lr = -1\n", [], ["lr must be > 0"]),
         ("arch_lr = -1\n", [], ["arch_lr must be > 0"]),
-        ("hooks = [1]\n", [], ["hooks must be a list of str, got [1]"]),
+        ("hooks = [1]\n", [], ["hooks must be a list of strings, got [1]"]),
         ('hooks = ["nope"]\n', [], ["hooks: unknown alpha hook"]),
         ('arch_betas = ["a", 1]\n', [], ["arch_betas"]),
         ('gamma = 0.5\nhooks = ["skip_penalty:0.3"]\n', [], ["twice"]),

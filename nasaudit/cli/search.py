@@ -24,6 +24,21 @@ _FIELDS = (
 )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds each setting's default, read from SearchConfig when --help is shown (SearchConfig's
+    module imports torch, which the parser itself must not)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.dest in _FIELDS:
+            from nasaudit.search.run import SearchConfig
+
+            default = getattr(SearchConfig(), action.dest)
+            if default is not None:
+                text += f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+        return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `search` command."""
     p = subparsers.add_parser(
@@ -45,17 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "drawing and the gradient-variance monitor). A status bar names each part while it runs. A "
         "run stopped during the summaries resumes (--resume) at the next epoch and writes that "
         "epoch's summaries again first.",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", default=None, help="TOML file of search settings (flags win)")
-    add_data_options(p, dataset_help="data set (default: cifar10)",
+    add_data_options(p, dataset_help="data set",
                      data_dir_help="folder with the data set files (not needed for digits)")
-    p.add_argument("--space", help="search space: darts | paper | a .json file (default: darts)")
-    p.add_argument("--epochs", type=int, help="search epochs (default: 50)")
-    p.add_argument("--n-step", type=int, help="weight steps per alpha step (default: 1)")
+    p.add_argument("--space", help="search space: darts | paper | a .json file")
+    p.add_argument("--epochs", type=int, help="search epochs")
+    p.add_argument("--n-step", type=int, help="weight steps per alpha step")
     p.add_argument("--mode", choices=("first_order", "unrolled", "finite_difference"),
-                   help="alpha gradient (default: first_order)")
-    p.add_argument("--gamma", type=float, help="skip_connect weight scale in (0, 1] (default: 1)")
+                   help="alpha gradient")
+    p.add_argument("--gamma", type=float, help="skip_connect weight scale in (0, 1]")
     p.add_argument("--hook", action="append", metavar="NAME:ARG",
                    help="alpha hook, e.g. skip_penalty:0.5 (repeatable; replaces the config's; "
                         "skip_penalty and --gamma != 1 exclude each other)")
@@ -72,26 +88,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "of epoch i-K (defaults K=5, RATIO=0.75, so never before epoch 2K)")
     p.add_argument("--hessian-samples", type=int, metavar="N",
                    help="fixed, unaugmented images of the architecture half on which --early-stop "
-                        "measures the eigenvalue, in chunks of --batch-size (default: 256, 0: all)")
+                        "measures the eigenvalue, in chunks of --batch-size (0: all)")
     p.add_argument("--partial-channels", type=int, metavar="K",
-                   help="PC-DARTS: 1/K of the channels through the mixed ops (default: 1, off)")
-    p.add_argument("--C", type=int, help="initial channels (default: 16)")
-    p.add_argument("--layers", type=int, help="cells (default: 8)")
-    p.add_argument("--nodes", type=int, help="intermediate nodes per cell (default: 4)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: 64)")
-    p.add_argument("--lr", type=float, help="weight learning rate (default: 0.025)")
-    p.add_argument("--arch-lr", type=float, help="alpha learning rate (default: 3e-4)")
-    p.add_argument("--seed", type=int, help="seed (default: 0)")
+                   help="PC-DARTS: 1/K of the channels through the mixed ops (1: off)")
+    p.add_argument("--C", type=int, help="initial channels")
+    p.add_argument("--layers", type=int, help="cells")
+    p.add_argument("--nodes", type=int, help="intermediate nodes per cell")
+    p.add_argument("--batch-size", type=int, help="batch size")
+    p.add_argument("--lr", type=float, help="weight learning rate")
+    p.add_argument("--arch-lr", type=float, help="alpha learning rate")
+    p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--train-subset", type=int, metavar="N", help="use the first N training images")
     p.add_argument("--log-every", type=int, metavar="N",
                    help="TensorBoard scalars and the gradient-variance monitor every N iterations "
-                        "(default: 50; 0: at epoch ends only)")
+                        "(0: at epoch ends only)")
     p.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="checkpoint every N iterations (default: 100; 0: at epoch ends only)")
+                   help="checkpoint every N iterations (0: at epoch ends only)")
     p.add_argument("--probe-samples", type=int, metavar="N",
                    help="fixed images of the gradient-variance monitor, which computes one "
                         "per-sample gradient of the supernet weights for each at every --log-every "
-                        "step and epoch end (default: 32, 0: off)")
+                        "step and epoch end (0: off)")
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="stop after N iterations in total (resume later with --resume)")
     add_device_option(p, show_default=True)

@@ -264,7 +264,8 @@ def _what(base: str, item: str | None = None) -> str:
         "bool": "true or false",
         "str": "a string",
         "dict": "a table (JSON object)",
-        "tuple": f"a list of {item}",
+        "tuple": "a list of " + {"str": "strings", "int": "integers", "float": "numbers",
+                                 "bool": "true/false values"}.get(item or "", "values"),
     }.get(base, "a value")
 
 
