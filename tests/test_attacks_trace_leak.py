@@ -340,8 +340,13 @@ def test_cli_trace_leak_json(capsys, darts_checkpoint):
 
     base = ["attack", "trace-leak", "--checkpoint", str(darts_checkpoint), "--no-progress", "--device", "cpu"]
     assert main([*base, "--param", "levels=ops,shapes", "--param", "passes=1", "--json"]) == 0
-    d = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    d = json.loads(out)
     assert d["kind"] == "attack.trace_leak" and d["levels"]["ops"]["exact"] is True
+    # The 16 edges are labelled as few; the victim's accuracy plays no part, so it is neither
+    # measured nor warned about (the other attacks' CLI check would call this victim near chance).
+    assert "rest on fewer than 20 inputs" in err and "16 genotype edges" in err
+    assert "victim_accuracy_cli" not in d["rates"] and "near chance" not in err
     # Its rate carries its n: the op accuracy over the genotype's 16 edges.
     rate = d["rates"]["edge_op_accuracy.ops"]
     assert (rate["successes"], rate["n"], rate["high"]) == (16, 16, 1.0) and 0.7 < rate["low"] < 0.85

@@ -65,6 +65,9 @@ class AttackSpec(NamedTuple):
         say which split it was trained on).
     demo: its settings in `nasaudit demo` (small budgets; keys of `params_cls` and of the audit
         config's per-attack keys, e.g. `each_model`).
+    trained_victim: the attack's numbers depend on how well the victim was trained (False: only
+        its architecture matters, as for trace_leak; the CLI then neither measures nor warns
+        about the victim's accuracy).
     model_param: a parameter whose value may be the label of another model of the audit (its
         architecture, e.g. Knockoff's replica): the plan replaces the label by that model's spec
         and fills `<model_param>_kwargs` with its build settings.
@@ -81,6 +84,7 @@ class AttackSpec(NamedTuple):
     retrains: bool = False
     members: bool = False
     demo: Mapping[str, Any] = {}
+    trained_victim: bool = True
     model_param: str | None = None
     import_note: str = ""
 

@@ -1401,7 +1401,8 @@ def run_trace_leak(victim: Victim, data: Any, params: Params | dict | None = Non
 ATTACK = AttackSpec(
     # `exact` is a rate too, but over one query at most levels and `draws` at timing_noisy.
     Params, run_trace_leak, rates={"edge_op_accuracy": "n_edges"},
-    counts={"n_edges": ("genotype edges", "a genotype with more edges (the genotype fixes them)")},
+    counts={"n_edges": ("genotype edges", "the cell's edge count (fixed by the genotype)")},
+    trained_victim=False,
     # About a second per genotype model; manual baselines record "not applicable".
     demo={"draws": 2, "passes": 3},
 )

@@ -329,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
     if field is not None and field in rates:
         victim_acc = rates[field]
         accuracy_on = count_text(name, spec.rates[field])[0]
+    elif not spec.trained_victim:
+        victim_acc, accuracy_on = None, ""
     else:
         victim_acc = _victim_accuracy(model, data, args.seed, device)
         accuracy_on = "seeded test inputs, checked by the CLI"
