@@ -237,13 +237,9 @@ def _tasks_for(config: AuditConfig, model: ModelSpec) -> list[TaskSpec]:
     return [t for t in (*config.probes, *config.attacks) if t.models is None or model.label in t.models]
 
 
-def _needs_members_name(name: str) -> bool:
-    return name in ATTACK_NAMES and attack_spec(name).members
-
-
 def _needs_members(task: TaskSpec) -> bool:
     """The task is an attack that reads the victim's training inputs as members."""
-    return task.kind == "attack" and _needs_members_name(task.name)
+    return task.kind == "attack" and task.name in ATTACK_NAMES and attack_spec(task.name).members
 
 
 def _attack_kind(name: str) -> str:
